@@ -1,0 +1,96 @@
+"""Logging set-up: text or one JSON object per line, and a filter that keeps tokens out of logs.
+
+Structured fields go in ``extra={"event": ..., ...}``; the JSON formatter emits them as keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any, TextIO
+
+__all__ = ["JsonFormatter", "RedactingFilter", "configure_logging", "redact"]
+
+# JWTs (three base64url parts), XOAUTH2 blobs after AUTH, and Bearer tokens.
+_SECRET_PATTERNS = [
+    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
+    re.compile(r"(?i)(auth=Bearer\s+)\S+"),
+    re.compile(r"(?i)(\bAUTH\s+(?:XOAUTH2|PLAIN|LOGIN)\s+)\S+"),
+    re.compile(r"(?i)(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+]
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def redact(text: str) -> str:
+    """``text`` with anything that looks like an access token or SASL blob replaced by [redacted]."""
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[redacted]", text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Last line of defence: redact tokens from every record, whoever logged it (msal, aiosmtplib)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, and the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                payload[key] = value if isinstance(value, str | int | float | bool | None) else str(value)
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, ensure_ascii=False)
+
+
+class _TextFormatter(logging.Formatter):
+    """``time level logger: message key=value ...`` for the extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extras = [
+            f"{key}={value}"
+            for key, value in vars(record).items()
+            if key not in _STANDARD_ATTRS and not key.startswith("_")
+        ]
+        return f"{base} {' '.join(extras)}" if extras else base
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Send smtp_oauth's (and its libraries') logs to stderr in the chosen format."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RedactingFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_smtp_oauth", False):
+            root.removeHandler(old)
+    handler._smtp_oauth = True  # type: ignore[attr-defined]  # marks our handler for reconfiguration
+    root.addHandler(handler)
+    logging.getLogger("smtp_oauth").setLevel(level)
+    # msal and aiosmtplib talk a lot at INFO/DEBUG; only their warnings unless we debug.
+    for noisy in ("msal", "urllib3", "aiosmtplib", "mail.log"):
+        logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
+    if root.level > logging.getLevelName(level) or root.level == logging.WARNING:
+        root.setLevel(level)
