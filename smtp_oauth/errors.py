@@ -253,6 +253,14 @@ _REPLY_HINTS: list[tuple[int | None, str | None, str | None, str]] = [
         "-AccessRights SendAs.",
     ),
     (
+        None,
+        None,
+        "MapiExceptionLogonFailed",
+        "Exchange Online could not log on to mailbox {mailbox} for this app (MapiExceptionLogonFailed): "
+        "grant the service principal access: Add-MailboxPermission -Identity {mailbox} "
+        "-User <service-principal-id> -AccessRights FullAccess.",
+    ),
+    (
         432,
         "4.3.2",
         None,
