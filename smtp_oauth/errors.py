@@ -330,6 +330,7 @@ class DeliveryError(SmtpOAuthError):
         text: str = "",
         enhanced_status: str | None = None,
         recipients: Mapping[str, tuple[int, str]] | None = None,
+        hint: str | None = None,
         context: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, context=context)
@@ -338,6 +339,8 @@ class DeliveryError(SmtpOAuthError):
         self.enhanced_status = enhanced_status or _parse_enhanced(text)
         # For failures of individual recipients: address -> (code, text).
         self.recipients: dict[str, tuple[int, str]] = dict(recipients or {})
+        # A cause known where the error is raised (TLS, STARTTLS or XOAUTH2 not offered): wins over the table.
+        self.hint = hint
 
     @property
     def reply(self) -> str:
@@ -345,6 +348,8 @@ class DeliveryError(SmtpOAuthError):
         return f"{self.code} {self.text}".strip() if self.code is not None else ""
 
     def explain(self) -> str | None:
+        if self.hint is not None:
+            return _fill(self.hint, self.context)
         for code, enhanced, needle, hint in _REPLY_HINTS:
             if code is not None and code != self.code:
                 continue
