@@ -120,8 +120,7 @@ def parse_hash(encoded: str) -> ScryptHash:
         scheme = text.split("$")[1] if text.startswith("$") and text.count("$") >= 2 else None
         what = f"its scheme is {scheme!r}" if scheme else "it is not a $-separated hash string"
         raise PasswordHashError(
-            f"unsupported password hash: {what}; expected {_EXAMPLE} "
-            "as printed by `smtp-oauth hash-password`"
+            f"unsupported password hash: {what}; expected {_EXAMPLE} as printed by `smtp-oauth hash-password`"
         )
     log2_n, r, p = int(match["ln"]), int(match["r"]), int(match["p"])
     _check_bounds(log2_n, r, p)

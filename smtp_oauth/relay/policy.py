@@ -1,0 +1,268 @@
+"""Who may use the relay and as whom they may send: local users, networks, sender rules. Pure.
+
+Built once from ``[relay]`` (and again on SIGHUP) and consulted by the listener at each step:
+
+- AUTH: :meth:`RelayPolicy.user` finds the local account; the password hash is checked elsewhere
+  (``passwords.py``, off the event loop).
+- Without AUTH: :meth:`RelayPolicy.network_user` maps a peer in ``relay.allow_networks`` to its user.
+- MAIL FROM and the message's From: header(s): :meth:`LocalUser.may_send_as` against the user's
+  ``allowed_senders`` (addresses or ``@domain``, case-insensitive; ``<>`` permits bounces).
+- Cleartext AUTH: :func:`cleartext_auth_allowed` (loopback peers, or after STARTTLS).
+- Never an open relay: :func:`check_not_open_relay` before binding.
+
+Malformed settings become a ConfigurationError naming the key, so a SIGHUP with a typo keeps the
+running policy instead of locking every sender out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from email.utils import getaddresses
+
+from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.relay.passwords import PasswordHashError, ScryptHash, parse_hash
+from smtp_oauth.settings import RelaySettings, parse_listen
+
+__all__ = [
+    "NULL_SENDER",
+    "LocalUser",
+    "MessageHeaders",
+    "RelayPolicy",
+    "check_not_open_relay",
+    "cleartext_auth_allowed",
+    "is_loopback_address",
+    "read_headers",
+]
+
+NULL_SENDER = "<>"  # the empty reverse-path of bounces (RFC 5321 4.5.5), as written in allowed_senders
+MAX_MESSAGE_ID_LENGTH = 998  # RFC 5322 line limit; a longer "Message-ID" is junk, not an id for logs
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def is_loopback_address(host: str | None) -> bool:
+    """True for 127.0.0.0/8, ::1, ::ffff:127.x.y.z and 'localhost'; False for names and wildcards."""
+    if not host:
+        return False  # "" binds every interface
+    if host.lower() == "localhost":
+        return True
+    address = _ip(host)
+    return address is not None and address.is_loopback
+
+
+def _ip(host: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id (fe80::1%eth0)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+    return address
+
+
+def cleartext_auth_allowed(peer_host: str | None, *, tls_active: bool) -> bool:
+    """Whether AUTH PLAIN/LOGIN may be offered to this peer: only if the password cannot be sniffed.
+
+    That is after STARTTLS, or when the peer is on this machine (loopback traffic never reaches a
+    wire). A peer on a wildcard or LAN listener without TLS is not offered AUTH at all, as Postfix's
+    ``smtpd_tls_auth_only`` does.
+    """
+    return tls_active or is_loopback_address(peer_host)
+
+
+def check_not_open_relay(relay: RelaySettings) -> None:
+    """Refuse settings that would let anyone on the network send mail as our mailboxes."""
+    host, _ = parse_listen(relay.listen)
+    if is_loopback_address(host):
+        return
+    if not relay.users:
+        raise ConfigurationError(
+            f"relay.listen is {relay.listen}, which is not loopback, and relay.users is empty: that "
+            "would be an open relay, so the relay will not start",
+            key="relay.users",
+            hint="Add [[relay.users]] entries (passwords from `smtp-oauth hash-password`); "
+            "relay.allow_networks only maps networks to such users, it is not a user list. "
+            "Or listen on 127.0.0.1 only.",
+        )
+    for network in relay.allow_networks:
+        if ipaddress.ip_network(network.cidr, strict=False).prefixlen == 0:
+            raise ConfigurationError(
+                f"relay.listen is {relay.listen}, which is not loopback, and relay.allow_networks "
+                f"contains {network.cidr}, which matches every address: that would be an open relay",
+                key="relay.allow_networks",
+                hint="List only the networks of the devices that cannot authenticate, e.g. 10.0.5.0/24.",
+            )
+
+
+def _normalise_rule(rule: str) -> str:
+    """An allowed_senders entry in canonical form, or ValueError."""
+    text = rule.strip().lower()
+    if text == NULL_SENDER:
+        return text
+    local, at, domain = text.rpartition("@")
+    if not at or not domain or "." not in domain.strip(".") or any(c.isspace() for c in text):
+        raise ValueError(rule)
+    return f"@{domain}" if not local else f"{local}@{domain}"
+
+
+def sender_matches(address: str, rules: frozenset[str]) -> bool:
+    """Whether ``address`` (an addr-spec, or '' / '<>' for the null sender) matches one of ``rules``."""
+    text = address.strip().lower()
+    if text in {"", NULL_SENDER}:
+        return NULL_SENDER in rules
+    if text in rules:
+        return True
+    local, at, domain = text.rpartition("@")
+    return bool(local and at and domain) and f"@{domain}" in rules
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    """A ``[[relay.users]]`` account: its password hash, upstream mailbox and sender rules."""
+
+    name: str
+    password: ScryptHash
+    mailbox: str
+    allowed_senders: frozenset[str]
+
+    def may_send_as(self, address: str) -> bool:
+        """Whether this user may use ``address`` as MAIL FROM or in From:."""
+        return sender_matches(address, self.allowed_senders)
+
+
+def _build_user(index: int, relay: RelaySettings, *, default_mailbox: str) -> LocalUser:
+    settings = relay.users[index]
+    key = f"relay.users[{index}]"
+    try:
+        password = parse_hash(settings.password_hash.get_secret_value())
+    except PasswordHashError as exc:
+        raise ConfigurationError(
+            f"{key}.password_hash of user {settings.name!r}: {exc}",
+            key=f"{key}.password_hash",
+            hint="Generate it with `smtp-oauth hash-password` and paste the whole line.",
+        ) from None
+    mailbox = settings.mailbox or default_mailbox
+    rules = settings.allowed_senders if settings.allowed_senders is not None else [mailbox]
+    try:
+        allowed = frozenset(_normalise_rule(rule) for rule in rules)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{key}.allowed_senders of user {settings.name!r} has {exc.args[0]!r}, which is neither "
+            "an address, an @domain nor <>",
+            key=f"{key}.allowed_senders",
+            hint='Use entries like "fern@contoso.com" or "@contoso.com".',
+        ) from None
+    return LocalUser(name=settings.name, password=password, mailbox=mailbox, allowed_senders=allowed)
+
+
+@dataclass(frozen=True)
+class RelayPolicy:
+    """The relay's users and networks, looked up by name or by peer address."""
+
+    users: dict[str, LocalUser]
+    networks: tuple[tuple[IPNetwork, str], ...]  # (network, user name), first match wins
+
+    @classmethod
+    def from_settings(cls, relay: RelaySettings, *, default_mailbox: str) -> RelayPolicy:
+        """Check and index ``[relay]``; ConfigurationError naming the key if anything is wrong."""
+        users: dict[str, LocalUser] = {}
+        for index, settings in enumerate(relay.users):
+            if settings.name in users:
+                raise ConfigurationError(
+                    f"relay.users has two users named {settings.name!r}",
+                    key=f"relay.users[{index}].name",
+                    hint="Give each [[relay.users]] entry its own name.",
+                )
+            users[settings.name] = _build_user(index, relay, default_mailbox=default_mailbox)
+        networks: list[tuple[IPNetwork, str]] = []
+        for index, network in enumerate(relay.allow_networks):
+            if network.user not in users:
+                raise ConfigurationError(
+                    f"relay.allow_networks[{index}] maps {network.cidr} to user {network.user!r}, "
+                    "which is not in relay.users",
+                    key=f"relay.allow_networks[{index}].user",
+                    hint="Add a [[relay.users]] entry with that name: its mailbox and "
+                    "allowed_senders apply to the network's devices.",
+                )
+            networks.append((ipaddress.ip_network(network.cidr, strict=False), network.user))
+        return cls(users=users, networks=tuple(networks))
+
+    def user(self, name: str) -> LocalUser | None:
+        """The account called ``name`` (exact, case-sensitive like Postfix's SASL names)."""
+        return self.users.get(name)
+
+    def network_user(self, peer_host: str | None) -> LocalUser | None:
+        """The user a peer in ``relay.allow_networks`` sends as without AUTH, or None."""
+        address = _ip(peer_host) if peer_host else None
+        if address is None:
+            return None
+        for network, name in self.networks:
+            if address.version == network.version and address in network:
+                return self.users[name]
+        return None
+
+
+@dataclass(frozen=True)
+class MessageHeaders:
+    """What the listener reads from a message's header: the From: addresses and the Message-ID."""
+
+    from_addresses: tuple[str, ...]
+    message_id: str | None
+
+
+def _header_lines(data: bytes) -> list[bytes]:
+    """The header section's lines, up to the first empty one.
+
+    Bare LF counts as a line end here (CRLF-only is the wire rule, but parsers downstream are lenient):
+    reading more lines as header fields can only make the From: check stricter.
+    """
+    lines: list[bytes] = []
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        line = data[start:] if end < 0 else data[start:end]
+        line = line.removesuffix(b"\r")
+        if not line:
+            break
+        lines.append(line)
+        if end < 0:
+            break
+        start = end + 1
+    return lines
+
+
+def _fields(lines: list[bytes]) -> list[tuple[str, str]]:
+    """(lower-case name, unfolded value) of each header field (RFC 5322 2.2.3 folding)."""
+    fields: list[tuple[str, str]] = []
+    for raw in lines:
+        line = raw.decode("utf-8", errors="replace")
+        if line[:1] in {" ", "\t"} and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, value + line)
+            continue
+        name, colon, value = line.partition(":")
+        if colon:
+            # "From :" is obsolete syntax (RFC 5322 4.5) that some parsers still accept: count it.
+            fields.append((name.strip().lower(), value.strip()))
+    return fields
+
+
+def read_headers(data: bytes) -> MessageHeaders:
+    """The From: addresses (every From: field, every address in it) and the Message-ID of ``data``.
+
+    An unparsable From: entry is returned as ``""``, which no sender rule but ``<>`` matches; a
+    message without a From: field has no header sender to check (MAIL FROM still is).
+    """
+    fields = _fields(_header_lines(data))
+    addresses: list[str] = []
+    for name, value in fields:
+        if name == "from":
+            found = [address.strip() for _, address in getaddresses([value])]
+            # An empty From: still claims a sender; "" makes the check refuse it (unless "<>").
+            addresses.extend(found if any(found) else [""])
+    message_id = next((value for name, value in fields if name == "message-id"), None)
+    if message_id is not None:
+        message_id = message_id.strip()[:MAX_MESSAGE_ID_LENGTH] or None
+    return MessageHeaders(from_addresses=tuple(addresses), message_id=message_id)
