@@ -54,7 +54,14 @@ class ExitCode(enum.IntEnum):
     CONFIG = 78  # EX_CONFIG: configuration error
 
 
-_PLACEHOLDERS = {"tenant_id": "<tenant-id>", "client_id": "<client-id>", "mailbox": "<mailbox>"}
+_PLACEHOLDERS = {
+    "tenant_id": "<tenant-id>",
+    "client_id": "<client-id>",
+    "mailbox": "<mailbox>",
+    # Known from an app-only token's oid claim (smtp-oauth check fills them in).
+    "enterprise_app_object_id": "<enterprise-app-object-id>",
+    "service_principal_id": "<service-principal-id>",
+}
 
 
 class _HintContext(dict[str, str]):
@@ -233,8 +240,8 @@ _REPLY_HINTS: list[tuple[int | None, str | None, str | None, str]] = [
         None,
         "Exchange Online refused the token (5.7.3). Check that smtp.username is the mailbox the token "
         "may send as; for client credentials that the service principal is registered "
-        "(New-ServicePrincipal -AppId {client_id} -ObjectId <enterprise-app-object-id>) and has "
-        "Add-MailboxPermission -Identity {mailbox} -User <service-principal-id> -AccessRights FullAccess; "
+        "(New-ServicePrincipal -AppId {client_id} -ObjectId {enterprise_app_object_id}) and has "
+        "Add-MailboxPermission -Identity {mailbox} -User {service_principal_id} -AccessRights FullAccess; "
         "and that the token's audience is Exchange Online (see `smtp-oauth token --claims`).",
     ),
     (
@@ -258,7 +265,7 @@ _REPLY_HINTS: list[tuple[int | None, str | None, str | None, str]] = [
         "MapiExceptionLogonFailed",
         "Exchange Online could not log on to mailbox {mailbox} for this app (MapiExceptionLogonFailed): "
         "grant the service principal access: Add-MailboxPermission -Identity {mailbox} "
-        "-User <service-principal-id> -AccessRights FullAccess.",
+        "-User {service_principal_id} -AccessRights FullAccess.",
     ),
     (
         432,
