@@ -37,10 +37,9 @@ def load_settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def report_error(error: SmtpOAuthError, stream: TextIO | None = None) -> None:
+def report_error(error: SmtpOAuthError, stream: TextIO | None = None, *, prog: str = "smtp-oauth") -> None:
     """One line naming the cause, then the hint (sendmail/msmtp style), on stderr."""
     out = stream or sys.stderr
-    prog = "smtp-oauth"
     first, *rest = str(error).splitlines() or [type(error).__name__]
     print(f"{prog}: {first}", file=out)
     for line in rest:
