@@ -1,0 +1,276 @@
+"""``send-mail``: compose and send one message, or act as ``sendmail`` for legacy software.
+
+A thin shell: parse the command line (send_mail_args), build the message (message,
+sendmail_input), hand it to ``Mailer``, and turn errors into sysexits codes with one line naming
+the cause and a hint.
+
+Legacy software runs this once per message, so start-up time matters: only the standard library
+is imported at module level; settings (pydantic), the Mailer (aiosmtplib) and the token provider
+are imported when needed, and msal only when the token cache cannot serve a valid token
+(``tokens.cached_access_token`` reads the cache without it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from smtp_oauth.cli.common import report_error
+from smtp_oauth.cli.send_mail_args import SendMailArgs, UsageError, parse_args
+from smtp_oauth.errors import ExitCode, MessageError, SmtpOAuthError
+
+if TYPE_CHECKING:
+    from email.headerregistry import Address
+    from email.message import EmailMessage
+
+    from smtp_oauth.settings import Settings
+    from smtp_oauth.tokens import TokenProvider
+
+__all__ = ["main"]
+
+SENDMAIL_NAME = "sendmail"
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+class InputFileError(SmtpOAuthError):
+    """A file named on the command line cannot be read (exit 66, EX_NOINPUT)."""
+
+    exit_code = ExitCode.NOINPUT
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What to send: the message (composed, or raw bytes in sendmail mode) and its envelope."""
+
+    message: EmailMessage | bytes
+    sender: str
+    recipients: list[str]
+
+
+class CacheFirstTokenProvider:
+    """The token the cache already holds, else (or when a fresh one is needed) MSAL's.
+
+    Keeps msal out of the common case: a cron job sending with a cached, valid token.
+    """
+
+    def __init__(self, settings: Settings, cached_token: str | None) -> None:
+        self._settings = settings
+        self._cached = cached_token
+        self._provider: TokenProvider | None = None
+
+    async def access_token(self, *, force_refresh: bool = False) -> str:
+        if self._cached is not None and not force_refresh:
+            return self._cached
+        self._cached = None  # refused once (535): never offer it again
+        if self._provider is None:
+            from smtp_oauth.tokens import create_token_provider
+
+            self._provider = create_token_provider(self._settings)
+        return await self._provider.access_token(force_refresh=force_refresh)
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _decode_text(data: bytes) -> str:
+    """UTF-8, or ISO-8859-1 for older files that are not (every byte string decodes as Latin-1)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _read_stdin() -> bytes:
+    return sys.stdin.buffer.read() if sys.stdin is not None else b""
+
+
+def _sender_addresses(args: SendMailArgs, settings: Settings | None) -> tuple[Address, Address]:
+    """(envelope sender, From address): -f beats --from beats smtp.from_address/username."""
+    from email.headerregistry import Address
+
+    from smtp_oauth.message import parse_address
+
+    header_from = parse_address(args.sender, what="--from") if args.sender else None
+    if args.envelope_from:
+        envelope = parse_address(args.envelope_from, what="envelope sender (-f)")
+    elif header_from is not None:
+        envelope = header_from
+    elif settings is not None:
+        envelope = parse_address(settings.smtp.sender, what="smtp.from_address")
+    else:  # unreachable: settings are loaded unless a sender was given
+        raise MessageError("no sender: give --from or -f")
+    if header_from is None:
+        header_from = Address(args.full_name or "", envelope.username, envelope.domain)
+    return envelope, header_from
+
+
+def _compose(args: SendMailArgs, envelope: Address, header_from: Address) -> Outgoing:
+    """Build the message from the compose options; body from --body, --body-file or stdin."""
+    from smtp_oauth.message import Attachment, build_message, dedupe_addresses, parse_addresses
+
+    to = parse_addresses([*args.to, *args.recipients], what="To")
+    cc = parse_addresses(args.cc, what="Cc")
+    bcc = parse_addresses(args.bcc, what="Bcc")
+    recipients = dedupe_addresses([*to, *cc, *bcc])
+    if not recipients:
+        raise MessageError("no recipients: give addresses as arguments or with --to, --cc or --bcc")
+    headers = []
+    for header in args.header:
+        name, colon, value = header.partition(":")
+        if not colon or not name.strip() or " " in name.strip():
+            raise UsageError(f"--header expects 'Name: value', got {header!r}")
+        headers.append((name.strip(), value.strip()))
+    html = _decode_text(_read_file(args.html, "HTML file")) if args.html else None
+    attachments = [Attachment(Path(path).name, _read_file(path, "attachment")) for path in args.attach]
+    if args.body is not None:
+        text: str | None = args.body
+    elif args.body_file:
+        text = _decode_text(_read_file(args.body_file, "body file"))
+    elif html is not None and sys.stdin is not None and sys.stdin.isatty():
+        text = None  # --html alone from a terminal: nobody is going to type a text part
+    else:
+        text = _decode_text(_read_stdin())
+    message = build_message(
+        sender=header_from,
+        to=to,
+        cc=cc,
+        reply_to=parse_addresses(args.reply_to, what="Reply-To"),
+        subject=args.subject,
+        text=text,
+        html=html,
+        attachments=attachments,
+        headers=headers,
+    )
+    return Outgoing(message, envelope.addr_spec, recipients)
+
+
+def _sendmail(args: SendMailArgs, envelope: Address, header_from: Address) -> Outgoing:
+    """Read a finished message from stdin and prepare it the way sendmail does."""
+    from smtp_oauth.message import parse_addresses
+    from smtp_oauth.sendmail_input import prepare_message, read_message
+
+    extra = parse_addresses([*args.recipients, *args.to, *args.cc, *args.bcc])
+    stdin = sys.stdin.buffer if sys.stdin is not None else []
+    raw = read_message(stdin, ignore_dots=args.ignore_dots)
+    prepared = prepare_message(
+        raw,
+        envelope_sender=envelope,
+        recipients=extra,
+        read_recipients=args.read_recipients,
+        from_address=header_from,
+    )
+    if not prepared.recipients:
+        where = "in To, Cc or Bcc, nor as arguments" if args.read_recipients else "(use -t to read To/Cc/Bcc)"
+        raise MessageError(f"no recipients {where}")
+    return Outgoing(prepared.data, prepared.sender, prepared.recipients)
+
+
+def _print_dry_run(outgoing: Outgoing, prog: str) -> None:
+    from email import policy
+
+    from smtp_oauth.message import needs_smtputf8
+
+    if isinstance(outgoing.message, bytes):
+        data = outgoing.message.replace(b"\r\n", b"\n")
+    else:
+        utf8 = needs_smtputf8([outgoing.sender, *outgoing.recipients])
+        data = outgoing.message.as_bytes(policy=policy.default.clone(utf8=utf8))
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    envelope = ", ".join(f"<{r}>" for r in outgoing.recipients)
+    print(f"{prog}: dry run, nothing sent (envelope from <{outgoing.sender}> to {envelope})", file=sys.stderr)
+
+
+def _print_transcript(direction: str, line: str) -> None:
+    from smtp_oauth.logs import redact
+
+    arrow = "-->" if direction == "C" else "<--"
+    print(f"{arrow} {redact(line)}", file=sys.stderr)
+
+
+async def _deliver(
+    settings: Settings, outgoing: Outgoing, *, cached_token: str | None, verbose: bool, prog: str
+) -> str:
+    from smtp_oauth.sender import Mailer
+
+    provider = CacheFirstTokenProvider(settings, cached_token)
+    transcript = _print_transcript if verbose else None
+    async with Mailer(settings, token_provider=provider, transcript=transcript) as mailer:
+        result = await mailer.send(outgoing.message, sender=outgoing.sender, recipients=outgoing.recipients)
+    for address, (code, text) in result.refused.items():
+        # sendmail's way: the message went to the others; say who did not get it.
+        print(f"{prog}: {address} refused: {code} {text}", file=sys.stderr)
+    return result.reply
+
+
+def _load_settings(args: SendMailArgs) -> Settings:
+    from smtp_oauth.logs import configure_logging
+    from smtp_oauth.settings import load_settings
+
+    settings = load_settings(args.config)
+    # Programs that call sendmail mail whatever it prints (cron): stay quiet unless asked.
+    quiet = "ERROR" if settings.log_level == "ERROR" else "WARNING"
+    configure_logging(settings.log_level if args.verbose else quiet, settings.log_format)
+    return settings
+
+
+def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
+    sendmail_mode = as_sendmail or args.read_recipients or args.ignore_dots or args.sendmail_flags
+    if sendmail_mode and args.compose_options:
+        raise UsageError(
+            f"{', '.join(args.compose_options)} cannot be used in sendmail mode "
+            "(-t, -i/-oi, or when called as sendmail): the message on stdin is sent as it is"
+        )
+    explicit_sender = bool(args.envelope_from or args.sender)
+    settings = None if args.dry_run and explicit_sender else _load_settings(args)
+    envelope, header_from = _sender_addresses(args, settings)
+    build = _sendmail if sendmail_mode else _compose
+    outgoing = build(args, envelope, header_from)
+    if args.dry_run:
+        _print_dry_run(outgoing, prog)
+        return int(ExitCode.OK)
+    assert settings is not None  # loaded whenever not a dry run
+
+    import asyncio
+
+    from smtp_oauth.tokens import cached_access_token
+
+    # Read before the event loop starts: a small file, and no msal import when it serves.
+    cached = cached_access_token(settings)
+    reply = asyncio.run(
+        _deliver(settings, outgoing, cached_token=cached, verbose=bool(args.verbose), prog=prog)
+    )
+    if args.verbose:
+        print(f"{prog}: sent: {reply}", file=sys.stderr)
+    return int(ExitCode.OK)
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Entry point of ``send-mail`` (and of ``sendmail`` when installed or linked under that name)."""
+    invoked_as = prog or os.path.basename(sys.argv[0])
+    as_sendmail = invoked_as == SENDMAIL_NAME
+    name = SENDMAIL_NAME if as_sendmail else "send-mail"
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv, prog=name)
+        return _run(args, as_sendmail=as_sendmail, prog=name)
+    except UsageError as error:
+        print(f"{name}: {error}\nusage: see `{name} --help`", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    except SmtpOAuthError as error:
+        report_error(error, prog=name)
+        return int(error.exit_code)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
