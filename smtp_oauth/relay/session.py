@@ -1,0 +1,310 @@
+"""One SMTP session of the relay: aiosmtpd hooks for AUTH, MAIL, RCPT and DATA, and their replies.
+
+Each hook returns aiosmtpd's full status line. The hooks consult the listener's *current* policy
+(``ListenerState.policy``), so a SIGHUP reload applies to the next command; what a transaction was
+accepted for at MAIL FROM (its local user) stays with its envelope until DATA.
+
+What aiosmtpd already does here: RFC 5321 line limits (512-octet commands, 1000-octet text lines),
+only CRLF.CRLF ends DATA (1.4.5, CVE-2024-27305: a bare-LF "smuggled" second message stays data),
+STARTTLS enforced (1.4.6), SIZE advertised and enforced (552), the idle timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import SMTP, Envelope
+
+from smtp_oauth.relay.passwords import parse_hash, verify_password
+from smtp_oauth.relay.policy import NULL_SENDER, LocalUser, RelayPolicy, cleartext_auth_allowed, read_headers
+from smtp_oauth.relay.sasl import SaslCredentials, read_login, read_plain
+
+__all__ = ["AcceptedMessage", "ListenerState", "ListenerTuning", "RelayHandler", "RelaySession"]
+
+log = logging.getLogger("smtp_oauth.relay.listener")
+
+REPLY_AUTH_OK = "235 2.7.0 Authentication successful"
+REPLY_AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+REPLY_AUTH_REQUIRED = "530 5.7.0 Authentication required"
+REPLY_TOO_MANY_AUTH_FAILURES = "421 4.7.0 Too many failed authentication attempts, closing connection"
+REPLY_SENDER_OK = "250 2.1.0 Ok"
+REPLY_SENDER_REFUSED = "550 5.7.1 Sender <{sender}> not allowed for user <{user}>"
+REPLY_RECIPIENT_OK = "250 2.1.5 Ok"
+REPLY_BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+REPLY_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
+REPLY_LOCAL_ERROR = "451 4.3.0 Requested action aborted: local error in processing"
+REPLY_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, closing connection\r\n"
+
+# Parsing the header of a huge message without a blank line is the one slow step; off the loop then.
+_HEADER_PARSE_INLINE_LIMIT = 1024 * 1024
+# A hash of random bytes nobody knows: unknown users cost as much as known ones (no user probing).
+_DUMMY_HASH = parse_hash(
+    "$scrypt$ln=14,r=8,p=1$q49z2m8Osc8C5QrAMW89nw$FPSXa/sQwlXbRSL/OWRjbwYVi6nUBZZw2WVz2V5Cw/8"
+)
+
+
+@dataclass(frozen=True)
+class AcceptedMessage:
+    """A message the relay took responsibility for; ``mail_from`` is ``""`` for the null sender <>."""
+
+    local_user: str
+    mailbox: str  # the upstream mailbox (XOAUTH2 user) it goes out through
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes  # exactly as received, dot-unstuffed; never rewritten
+    peer: str  # the client's IP address
+    message_id: str | None  # from the Message-ID: header, for logs only
+
+    def __repr__(self) -> str:
+        # Bodies never go into logs or tracebacks.
+        return (
+            f"AcceptedMessage(local_user={self.local_user!r}, mailbox={self.mailbox!r}, "
+            f"mail_from={self.mail_from!r}, rcpt_tos=<{len(self.rcpt_tos)}>, data=<{len(self.data)} bytes>, "
+            f"peer={self.peer!r}, message_id={self.message_id!r})"
+        )
+
+
+@dataclass(frozen=True)
+class ListenerTuning:
+    """Limits that are not in the configuration file (tests shorten the delays)."""
+
+    idle_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: a server waits at least 5 minutes for a command
+    max_recipients: int = 500  # Exchange Online's per-message limit
+    auth_failure_delay: float = 1.0  # first failed login from an address: 1 s before the 535
+    auth_failure_delay_max: float = 16.0  # doubling per failure from that address, up to this
+    auth_failure_window: float = 900.0  # failures older than this are forgotten
+    auth_failures_per_session: int = 3  # then 421 and hang up, as Postfix's smtpd_hard_error_limit
+    shutdown_grace: float = 30.0  # stop(): how long busy sessions may take to finish
+
+
+class ListenerState(Protocol):
+    """What a session needs from its listener (``server.RelayListener``)."""
+
+    @property
+    def policy(self) -> RelayPolicy: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    async def store(self, message: AcceptedMessage) -> str: ...
+
+    def session_opened(self, session: RelaySession) -> None: ...
+
+    def session_closed(self, session: RelaySession) -> None: ...
+
+
+class _LoginThrottle:
+    """Failed logins per client address, turned into a growing delay before the 535."""
+
+    def __init__(self, tuning: ListenerTuning) -> None:
+        self._tuning = tuning
+        self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, time of the last)
+
+    def record_failure(self, address: str) -> tuple[int, float]:
+        """Count a failure; (failures from this address in the window, seconds to wait)."""
+        now = time.monotonic()
+        window = self._tuning.auth_failure_window
+        count, last = self._failures.get(address, (0, now))
+        count = count + 1 if now - last < window else 1
+        self._failures[address] = (count, now)
+        if len(self._failures) > 10_000:  # bounded memory under a spray from many addresses
+            self._failures = {a: v for a, v in self._failures.items() if now - v[1] < window}
+        delay = self._tuning.auth_failure_delay * 2 ** min(count - 1, 16)
+        return count, min(delay, self._tuning.auth_failure_delay_max)
+
+
+class _RelayEnvelope(Envelope):
+    """aiosmtpd's envelope plus the local user the transaction was accepted for at MAIL FROM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user: LocalUser | None = None
+
+
+class RelaySession(SMTP):
+    """One client connection. Decides per peer whether AUTH may be offered without TLS."""
+
+    def __init__(self, handler: RelayHandler, listener: ListenerState, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.listener = listener
+        self.auth_failures = 0
+        self.peer_host = ""
+        # aiosmtpd keeps command_size_limits on the class and EHLO adds SIZE's 26 octets to it, so
+        # concurrent sessions would keep raising each other's MAIL limit: give each its own.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+
+    def _create_envelope(self) -> _RelayEnvelope:
+        return _RelayEnvelope()
+
+    @property
+    def busy(self) -> bool:
+        """Inside a mail transaction (between MAIL FROM and the reply to DATA)."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)  # also called again after STARTTLS, with a fresh session
+        peer = transport.get_extra_info("peername")
+        self.peer_host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        # aiosmtpd only knows "AUTH needs TLS" globally; we allow cleartext AUTH for loopback peers.
+        self._auth_require_tls = not cleartext_auth_allowed(
+            self.peer_host, tls_active=self._tls_protocol is not None
+        )
+        if first:
+            self.listener.session_opened(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.listener.session_closed(self)
+
+    def hang_up(self, reply: bytes = b"") -> None:
+        """Write ``reply`` (if any) and close after it has been flushed."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            if reply:
+                transport.write(reply)
+            transport.close()
+
+
+class RelayHandler:
+    """aiosmtpd hooks; each returns the full status line. Shared by all sessions of a listener."""
+
+    def __init__(self, listener: ListenerState, tuning: ListenerTuning) -> None:
+        self._listener = listener
+        self._tuning = tuning
+        self._throttle = _LoginThrottle(tuning)
+
+    async def handle_AUTH(
+        self, server: RelaySession, session: Any, envelope: Any, args: list[str]
+    ) -> str | None:
+        """AUTH PLAIN / LOGIN (aiosmtpd already refused unknown mechanisms and AUTH before TLS)."""
+        reader = read_plain if args[0].upper() == "PLAIN" else read_login
+        credentials = await reader(server, args)
+        if credentials is None:
+            return None  # the reader already answered (501 bad base64, 501 aborted)
+        user = self._listener.policy.user(credentials.login)
+        # Verify against a dummy hash for unknown names, so timing does not reveal which users exist.
+        hashed = user.password if user is not None else _DUMMY_HASH
+        matches = await asyncio.to_thread(verify_password, credentials.password, hashed)
+        if user is not None and matches:
+            session.authenticated = True
+            session.auth_data = user.name
+            log.info("%s authenticated as %r", server.peer_host, user.name)
+            return REPLY_AUTH_OK
+        return await self._login_failed(server, credentials)
+
+    async def _login_failed(self, server: RelaySession, credentials: SaslCredentials) -> str | None:
+        count, delay = self._throttle.record_failure(server.peer_host)
+        log.warning(
+            "authentication failed for user %r from %s (%d failures from this address, reply delayed %.1f s)",
+            credentials.login,
+            server.peer_host,
+            count,
+            delay,
+            extra={"event": "auth_failed", "peer": server.peer_host, "user": credentials.login},
+        )
+        await asyncio.sleep(delay)
+        server.auth_failures += 1
+        if server.auth_failures >= self._tuning.auth_failures_per_session:
+            server.hang_up(f"{REPLY_AUTH_FAILED}\r\n{REPLY_TOO_MANY_AUTH_FAILURES}\r\n".encode())
+            return None
+        return REPLY_AUTH_FAILED
+
+    def _sender_user(self, server: RelaySession, session: Any) -> LocalUser | None:
+        """Who this session sends as: its AUTH user (if still configured) or its network's user."""
+        policy = self._listener.policy
+        if session.authenticated:
+            return policy.user(session.auth_data)  # None if a reload removed the user
+        return policy.network_user(server.peer_host)
+
+    async def handle_MAIL(
+        self, server: RelaySession, session: Any, envelope: _RelayEnvelope, address: str, options: list[str]
+    ) -> str | None:
+        if self._listener.stopping:
+            server.hang_up(REPLY_SHUTTING_DOWN)
+            return None
+        user = self._sender_user(server, session)
+        if user is None:
+            return REPLY_AUTH_REQUIRED
+        if not user.may_send_as(address):
+            return self._refuse_sender(server, user, address, "MAIL FROM")
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.user = user
+        return REPLY_SENDER_OK
+
+    def _refuse_sender(self, server: RelaySession, user: LocalUser, address: str, where: str) -> str:
+        log.warning(
+            "refused sender <%s> in %s for user %r from %s: not in allowed_senders",
+            address.strip("<>"),
+            where,
+            user.name,
+            server.peer_host,
+            extra={"event": "sender_refused", "peer": server.peer_host, "user": user.name},
+        )
+        return REPLY_SENDER_REFUSED.format(sender=address.strip("<>"), user=user.name)
+
+    async def handle_RCPT(
+        self, server: RelaySession, session: Any, envelope: _RelayEnvelope, address: str, options: list[str]
+    ) -> str:
+        if address == NULL_SENDER:
+            return REPLY_BAD_RECIPIENT
+        if len(envelope.rcpt_tos) >= self._tuning.max_recipients:
+            return REPLY_TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return REPLY_RECIPIENT_OK
+
+    async def handle_DATA(self, server: RelaySession, session: Any, envelope: _RelayEnvelope) -> str:
+        user, data, mail_from = envelope.user, envelope.original_content, envelope.mail_from
+        if user is None or data is None or mail_from is None:  # handle_MAIL and aiosmtpd set all three
+            raise RuntimeError("DATA without an accepted MAIL FROM")
+        if len(data) > _HEADER_PARSE_INLINE_LIMIT:
+            headers = await asyncio.to_thread(read_headers, data)
+        else:
+            headers = read_headers(data)
+        for address in headers.from_addresses:
+            if not user.may_send_as(address):
+                return self._refuse_sender(server, user, address, "From:")
+        message = AcceptedMessage(
+            local_user=user.name,
+            mailbox=user.mailbox,
+            mail_from="" if mail_from == NULL_SENDER else mail_from,
+            rcpt_tos=list(envelope.rcpt_tos),
+            data=data,
+            peer=server.peer_host,
+            message_id=headers.message_id,
+        )
+        try:
+            queue_id = await self._listener.store(message)
+        except Exception:
+            log.exception("could not store a message from user %r (%s)", user.name, server.peer_host)
+            return REPLY_LOCAL_ERROR
+        log.info(
+            "accepted message %s from user %r (%s)",
+            queue_id,
+            user.name,
+            server.peer_host,
+            extra={
+                "event": "accepted",
+                "queue_id": queue_id,
+                "message_id": headers.message_id,
+                "sender": message.mail_from,
+                "recipients": len(message.rcpt_tos),
+                "size": len(data),
+                "user": user.name,
+                "peer": server.peer_host,
+            },
+        )
+        return REPLY_QUEUED.format(queue_id=queue_id)
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Any bug or I/O trouble in a session: a retryable 451, internals only in our log."""
+        log.error("internal error in an SMTP session", exc_info=error)
+        return REPLY_LOCAL_ERROR
