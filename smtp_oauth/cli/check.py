@@ -1,0 +1,85 @@
+"""``smtp-oauth check``: walk the chain step by step and say where it breaks and how to fix it.
+
+A thin shell over :mod:`smtp_oauth.diagnostics`: each step is printed as soon as it is known
+(a step waiting on a firewall's timeout should not look like a hang), with its explanation and
+the fix filled in with the user's ids. ``--json`` prints one document for monitoring instead.
+Exit 0 only if every step passed; otherwise the first failure's sysexits code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from smtp_oauth.diagnostics import StepResult
+    from smtp_oauth.settings import Settings
+
+__all__ = ["add_arguments", "format_step", "run"]
+
+_LABELS = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
+_WIDTH = 100
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``smtp-oauth check``."""
+    parser.add_argument(
+        "--send-test",
+        metavar="ADDR",
+        help="after AUTH succeeds, also send a short test message to ADDR",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document (for monitoring)")
+
+
+def format_step(step: StepResult) -> str:
+    """``PASS  access token  issued by ...`` then indented ``fix:`` lines."""
+    lines = [f"{_LABELS[step.status.value]:<5} {step.title}: {step.detail}"]
+    if step.fix:
+        label = "note" if step.status.value == "warn" else "fix"
+        lines.extend(
+            textwrap.wrap(
+                step.fix,
+                width=_WIDTH,
+                initial_indent=f"      {label}: ",
+                subsequent_indent="           ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        )
+    return "\n".join(lines)
+
+
+def _printer(stream: TextIO) -> Callable[[StepResult], None]:
+    def show(step: StepResult) -> None:
+        print(format_step(step), file=stream, flush=True)
+
+    return show
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the checks; print each step (or the JSON report); exit with the first failure's code."""
+    import asyncio
+
+    from smtp_oauth.diagnostics import run_checks
+
+    def load() -> Settings:
+        from smtp_oauth.cli.common import load_settings_from_args
+
+        return load_settings_from_args(args)
+
+    on_step = None if args.json else _printer(sys.stdout)
+    report = asyncio.run(run_checks(load, send_test=args.send_test, on_step=on_step))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif report.ok:
+        print("\nAll checks passed.")
+    else:
+        failure = report.first_failure
+        assert failure is not None
+        print(f"\nCheck failed at: {failure.title} (exit {report.exit_code}).")
+    return report.exit_code

@@ -1,0 +1,92 @@
+"""``smtp-oauth config``: the effective settings and where each came from; ``--example`` prints a template.
+
+The listing reads like the TOML file it describes, each line followed by its source, so a person
+can see at once that ``SMTP_OAUTH_SMTP__PORT`` beats the file's ``port``. Secrets are shown as
+``**********``: the output is meant to be pasted into a support ticket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from typing import Any
+
+from smtp_oauth.errors import ExitCode
+
+__all__ = ["add_arguments", "example_config", "run"]
+
+_VALUE_COLUMN = 48  # where the "# source" comments start, for a readable listing
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``smtp-oauth config``."""
+    parser.add_argument(
+        "--example",
+        action="store_true",
+        help="print config.example.toml (every key with its default and a comment) and exit",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON document: key -> value and source")
+
+
+def example_config() -> str:
+    """The text of config.example.toml, as shipped inside the package."""
+    return resources.files("smtp_oauth").joinpath("config.example.toml").read_text(encoding="utf-8")
+
+
+def _toml_value(value: Any) -> str:
+    """A value as TOML would write it (JSON's strings, numbers, booleans and arrays are TOML too;
+    relay.users' tables come out as JSON objects, readable if not TOML)."""
+    return "(not set)" if value is None else json.dumps(value)
+
+
+def render_text(settings_values: list[Any], *, config_file: str | None, secrets_dir: str | None) -> str:
+    """The human listing: sections as in the TOML file, one ``key = value  # source`` per line."""
+    lines = [
+        f"# configuration file: {config_file or '(none: environment only)'}",
+        f"# secrets directory: {secrets_dir or '(none)'}",
+    ]
+    section = ""
+    for item in settings_values:
+        head, _, name = item.key.rpartition(".")
+        if head != section:
+            section = head
+            lines.append("")
+            lines.append(f"[{section}]")
+        entry = f"{name} = {_toml_value(item.value)}"
+        lines.append(f"{entry:<{_VALUE_COLUMN}} # {item.source}")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the example, or the effective settings with their sources."""
+    if args.example:
+        sys.stdout.write(example_config())
+        return int(ExitCode.OK)
+
+    from smtp_oauth.cli.common import load_settings_from_args
+    from smtp_oauth.settings import secrets_directory
+    from smtp_oauth.settings_sources import describe_settings
+
+    settings = load_settings_from_args(args)
+    values = describe_settings(settings, config_path=getattr(args, "config", None))
+    config_file = str(settings.source_file.resolve()) if settings.source_file else None
+    secrets_dir = secrets_directory()
+    if args.json:
+        document = {
+            "config_file": config_file,
+            "secrets_dir": str(secrets_dir) if secrets_dir else None,
+            "settings": {
+                item.key: {"value": item.value, "source": item.source.kind, "where": item.source.where}
+                for item in values
+            },
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        sys.stdout.write(
+            render_text(
+                values, config_file=config_file, secrets_dir=str(secrets_dir) if secrets_dir else None
+            )
+        )
+    return int(ExitCode.OK)

@@ -1,0 +1,63 @@
+"""``smtp-oauth token``: print an access token, its XOAUTH2 form, or its decoded claims.
+
+For other programs: msmtp's ``passwordeval "smtp-oauth token"``, a tool that wants the whole
+XOAUTH2 initial response (``--xoauth2``), or a person asking what a token allows (``--claims``,
+which never prints the token itself). The token comes from the cache when it is still valid for
+10 minutes, else from the identity provider, exactly as send-mail would get it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from smtp_oauth.errors import ExitCode
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``smtp-oauth token``."""
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument(
+        "--xoauth2",
+        action="store_true",
+        help="print the base64 SASL XOAUTH2 initial response for smtp.username instead of the token",
+    )
+    form.add_argument(
+        "--claims",
+        action="store_true",
+        help="print the token's decoded claims as JSON (not verified); the token itself is not printed",
+    )
+    parser.add_argument(
+        "--force-refresh",
+        action="store_true",
+        help="ask the identity provider for a new token even if the cached one is still valid",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Get a token and print it in the chosen form."""
+    from smtp_oauth.cli.common import load_settings_from_args
+    from smtp_oauth.tokens import create_token_provider
+
+    settings = load_settings_from_args(args)
+    provider = create_token_provider(settings)
+    token = provider.access_token_sync(force_refresh=args.force_refresh)
+    if args.claims:
+        from smtp_oauth.claims import decode_claims
+
+        try:
+            claims = decode_claims(token)
+        except ValueError as exc:
+            print(f"smtp-oauth: cannot show the claims: {exc}", file=sys.stderr)
+            return int(ExitCode.DATAERR)
+        print(json.dumps(claims, indent=2, sort_keys=True))
+    elif args.xoauth2:
+        from smtp_oauth.xoauth2 import encode
+
+        print(encode(settings.smtp.username, token))
+    else:
+        print(token)
+    return int(ExitCode.OK)

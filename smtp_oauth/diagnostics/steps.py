@@ -1,0 +1,248 @@
+"""``check`` as a library: config -> token -> claims -> TCP -> TLS -> AUTH -> optional test message.
+
+Each step returns a :class:`StepResult`; the first failure ends the run and the remaining steps
+are reported as skipped, since each needs what the previous one proved. Usable from monitoring::
+
+    report = await run_checks(settings)          # or run_checks(lambda: load_settings(path))
+    if not report.ok: alert(report.first_failure.detail, report.first_failure.fix)
+
+Hints come from the errors' own ``explain()`` (errors.py, the one place they are written),
+filled in with the ids this check learns on the way (the service principal's object id from an
+app-only token's ``oid`` claim).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import socket
+from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
+
+from smtp_oauth.diagnostics.claims_check import check_claims
+from smtp_oauth.diagnostics.probe import SmtpProbe
+from smtp_oauth.diagnostics.report import CheckReport, Status, StepResult
+from smtp_oauth.errors import ConfigurationError, SmtpOAuthError
+from smtp_oauth.settings import Settings
+
+if TYPE_CHECKING:
+    from smtp_oauth.tokens import TokenProvider
+
+__all__ = ["STEPS", "run_checks"]
+
+# name -> title, in order; the titles of skipped steps come from here.
+STEPS: dict[str, str] = {
+    "config": "configuration",
+    "token": "access token",
+    "claims": "token claims",
+    "connect": "TCP connection",
+    "tls": "STARTTLS and certificate",
+    "auth": "AUTH XOAUTH2",
+    "send": "test message",
+}
+
+OnStep = Callable[[StepResult], None]
+
+
+class _Run:
+    """The state one check run accumulates: the report, and ids learnt for the hints."""
+
+    def __init__(self, on_step: OnStep | None) -> None:
+        self.report = CheckReport()
+        self.context: dict[str, str] = {}
+        self._on_step = on_step
+
+    def add(self, step: StepResult) -> bool:
+        self.report.steps.append(step)
+        if self._on_step is not None:
+            self._on_step(step)
+        return step.passed
+
+    def failed(self, name: str, error: SmtpOAuthError, *, detail: str | None = None) -> bool:
+        error.context.update(self.context)
+        step = StepResult(
+            name,
+            STEPS[name],
+            Status.FAIL,
+            detail or str(error).splitlines()[0],
+            error.explain(),
+            int(error.exit_code),
+        )
+        return self.add(step)
+
+    def skip_rest(self, wanted: list[str]) -> None:
+        done = {step.name for step in self.report.steps}
+        failed = self.report.first_failure
+        reason = f"skipped: {failed.title} failed" if failed else "skipped"
+        for name in wanted:
+            if name not in done:
+                self.add(StepResult(name, STEPS[name], Status.SKIP, reason))
+
+
+async def run_checks(
+    settings: Settings | Callable[[], Settings],
+    *,
+    send_test: str | None = None,
+    token_provider: TokenProvider | None = None,
+    on_step: OnStep | None = None,
+) -> CheckReport:
+    """Run every step in order; ``on_step`` sees each result as soon as it is known.
+
+    ``settings`` may be a loader, so a configuration error becomes the first step's failure.
+    ``send_test``: also send a short test message to this address.
+    """
+    run = _Run(on_step)
+    wanted = [*STEPS][:-1] + (["send"] if send_test else [])
+    loaded = _config_step(run, settings)
+    if loaded is not None:
+        run.report.identity = {
+            "tenant_id": loaded.identity.tenant_id,
+            "client_id": loaded.identity.client_id,
+            "flow": loaded.identity.flow,
+            "mailbox": loaded.smtp.username,
+            "smtp": f"{loaded.smtp_host}:{loaded.smtp.port}",
+        }
+        run.context.update(loaded.hint_context())
+        await _checks_after_config(run, loaded, send_test, token_provider)
+    run.skip_rest(wanted)
+    return run.report
+
+
+def _config_step(run: _Run, settings: Settings | Callable[[], Settings]) -> Settings | None:
+    try:
+        loaded = settings if isinstance(settings, Settings) else settings()
+    except ConfigurationError as error:
+        run.failed("config", error)
+        return None
+    source = str(loaded.source_file) if loaded.source_file else "environment only"
+    identity = loaded.identity
+    run.add(
+        StepResult(
+            "config",
+            STEPS["config"],
+            Status.PASS,
+            f"{source}: flow {identity.flow}, tenant {identity.tenant_id}, client {identity.client_id}, "
+            f"mailbox {loaded.smtp.username}, {loaded.smtp_host}:{loaded.smtp.port} {loaded.smtp.security}",
+            facts={"file": loaded.source_file and str(loaded.source_file)},
+        )
+    )
+    return loaded
+
+
+async def _checks_after_config(
+    run: _Run, settings: Settings, send_test: str | None, provider: TokenProvider | None
+) -> None:
+    if provider is None:
+        from smtp_oauth.tokens import create_token_provider
+
+        try:
+            provider = create_token_provider(settings)
+        except SmtpOAuthError as error:
+            run.failed("token", error)
+            return
+    token = await _token_step(run, settings, provider)
+    if token is None or not _claims_step(run, settings, token):
+        return
+    probe = SmtpProbe(settings)
+    try:
+        if not run.add(await probe.connect()) or not run.add(await probe.secure()):
+            return
+    finally:
+        await probe.close()
+    await _auth_and_send(run, settings, provider, send_test)
+
+
+async def _token_step(run: _Run, settings: Settings, provider: TokenProvider) -> str | None:
+    # force_refresh: a token still in the cache would hide a secret changed or revoked since.
+    try:
+        token = await provider.access_token(force_refresh=True)
+    except SmtpOAuthError as error:
+        run.failed("token", error)
+        return None
+    identity = settings.identity
+    run.add(
+        StepResult(
+            "token",
+            STEPS["token"],
+            Status.PASS,
+            f"issued by {identity.authority} for {' '.join(identity.effective_scopes)} ({identity.flow})",
+        )
+    )
+    return token
+
+
+def _claims_step(run: _Run, settings: Settings, token: str) -> bool:
+    from smtp_oauth.claims import decode_claims
+
+    try:
+        claims = decode_claims(token)
+    except ValueError as exc:
+        # Not a JWT (encrypted or opaque): nothing to look at, and Exchange may still accept it.
+        return run.add(StepResult("claims", STEPS["claims"], Status.WARN, f"cannot read the token: {exc}"))
+    if not settings.identity.is_delegated and isinstance(claims.get("oid"), str):
+        # An app-only token's oid is the service principal (enterprise application) object id:
+        # exactly the id New-ServicePrincipal and Add-MailboxPermission ask for.
+        run.context["enterprise_app_object_id"] = claims["oid"]
+        run.context["service_principal_id"] = claims["oid"]
+    return run.add(check_claims(claims, settings))
+
+
+async def _auth_and_send(
+    run: _Run, settings: Settings, provider: TokenProvider, send_test: str | None
+) -> None:
+    from smtp_oauth.sender import Mailer
+
+    try:
+        async with Mailer(settings, token_provider=provider) as mailer:
+            if not await _step(run, "auth", mailer.verify_login, _auth_detail(settings)):
+                return
+            if send_test:
+                message = _test_message(settings, send_test)
+                await _step(run, "send", lambda: mailer.send(message), _send_detail(send_test))
+    except SmtpOAuthError as error:
+        # Raised while entering or leaving the session (connect on enter, QUIT on exit): it is the
+        # failure of the first step not yet reported; after the last one it no longer matters.
+        done = {step.name for step in run.report.steps}
+        pending = [name for name in ("auth", "send") if name not in done and (name == "auth" or send_test)]
+        if pending:
+            run.failed(pending[0], error)
+
+
+async def _step(
+    run: _Run, name: str, action: Callable[[], Awaitable[Any]], describe: Callable[[Any], str]
+) -> bool:
+    try:
+        outcome = await action()
+    except SmtpOAuthError as error:
+        return run.failed(name, error)
+    return run.add(StepResult(name, STEPS[name], Status.PASS, describe(outcome)))
+
+
+def _auth_detail(settings: Settings) -> Callable[[Any], str]:
+    return lambda reply: f"authenticated as {settings.smtp.username}: {reply}"
+
+
+def _send_detail(address: str) -> Callable[[Any], str]:
+    def describe(result: Any) -> str:
+        reply = getattr(result, "reply", "")
+        refused = getattr(result, "refused", {})
+        if refused:
+            return f"sent, but refused for {', '.join(refused)}: {reply}"
+        return f"sent to {address}: {reply}"
+
+    return describe
+
+
+def _test_message(settings: Settings, address: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = settings.smtp.sender
+    message["To"] = address
+    message["Subject"] = "smtp-oauth check: test message"
+    message["Date"] = email.utils.formatdate(localtime=True)
+    message["Message-ID"] = email.utils.make_msgid(domain=settings.smtp.sender.rpartition("@")[2])
+    message.set_content(
+        f"This message was sent by `smtp-oauth check --send-test` on {socket.gethostname()}\n"
+        f"through {settings.smtp_host}:{settings.smtp.port} as {settings.smtp.username}.\n"
+        "If you can read it, sending mail with OAuth works.\n"
+    )
+    return message
