@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy as email_policy
+from email.errors import HeaderParseError, InvalidHeaderDefect, NonASCIILocalPartDefect
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -87,10 +88,20 @@ def parse_addresses(values: Iterable[str], *, what: str = "recipient") -> list[A
     for value in values:
         if not value.strip():
             continue
-        header = email_policy.default.header_factory("To", value)
+        try:
+            header = email_policy.default.header_factory("To", value)
+        except (HeaderParseError, IndexError, ValueError):  # the parser's failure modes, e.g. "x@"
+            raise MessageError(f"invalid {what} address: {value.strip()!r}") from None
         parsed = list(header.addresses)
+        # The parser repairs what it can ("a b@x" -> '"a b"@x', drops trailing junk) and records
+        # a defect; a repaired address is a guess, so refuse it. Non-ASCII local parts are fine.
+        repaired = [
+            d
+            for d in header.defects
+            if isinstance(d, InvalidHeaderDefect) and not isinstance(d, NonASCIILocalPartDefect)
+        ]
         invalid = [a for a in parsed if not _valid_addr_spec(a.addr_spec)]
-        if invalid or (not parsed and ":" not in value):
+        if repaired or invalid or (not parsed and ":" not in value):
             raise MessageError(f"invalid {what} address: {value.strip()!r}")
         addresses.extend(parsed)
     return addresses
