@@ -1,0 +1,397 @@
+"""Access tokens for Exchange Online: the ``TokenProvider`` seam and its MSAL implementation.
+
+``MsalTokenProvider`` keeps the current token in memory and serves it while it is valid for more
+than ``REFRESH_MARGIN`` (10 minutes) and MSAL's ``refresh_on`` has not passed, so the hot path
+touches neither MSAL nor the disk. Otherwise exactly one caller per process goes to MSAL (an
+``asyncio.Lock`` per event loop, then a ``threading.Lock`` shared with sync callers), in a worker
+thread: MSAL is blocking. The persistent cache and the MSAL calls live in ``token_cache.py`` and
+``token_flows.py``; this module imports neither msal nor msal-extensions at import time, because
+``send-mail`` (one process per message) first tries ``cached_access_token``: a plain JSON read of
+the cache file.
+
+Only ``smtp_oauth.errors`` types leave this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from smtp_oauth.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from smtp_oauth.settings import IdentitySettings, Settings
+
+__all__ = [
+    "REFRESH_MARGIN",
+    "DeviceCodePrompt",
+    "MsalTokenProvider",
+    "SignedIn",
+    "TokenProvider",
+    "cached_access_token",
+    "create_token_provider",
+]
+
+log = logging.getLogger(__name__)
+
+# Exchange Online rejects tokens close to expiry ("Token will expire soon"); MSAL itself only skips
+# cached tokens with less than 5 minutes left, so we ask for a new one 10 minutes before.
+REFRESH_MARGIN = timedelta(minutes=10)
+# After MSAL's proactive refresh (refresh_on) failed and it handed back the still-valid token,
+# wait this long before trying again instead of asking the IdP on every call.
+_REFRESH_RETRY_SECONDS = 60.0
+# MSAL adds these to every delegated request itself and refuses them in the scope list.
+RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access"})
+DELEGATED_LOGIN_FLOWS = ("device_code", "interactive", "username_password")
+
+
+class TokenProvider(Protocol):
+    """Anything that can hand out an access token for Exchange Online."""
+
+    async def access_token(self, *, force_refresh: bool = False) -> str: ...
+
+
+@dataclass(frozen=True)
+class DeviceCodePrompt:
+    """What the user must do to finish a device code sign-in ("open <uri> and enter <code>")."""
+
+    verification_uri: str
+    user_code: str
+    message: str
+    expires_in: int
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """The result of a delegated sign-in: who, for what, until when."""
+
+    username: str | None
+    scopes: list[str]
+    expires_on: datetime
+    tenant_id: str | None
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """An access token and its timing (epoch seconds); the token itself is kept out of reprs."""
+
+    access_token: str = field(repr=False)
+    expires_on: float
+    refresh_on: float | None
+    source: str  # "identity_provider" | "cache"
+
+    def remaining(self, now: float | None = None) -> float:
+        return self.expires_on - (time.time() if now is None else now)
+
+
+def request_scopes(identity: IdentitySettings) -> list[str]:
+    """The scopes to ask for: the configured ones without those MSAL adds (and rejects) itself."""
+    return [scope for scope in identity.effective_scopes if scope.lower() not in RESERVED_SCOPES]
+
+
+def _print_device_code(prompt: DeviceCodePrompt) -> None:
+    print(prompt.message, file=sys.stderr, flush=True)
+
+
+def _open_web_browser(url: str) -> bool:
+    import webbrowser
+
+    try:
+        return webbrowser.open(url)
+    except webbrowser.Error:
+        return False
+
+
+class AbortSignal:
+    """Lets the event loop stop a sign-in running in a thread (device code polling, loopback wait)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted
+
+    def on_abort(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._aborted:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def abort(self) -> None:
+        with self._lock:
+            self._aborted = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+_T = TypeVar("_T")
+
+
+async def _in_daemon_thread(function: Callable[[], _T]) -> _T:
+    """Run ``function`` in a daemon thread: a sign-in waiting for a human must not keep the
+    interpreter alive after Ctrl-C (``asyncio.to_thread`` workers are joined at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]  # result is _T when error is None
+
+    def target() -> None:
+        try:
+            result = function()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, name="smtp-oauth-sign-in", daemon=True).start()
+    return await future
+
+
+class MsalTokenProvider:
+    """``TokenProvider`` on MSAL: client credentials (secret or certificate) or a delegated flow."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        device_code_prompt: Callable[[DeviceCodePrompt], None] | None = None,
+        open_browser: Callable[[str], bool] | None = None,
+        interactive_timeout: float = 300,
+    ) -> None:
+        self._settings = settings
+        self._device_code_prompt = device_code_prompt or _print_device_code
+        self._open_browser = open_browser or _open_web_browser
+        self._interactive_timeout = interactive_timeout
+        self._token: IssuedToken | None = None
+        self._generation = 0  # bumped whenever a new token is stored
+        self._lock = threading.Lock()  # one MSAL call at a time, sync and async callers alike
+        self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._session: Any = None  # token_flows.MsalSession, built on first use
+        self._cache: Any = None
+
+    def __repr__(self) -> str:
+        identity = self._settings.identity
+        return f"MsalTokenProvider(flow={identity.flow!r}, client_id={identity.client_id!r})"
+
+    # -- the hot path ---------------------------------------------------------------------------
+
+    def _fresh(self) -> str | None:
+        token, now = self._token, time.time()
+        if token is None or token.remaining(now) <= REFRESH_MARGIN.total_seconds():
+            return None
+        if token.refresh_on is not None and now >= token.refresh_on:
+            return None
+        return token.access_token
+
+    def _async_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._async_locks.get(loop)
+        if lock is None:
+            lock = self._async_locks[loop] = asyncio.Lock()
+        return lock
+
+    async def access_token(self, *, force_refresh: bool = False) -> str:
+        """A token valid for more than 10 minutes; ``force_refresh`` asks the IdP for a new one."""
+        generation = self._generation
+        if not force_refresh and (token := self._fresh()) is not None:
+            return token
+        async with self._async_lock():
+            if not force_refresh and (token := self._fresh()) is not None:
+                return token
+            if force_refresh and self._generation != generation and self._token is not None:
+                return self._token.access_token  # refreshed while this caller waited
+            return await asyncio.to_thread(self._acquire, force_refresh, generation)
+
+    def access_token_sync(self, *, force_refresh: bool = False) -> str:
+        """``access_token`` for synchronous callers (logging handler, CLI); blocks."""
+        generation = self._generation
+        if not force_refresh and (token := self._fresh()) is not None:
+            return token
+        return self._acquire(force_refresh, generation)
+
+    # -- MSAL, in a worker thread -----------------------------------------------------------------
+
+    def _msal_session(self) -> Any:
+        if self._session is None:
+            from smtp_oauth import token_cache, token_flows
+
+            if self._cache is None:
+                self._cache = token_cache.open_token_cache(self._settings)
+            self._session = token_flows.MsalSession(self._settings, self._cache)
+        return self._session
+
+    def _run_msal(self, call: Callable[[Any], _T]) -> _T:
+        """Run ``call(session)``; after any failure the next call gets a fresh MSAL app, because
+        MSAL replays a refused request from its 60 s throttle cache (libraries.md, pitfall 1)."""
+        try:
+            return call(self._msal_session())
+        except BaseException:
+            self._session = None
+            raise
+
+    def _acquire(self, force_refresh: bool, generation: int) -> str:
+        with self._lock:
+            if not force_refresh and (token := self._fresh()) is not None:
+                return token
+            if force_refresh and self._generation != generation and self._token is not None:
+                return self._token.access_token
+            margin = REFRESH_MARGIN.total_seconds()
+            issued: IssuedToken = self._run_msal(
+                lambda session: session.acquire(force_refresh=force_refresh, min_validity=margin)
+            )
+            self._store(issued)
+            return issued.access_token
+
+    def _store(self, issued: IssuedToken) -> None:
+        now = time.time()
+        if issued.refresh_on is not None and issued.refresh_on <= now:
+            # MSAL's proactive refresh failed and it returned the cached token: retry later.
+            issued = IssuedToken(
+                issued.access_token, issued.expires_on, now + _REFRESH_RETRY_SECONDS, issued.source
+            )
+        self._token = issued
+        self._generation += 1
+        log.debug("token acquired (source=%s, expires in %d s)", issued.source, issued.remaining(now))
+
+    # -- delegated sign-in ------------------------------------------------------------------------
+
+    async def login(self, flow: str | None = None) -> SignedIn:
+        """Sign in a user (device code, interactive, or username/password) and cache the refresh token."""
+        chosen = flow or self._settings.identity.flow
+        if chosen not in DELEGATED_LOGIN_FLOWS:
+            raise ConfigurationError(
+                f"`login` signs in a user; identity.flow is {chosen!r}, which needs no sign-in",
+                key="identity.flow",
+                hint='Set identity.flow = "device_code" (or "interactive") to send as a user.',
+            )
+        if not self._settings.identity.is_delegated:
+            raise ConfigurationError(
+                "`login` needs a delegated identity.flow (device_code, interactive or username_password); "
+                f"it is {self._settings.identity.flow!r}",
+                key="identity.flow",
+            )
+        abort = AbortSignal()
+
+        def sign_in() -> SignedIn:
+            with self._lock:
+                signed_in: SignedIn = self._run_msal(lambda session: self._sign_in(session, chosen, abort))
+                self._token = None  # the next access_token() reads the new sign-in's token
+                return signed_in
+
+        try:
+            return await _in_daemon_thread(sign_in)
+        except asyncio.CancelledError:
+            abort.abort()
+            raise
+
+    def _sign_in(self, session: Any, flow: str, abort: AbortSignal) -> SignedIn:
+        if flow == "device_code":
+            result: SignedIn = session.sign_in_with_device_code(self._device_code_prompt, abort)
+        elif flow == "interactive":
+            result = session.sign_in_interactively(self._open_browser, self._interactive_timeout, abort)
+        else:
+            result = session.sign_in_with_password()
+        return result
+
+    async def logout(self) -> int:
+        """Remove this identity's tokens (and account) from the cache; returns how many entries."""
+
+        def sign_out() -> int:
+            with self._lock:
+                removed: int = self._run_msal(lambda session: session.sign_out())
+                self._token = None
+                return removed
+
+        return await asyncio.to_thread(sign_out)
+
+
+def create_token_provider(settings: Settings, **kwargs: Any) -> MsalTokenProvider:
+    """The token provider ``settings`` describe (keyword arguments go to ``MsalTokenProvider``)."""
+    return MsalTokenProvider(settings, **kwargs)
+
+
+# -- send-mail's fast path: no msal import ------------------------------------------------------
+
+
+def _matching_home_accounts(cache: dict[str, Any], settings: Settings, environment: str) -> set[str]:
+    """home_account_ids of the account a delegated provider would use (see MsalSession.account)."""
+    accounts = [
+        entry
+        for entry in (cache.get("Account") or {}).values()
+        if isinstance(entry, dict) and str(entry.get("environment", "")).lower() == environment
+    ]
+    identity = settings.identity
+    for wanted, fall_through in ((identity.username, False), (settings.smtp.username, True)):
+        if not wanted:
+            continue
+        found = {
+            str(a.get("home_account_id"))
+            for a in accounts
+            if str(a.get("username", "")).lower() == wanted.lower()
+        }
+        if found or not fall_through:
+            return found
+    ids = {str(a.get("home_account_id")) for a in accounts}
+    return ids if len(ids) == 1 else set()
+
+
+def cached_access_token(settings: Settings, *, min_validity: timedelta = REFRESH_MARGIN) -> str | None:
+    """A cached access token valid for at least ``min_validity``, read straight from the plaintext
+    cache file (MSAL's JSON format), or None: missing, encrypted, expiring, due for refresh.
+
+    Starts fast (no msal import) for ``send-mail``, which runs once per message.
+    """
+    from smtp_oauth.token_cache import cache_file_path, read_plaintext_cache
+
+    cache = read_plaintext_cache(cache_file_path(settings))
+    if cache is None:
+        return None
+    identity = settings.identity
+    environment = (urlsplit(identity.effective_authority_host).hostname or "").lower()
+    wanted_scopes = {scope.lower() for scope in request_scopes(identity)}
+    home_ids = _matching_home_accounts(cache, settings, environment) if identity.is_delegated else set()
+    now, best_expiry, best = time.time(), 0.0, None
+    for entry in (cache.get("AccessToken") or {}).values():
+        if not isinstance(entry, dict) or entry.get("key_id") or entry.get("ext_cache_key"):
+            continue  # bound (PoP, SSH) or path-scoped tokens are not SMTP bearer tokens
+        try:
+            expires_on = float(entry["expires_on"])
+            refresh_on = float(entry["refresh_on"]) if entry.get("refresh_on") else None
+        except (KeyError, TypeError, ValueError):
+            continue
+        home = entry.get("home_account_id") or None
+        if (
+            entry.get("client_id") != identity.client_id
+            or str(entry.get("environment", "")).lower() != environment
+            or str(entry.get("realm", "")).lower() != identity.tenant_id.lower()
+            or not wanted_scopes <= set(str(entry.get("target", "")).lower().split())
+            or (home not in home_ids if identity.is_delegated else home is not None)
+            or expires_on - now < min_validity.total_seconds()
+            or (refresh_on is not None and refresh_on <= now)
+        ):
+            continue
+        if expires_on > best_expiry and isinstance(entry.get("secret"), str):
+            best_expiry, best = expires_on, entry["secret"]
+    return best
