@@ -3,7 +3,8 @@
 What this subclass changes, and why:
 
 - Long AUTH lines. A real ``AUTH XOAUTH2 <base64>`` line is several KB; stock aiosmtpd answers
-  ``500 Command line too long`` above 512 octets. RFC 4954 §4 lets AUTH lines reach 12288 octets.
+  ``500 Command line too long`` above 512 octets. RFC 4954 §4 has servers accept AUTH lines of at
+  least 12288 octets; we allow 16384 so an 8 KB token (many group claims) still fits.
   ``command_size_limits`` must be replaced on the instance: the class-level defaultdict falls back to
   the *base* class's limit and ``SMTP.__init__`` clears it. The reader's ``line_length_limit`` is
   raised with it (the reader is created with it in ``SMTP.__init__``), which also lets DATA lines
@@ -26,8 +27,8 @@ from aiosmtpd.smtp import SMTP, Session
 
 __all__ = ["AUTH_LINE_LIMIT", "ConnectionObserver", "ExchangeSMTP"]
 
-AUTH_LINE_LIMIT = 12288  # RFC 4954 §4: "up to 12288 octets" for an AUTH command line
-_READER_LIMIT = 16384  # one line of input, AUTH or DATA; above AUTH_LINE_LIMIT so AUTH hits its own
+AUTH_LINE_LIMIT = 16384  # RFC 4954 §4 asks for at least 12288 octets per AUTH line
+_READER_LIMIT = 32768  # one line of input (commands, the two-step AUTH blob, DATA lines)
 
 # aiosmtpd's fixed replies -> what Exchange Online says in the same situation.
 _EXCHANGE_WORDING = {
