@@ -1,0 +1,300 @@
+"""Delivery workers against a scripted upstream session: outcomes, backoff, pacing, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from pathlib import Path
+
+import pytest
+
+from smtp_oauth.errors import (
+    AuthenticationError,
+    PermanentDeliveryError,
+    SmtpOAuthError,
+    TemporaryDeliveryError,
+)
+from smtp_oauth.relay.delivery import DeliveryConfig, DeliveryManager, Session, SessionFactory
+from smtp_oauth.relay.spool import NewMessage, QueueState, SpooledMessage
+from smtp_oauth.relay.spool_sqlite import SqliteSpool
+
+MAILBOX = "box@example.com"
+FAST: dict[str, object] = {
+    "backoff_base": 0.05,
+    "backoff_cap": 0.2,
+    "poll_interval": 0.5,
+    "idle_timeout": 5.0,
+}
+
+
+def fast_config(**config: object) -> DeliveryConfig:
+    """Unpaced, with retries after a fraction of a second."""
+    return DeliveryConfig(**{"messages_per_minute": 0, **FAST, **config})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Result:
+    accepted: list[str]
+    refused: dict[str, tuple[int, str]]
+    reply: str
+
+
+@dataclass
+class FakeUpstream:
+    """Sessions that record what they send; ``failures`` are raised by the next sends, in order."""
+
+    failures: list[SmtpOAuthError] = field(default_factory=list)
+    refuse: dict[str, tuple[int, str]] = field(default_factory=dict)
+    delay: float = 0.0
+    hang_for: set[str] = field(default_factory=set)  # mailboxes whose sends never finish
+    sent: list[tuple[str, str, list[str], bytes]] = field(default_factory=list)
+    sessions_opened: int = 0
+    open_now: dict[str, int] = field(default_factory=dict)
+    peak: dict[str, int] = field(default_factory=dict)
+    send_times: list[float] = field(default_factory=list)
+
+    def factory(self) -> SessionFactory:
+        upstream = self
+
+        class _Session:
+            def __init__(self, mailbox: str) -> None:
+                self.mailbox = mailbox
+
+            async def send(self, message: bytes, /, *, sender: str, recipients: Sequence[str]) -> Result:
+                upstream.send_times.append(time.monotonic())
+                if self.mailbox in upstream.hang_for:
+                    await asyncio.sleep(3600)
+                await asyncio.sleep(upstream.delay)
+                if upstream.failures:
+                    raise upstream.failures.pop(0)
+                upstream.sent.append((self.mailbox, sender, list(recipients), message))
+                accepted = [r for r in recipients if r not in upstream.refuse]
+                refused = {r: upstream.refuse[r] for r in recipients if r in upstream.refuse}
+                return Result(accepted, refused, "250 2.0.0 queued")
+
+        @asynccontextmanager
+        async def open_session(mailbox: str) -> AsyncIterator[Session]:
+            upstream.sessions_opened += 1
+            upstream.open_now[mailbox] = upstream.open_now.get(mailbox, 0) + 1
+            upstream.peak[mailbox] = max(upstream.peak.get(mailbox, 0), upstream.open_now[mailbox])
+            try:
+                yield _Session(mailbox)
+            finally:
+                upstream.open_now[mailbox] -= 1
+
+        return open_session
+
+
+def incoming(
+    n: int = 0, *, mailbox: str = MAILBOX, sender: str = "app@example.com", rcpts: list[str] | None = None
+) -> NewMessage:
+    data = f"From: {sender}\r\nSubject: message {n}\r\nMessage-ID: <{n}@example.com>\r\n\r\nbody {n}\r\n"
+    return NewMessage(
+        "fern", mailbox, sender, rcpts or ["to@example.net"], data.encode(), "127.0.0.1", f"<{n}@example.com>"
+    )
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[SqliteSpool]:
+    opened = await SqliteSpool.open(tmp_path / "spool", exclusive=True)
+    yield opened
+    await opened.close()
+
+
+@asynccontextmanager
+async def running(
+    spool: SqliteSpool, upstream: FakeUpstream, **config: object
+) -> AsyncIterator[DeliveryManager]:
+    manager = DeliveryManager(spool, upstream.factory(), fast_config(**config))
+    task = asyncio.create_task(manager.run())
+    try:
+        yield manager
+    finally:
+        await manager.stop(grace=1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def wait_for_state(
+    spool: SqliteSpool, queue_id: str, *states: QueueState, within: float = 5.0
+) -> SpooledMessage:
+    deadline = time.monotonic() + within
+    while True:
+        entry = await spool.get(queue_id)
+        if entry is not None and entry.state in states:
+            return entry
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{queue_id} is {entry and entry.state}, not {states}")
+        await asyncio.sleep(0.02)
+
+
+async def test_queued_message_is_delivered(spool: SqliteSpool) -> None:
+    """A queued message is sent with its envelope and bytes, then marked delivered."""
+    upstream = FakeUpstream()
+    async with running(spool, upstream) as manager:
+        queue_id = await spool.enqueue(incoming(1, rcpts=["x@example.net", "y@example.net"]))
+        manager.wake()
+        entry = await wait_for_state(spool, queue_id, "delivered")
+    assert upstream.sent == [
+        (MAILBOX, "app@example.com", ["x@example.net", "y@example.net"], incoming(1).data)
+    ]
+    assert (entry.attempts, entry.last_reply) == (1, "250 2.0.0 queued")
+    assert manager.results["delivered"] == 1
+
+
+async def test_one_session_carries_many_messages(spool: SqliteSpool) -> None:
+    """With one connection allowed, ten messages go through a single upstream session."""
+    upstream = FakeUpstream()
+    ids = [await spool.enqueue(incoming(n)) for n in range(10)]
+    async with running(spool, upstream, upstream_connections=1):
+        for queue_id in ids:
+            await wait_for_state(spool, queue_id, "delivered")
+    assert upstream.sessions_opened == 1
+    assert len(upstream.sent) == 10
+
+
+async def test_concurrent_sessions_are_capped_per_mailbox(spool: SqliteSpool) -> None:
+    """A burst of 60 messages never opens more than upstream_connections sessions for a mailbox."""
+    upstream = FakeUpstream(delay=0.01)
+    ids = await asyncio.gather(*(spool.enqueue(incoming(n)) for n in range(60)))
+    async with running(spool, upstream, upstream_connections=3):
+        for queue_id in ids:
+            await wait_for_state(spool, queue_id, "delivered")
+    assert upstream.peak[MAILBOX] == 3
+
+
+async def test_mailboxes_do_not_block_each_other(spool: SqliteSpool) -> None:
+    """A mailbox whose upstream hangs does not hold up another mailbox's mail."""
+    upstream = FakeUpstream(hang_for={"stuck@example.com"})
+    await spool.enqueue(incoming(1, mailbox="stuck@example.com"))
+    free = await spool.enqueue(incoming(2, mailbox="free@example.com"))
+    async with running(spool, upstream):
+        await wait_for_state(spool, free, "delivered")
+
+
+async def test_temporary_failure_is_deferred_then_retried(spool: SqliteSpool) -> None:
+    """A 432 defers the message with backoff; the retry delivers it."""
+    upstream = FakeUpstream(failures=[TemporaryDeliveryError("busy", code=432, text="4.3.2 limit exceeded")])
+    queue_id = await spool.enqueue(incoming(1))
+    async with running(spool, upstream) as manager:
+        entry = await wait_for_state(spool, queue_id, "delivered")
+    assert entry.attempts == 2
+    assert manager.results["deferred"] == 1
+
+
+async def test_permanent_failure_is_dead_at_once(spool: SqliteSpool) -> None:
+    """A 5xx makes the message dead after one attempt, keeping its body and the reply."""
+    upstream = FakeUpstream(failures=[PermanentDeliveryError("no", code=550, text="5.7.60 SendAs denied")])
+    queue_id = await spool.enqueue(incoming(1))
+    async with running(spool, upstream):
+        entry = await wait_for_state(spool, queue_id, "dead")
+    assert (entry.attempts, entry.last_reply) == (1, "550 5.7.60 SendAs denied")
+    assert await spool.read_data(queue_id) == incoming(1).data
+
+
+async def test_dead_message_is_bounced_to_the_sender(spool: SqliteSpool) -> None:
+    """With bounce on, a dead message yields a delivery-status report to its sender via the mailbox."""
+    upstream = FakeUpstream(failures=[PermanentDeliveryError("no", code=550, text="5.7.60 SendAs denied")])
+    queue_id = await spool.enqueue(incoming(1))
+    async with running(spool, upstream, bounce=True):
+        await wait_for_state(spool, queue_id, "dead")
+        [report_entry] = await spool.list(["queued", "sending", "delivered"])
+        await wait_for_state(spool, report_entry.id, "delivered")
+    [(mailbox, sender, recipients, data)] = upstream.sent
+    assert (mailbox, sender, recipients) == (MAILBOX, MAILBOX, ["app@example.com"])
+    report = message_from_bytes(data)
+    assert report.get_content_type() == "multipart/report"
+    assert report["Auto-Submitted"] == "auto-replied"
+    status = str(report.get_payload(1))
+    assert "Final-Recipient: rfc822; to@example.net" in status
+    assert "Status: 5.7.60" in status
+
+
+async def test_authentication_failure_is_deferred_loudly(
+    spool: SqliteSpool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 535 after the fresh-token retry defers (not dead) and logs an ERROR with the hint."""
+    failure = AuthenticationError("refused", code=535, text="5.7.139 Authentication unsuccessful")
+    upstream = FakeUpstream(failures=[failure])
+    queue_id = await spool.enqueue(incoming(1))
+    with caplog.at_level(logging.WARNING, logger="smtp_oauth.relay"):
+        async with running(spool, upstream, backoff_base=30.0):
+            entry = await wait_for_state(spool, queue_id, "deferred")
+    assert entry.last_reply == "535 5.7.139 Authentication unsuccessful"
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "deferred"]
+    assert record.levelno == logging.ERROR
+    assert "Set-CASMailbox" in record.getMessage()
+
+
+async def test_too_old_message_is_dead(spool: SqliteSpool) -> None:
+    """A temporary failure past max_queue_age makes the message dead instead of deferred."""
+    upstream = FakeUpstream(failures=[TemporaryDeliveryError("down", code=None)])
+    queue_id = await spool.enqueue(incoming(1))
+    await asyncio.sleep(0.05)
+    async with running(spool, upstream, max_queue_age=0.01):
+        entry = await wait_for_state(spool, queue_id, "dead")
+    assert "queue age limit" in entry.last_reply
+
+
+async def test_sends_are_paced_per_mailbox(spool: SqliteSpool) -> None:
+    """At 600 messages a minute, sends of one mailbox are at least 0.1 s apart."""
+    upstream = FakeUpstream()
+    ids = [await spool.enqueue(incoming(n)) for n in range(4)]
+    async with running(spool, upstream, messages_per_minute=600):
+        for queue_id in ids:
+            await wait_for_state(spool, queue_id, "delivered")
+    gaps = [b - a for a, b in zip(upstream.send_times, upstream.send_times[1:], strict=False)]
+    assert min(gaps) >= 0.09
+
+
+async def test_refused_recipients_are_recorded(spool: SqliteSpool) -> None:
+    """Recipients the server refused are recorded while the others get the message."""
+    upstream = FakeUpstream(refuse={"gone@example.net": (550, "5.1.1 unknown")})
+    queue_id = await spool.enqueue(incoming(1, rcpts=["ok@example.net", "gone@example.net"]))
+    async with running(spool, upstream):
+        entry = await wait_for_state(spool, queue_id, "delivered")
+    assert entry.refused == {"gone@example.net": (550, "5.1.1 unknown")}
+
+
+async def test_stop_requeues_a_send_in_progress(spool: SqliteSpool) -> None:
+    """A send still running when the grace period ends is cancelled and its message queued again."""
+    upstream = FakeUpstream(hang_for={MAILBOX})
+    queue_id = await spool.enqueue(incoming(1))
+    manager = DeliveryManager(spool, upstream.factory(), fast_config())
+    task = asyncio.create_task(manager.run())
+    await wait_for_state(spool, queue_id, "sending")
+    started = time.monotonic()
+    await manager.stop(grace=0.2)
+    await asyncio.wait_for(task, 2)
+    assert time.monotonic() - started < 1.5
+    entry = await spool.get(queue_id)
+    assert entry is not None
+    assert entry.state == "queued"
+
+
+async def test_event_log_has_fields_but_no_body(spool: SqliteSpool, caplog: pytest.LogCaptureFixture) -> None:
+    """The delivered event carries queue id, Message-ID, sender, counts and reply; never the body."""
+    upstream = FakeUpstream()
+    with caplog.at_level(logging.INFO, logger="smtp_oauth.relay"):
+        async with running(spool, upstream):
+            queue_id = await spool.enqueue(incoming(7))
+            await wait_for_state(spool, queue_id, "delivered")
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "delivered"]
+    fields = vars(record)
+    assert (fields["queue_id"], fields["message_id"], fields["sender"]) == (
+        queue_id,
+        "<7@example.com>",
+        "app@example.com",
+    )
+    assert (fields["recipients"], fields["size"], fields["upstream_reply"]) == (
+        1,
+        len(incoming(7).data),
+        "250 2.0.0 queued",
+    )
+    assert fields["latency_ms"] >= 0
+    assert "body 7" not in caplog.text
