@@ -1,0 +1,355 @@
+"""Specification of the installed ``send-mail`` command against the sandbox: composing, exit codes.
+
+Every test runs the real console script in a subprocess (``asyncio.to_thread``, since the fake
+Exchange serves on this test's event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from smtp_oauth.errors import ExitCode
+from smtp_oauth.xoauth2 import encode
+
+if TYPE_CHECKING:
+    from smtp_oauth.sandbox import Sandbox
+
+SEND_MAIL = Path(sys.executable).parent / "send-mail"
+_FOREIGN_ENV = {"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "MSAL_FORCE_REGION", "SMTP_OAUTH_CONFIG"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a finished ``send-mail`` process left behind."""
+
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """This machine's environment without anything that would steer smtp-oauth or MSAL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_OAUTH_") and k not in _FOREIGN_ENV}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    return env
+
+
+async def run_send_mail(
+    *args: str | Path,
+    env: dict[str, str],
+    stdin: bytes = b"",
+    program: Path = SEND_MAIL,
+    python_flags: tuple[str, ...] = (),
+) -> Run:
+    """Run the command (or ``python <flags> -m smtp_oauth.cli.send_mail``) off the event loop."""
+    if python_flags:
+        command = [sys.executable, *python_flags, "-m", "smtp_oauth.cli.send_mail"]
+    else:
+        command = [str(program)]
+    command += [str(arg) for arg in args]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=env["XDG_STATE_HOME"].rsplit("/", 1)[0],  # a directory without a stray smtp-oauth.toml
+        timeout=60,
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment for the subprocess, state and config under tmp_path."""
+    return clean_env(tmp_path)
+
+
+def mailbox_of(sandbox: Sandbox) -> str:
+    """The sandbox mailbox the configuration authenticates as."""
+    return sandbox.settings().smtp.username
+
+
+async def test_sends_a_composed_message(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+    """Exit 0 and the message arrives with subject, body, Date and Message-ID."""
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "-s", "Grüße aus Köln", "--body", "Hallo Welt",
+        "to@example.com", env=env,
+    )  # fmt: skip
+    assert run.returncode == ExitCode.OK, run.stderr
+    (delivered,) = smtp_oauth_sandbox.delivered()
+    message = delivered.message
+    assert message["Subject"] == "Grüße aus Köln"
+    assert message["Date"]
+    assert message["Message-ID"]
+    assert message["To"] == "to@example.com"
+    assert delivered.rcpt_tos == ["to@example.com"]
+    body = message.get_body(("plain",))
+    assert body is not None
+    assert body.get_content().strip() == "Hallo Welt"
+
+
+async def test_body_is_read_from_stdin(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+    """Without --body or --body-file the text body comes from stdin."""
+    run = await run_send_mail(
+        "--config",
+        smtp_oauth_sandbox.config_path,
+        "-s",
+        "s",
+        "to@example.com",
+        env=env,
+        stdin=b"from stdin\n",
+    )
+    assert run.returncode == ExitCode.OK, run.stderr
+    assert b"from stdin" in smtp_oauth_sandbox.delivered()[0].data
+
+
+async def test_bcc_gets_the_mail_but_no_header(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+    """--bcc addresses are on the envelope only; comma lists and --cc work too."""
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "--body", "x",
+        "--to", "a@example.com,b@example.com", "--cc", "c@example.com", "--bcc", "hidden@example.com",
+        env=env,
+    )  # fmt: skip
+    assert run.returncode == ExitCode.OK, run.stderr
+    (delivered,) = smtp_oauth_sandbox.delivered()
+    assert sorted(delivered.rcpt_tos) == [
+        "a@example.com",
+        "b@example.com",
+        "c@example.com",
+        "hidden@example.com",
+    ]
+    assert b"hidden@example.com" not in delivered.data
+    assert "Bcc" not in delivered.message
+
+
+async def test_attachment_round_trips_byte_for_byte(
+    smtp_oauth_sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A 1 MB random binary attachment arrives identical, with its name."""
+    payload = os.urandom(1024 * 1024)
+    attachment = tmp_path / "random.bin"
+    attachment.write_bytes(payload)
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "--body", "see attached", "--attach", attachment,
+        "to@example.com", env=env,
+    )  # fmt: skip
+    assert run.returncode == ExitCode.OK, run.stderr
+    (part,) = smtp_oauth_sandbox.delivered()[0].message.iter_attachments()
+    assert part.get_filename() == "random.bin"
+    assert part.get_content() == payload
+
+
+async def test_html_makes_multipart_alternative(
+    smtp_oauth_sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    """--html adds an HTML alternative to the text body."""
+    html = tmp_path / "body.html"
+    html.write_text("<p>Hello <b>world</b></p>", encoding="utf-8")
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "--body", "Hello world", "--html", html, "to@example.com",
+        env=env,
+    )  # fmt: skip
+    assert run.returncode == ExitCode.OK, run.stderr
+    message = smtp_oauth_sandbox.delivered()[0].message
+    assert message.get_content_type() == "multipart/alternative"
+    html_part = message.get_body(("html",))
+    assert html_part is not None
+    assert "<b>world</b>" in html_part.get_content()
+
+
+async def test_dry_run_prints_and_sends_nothing(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+    """--dry-run writes the message to stdout, the envelope to stderr, and sends nothing."""
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "--dry-run", "-s", "preview", "--body", "x",
+        "--bcc", "hidden@example.com", "to@example.com", env=env,
+    )  # fmt: skip
+    assert run.returncode == ExitCode.OK, run.stderr
+    assert b"Subject: preview" in run.stdout
+    assert b"hidden@example.com" not in run.stdout
+    assert "<hidden@example.com>" in run.stderr
+    assert smtp_oauth_sandbox.delivered() == []
+
+
+async def test_verbose_shows_dialogue_without_token(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+    """-v prints the SMTP dialogue; neither the token nor the XOAUTH2 blob appears anywhere."""
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "-v", "--body", "x", "to@example.com", env=env
+    )
+    assert run.returncode == ExitCode.OK, run.stderr
+    assert "EHLO" in run.stderr
+    assert "STARTTLS" in run.stderr
+    assert "AUTH XOAUTH2" in run.stderr
+    assert "235" in run.stderr
+    assert "RCPT TO:<to@example.com>" in run.stderr
+    from smtp_oauth.tokens import cached_access_token
+
+    token = cached_access_token(smtp_oauth_sandbox.settings())
+    assert token
+    output = run.stderr + run.stdout.decode("utf-8", "replace")
+    assert token not in output
+    assert encode(mailbox_of(smtp_oauth_sandbox), token) not in output
+    assert "eyJ" not in output
+
+
+async def test_cached_token_needs_no_identity_provider_nor_msal(
+    smtp_oauth_sandbox: Sandbox, env: dict[str, str]
+) -> None:
+    """A second send uses the cached token: no token request, and msal is never imported."""
+    first = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "--body", "1", "a@example.com", env=env
+    )
+    assert first.returncode == ExitCode.OK, first.stderr
+    requests_before = smtp_oauth_sandbox.idp.token_requests
+    second = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "--body", "2", "a@example.com",
+        env=env, python_flags=("-X", "importtime"),
+    )  # fmt: skip
+    assert second.returncode == ExitCode.OK, second.stderr
+    assert smtp_oauth_sandbox.idp.token_requests == requests_before
+    imported = {line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines() if "|" in line}
+    assert "msal" not in imported
+    assert not {"aiosmtpd", "smtp_oauth.relay", "smtp_oauth.sandbox"} & imported
+    assert len(smtp_oauth_sandbox.delivered()) == 2
+
+
+# --- exit codes -------------------------------------------------------------------------------
+
+
+async def test_unknown_flag_exits_64(env: dict[str, str]) -> None:
+    """An unknown option is a usage error: exit 64, one line naming it."""
+    run = await run_send_mail("-Z", "to@example.com", env=env)
+    assert run.returncode == ExitCode.USAGE
+    assert run.stderr.startswith("send-mail: unknown option -Z")
+
+
+async def test_no_recipients_exits_65(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+    """Nobody to send to: exit 65."""
+    run = await run_send_mail("--config", smtp_oauth_sandbox.config_path, "--body", "x", env=env)
+    assert run.returncode == ExitCode.DATAERR
+    assert "no recipients" in run.stderr
+
+
+async def test_unparsable_address_exits_65(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+    """An address that is not one: exit 65 naming it, nothing sent."""
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "--body", "x", "not-an-address", env=env
+    )
+    assert run.returncode == ExitCode.DATAERR
+    assert "not-an-address" in run.stderr
+    assert smtp_oauth_sandbox.delivered() == []
+
+
+async def test_missing_attachment_exits_66(
+    smtp_oauth_sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A missing --attach file: exit 66 naming the file."""
+    missing = tmp_path / "nope.pdf"
+    run = await run_send_mail(
+        "--config",
+        smtp_oauth_sandbox.config_path,
+        "--body",
+        "x",
+        "--attach",
+        missing,
+        "to@example.com",
+        env=env,
+    )
+    assert run.returncode == ExitCode.NOINPUT
+    assert str(missing) in run.stderr
+
+
+async def test_rejected_at_data_exits_69(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+    """A 5xx to DATA: exit 69, the reply on the first line, then a hint."""
+    smtp_oauth_sandbox.inject(
+        "DATA", "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process"
+    )
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "--body", "x", "to@example.com", env=env
+    )
+    assert run.returncode == ExitCode.UNAVAILABLE
+    first, *rest = run.stderr.splitlines()
+    assert first.startswith("send-mail: ")
+    assert "554 5.2.0" in first
+    assert any(line.startswith("hint: ") and "10,000" in line for line in rest)
+
+
+async def test_send_as_denied_exits_69(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+    """-f with an address the mailbox may not send as: Exchange's 550 5.7.60, exit 69, SendAs hint."""
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "-f", "ceo@example.com", "--body", "x", "to@example.com",
+        env=env,
+    )  # fmt: skip
+    assert run.returncode == ExitCode.UNAVAILABLE
+    assert "5.7.60" in run.stderr
+    assert "Add-RecipientPermission" in run.stderr
+
+
+async def test_throttled_at_mail_exits_75(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+    """A 4xx to MAIL (Exchange's 432 4.3.2): exit 75, try again later."""
+    smtp_oauth_sandbox.inject("MAIL", "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded")
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "--body", "x", "to@example.com", env=env
+    )
+    assert run.returncode == ExitCode.TEMPFAIL
+    assert "432 4.3.2" in run.stderr
+    assert "hint: " in run.stderr
+
+
+async def test_unreachable_server_exits_75(
+    smtp_oauth_sandbox: Sandbox, env: dict[str, str], unused_tcp_port: int
+) -> None:
+    """Nothing listening on the SMTP port: exit 75."""
+    env = {**env, "SMTP_OAUTH_SMTP__PORT": str(unused_tcp_port)}
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "--body", "x", "to@example.com", env=env
+    )
+    assert run.returncode == ExitCode.TEMPFAIL, run.stderr
+    assert f"127.0.0.1:{unused_tcp_port}" in run.stderr
+
+
+async def test_unreachable_identity_provider_exits_75(
+    smtp_oauth_sandbox: Sandbox, env: dict[str, str], unused_tcp_port: int
+) -> None:
+    """The identity provider cannot be reached (and nothing is cached): exit 75."""
+    env = {**env, "SMTP_OAUTH_IDENTITY__AUTHORITY_HOST": f"https://127.0.0.1:{unused_tcp_port}"}
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "--body", "x", "to@example.com", env=env
+    )
+    assert run.returncode == ExitCode.TEMPFAIL, run.stderr
+    assert smtp_oauth_sandbox.delivered() == []
+
+
+async def test_auth_refused_twice_exits_77(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+    """535 5.7.139 on AUTH, also after the retry with a fresh token: exit 77, Set-CASMailbox hint."""
+    smtp_oauth_sandbox.inject(
+        "AUTH",
+        "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+        times=2,
+    )
+    run = await run_send_mail(
+        "--config", smtp_oauth_sandbox.config_path, "--body", "x", "to@example.com", env=env
+    )
+    assert run.returncode == ExitCode.NOPERM
+    assert "535 5.7.139" in run.stderr.splitlines()[0]
+    assert "Set-CASMailbox" in run.stderr
+
+
+async def test_bad_configuration_exits_78(env: dict[str, str], tmp_path: Path) -> None:
+    """An invalid configuration file: exit 78, naming the file and the key."""
+    config = tmp_path / "bad.toml"
+    config.write_text('[identity]\ntenant_id = "t"\nclient_id = "c"\nclient_secret = "s"\nbogus = 1\n')
+    run = await run_send_mail("--config", config, "--body", "x", "to@example.com", env=env)
+    assert run.returncode == ExitCode.CONFIG
+    assert str(config) in run.stderr
+    assert "bogus" in run.stderr
