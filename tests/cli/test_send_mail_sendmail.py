@@ -166,7 +166,8 @@ async def test_usual_sendmail_flags_are_accepted(smtp_oauth_sandbox: Sandbox, en
     """The flags PHP, cron, mailx and friends pass are accepted and ignored."""
     run = await run_send_mail(
         "--config", smtp_oauth_sandbox.config_path, "-t", "-oi", "-odi", "-oem", "-bm", "-om", "-Am",
-        "-N", "never", "-B", "8BITMIME", "-O", "DeliveryMode=b", "-G", "-U", "-h", "20", "--", "a@example.com",
+        "-N", "never", "-B", "8BITMIME", "-O", "DeliveryMode=b", "-G", "-U", "-h", "20",
+        "--", "a@example.com",
         env=env, stdin=b"Subject: flags\n\nx\n",
     )  # fmt: skip
     assert run.returncode == ExitCode.OK, run.stderr
