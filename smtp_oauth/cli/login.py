@@ -20,7 +20,6 @@ from smtp_oauth.errors import ExitCode
 
 if TYPE_CHECKING:
     from smtp_oauth.settings import Settings
-    from smtp_oauth.tokens import DeviceCodePrompt
 
 __all__ = ["add_arguments_for", "choose_flow", "has_display", "run_for"]
 
@@ -58,27 +57,6 @@ def choose_flow(settings: Settings, requested: str | None, *, display: bool) -> 
     return "interactive" if display else "device_code"
 
 
-def _show_device_code(prompt: DeviceCodePrompt) -> None:
-    # stderr: stdout stays for the result, and the prompt must show even when stdout is piped.
-    print(
-        prompt.message or f"To sign in, open {prompt.verification_uri} and enter the code {prompt.user_code}",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
-def _open_browser(url: str) -> bool:
-    import webbrowser
-
-    try:
-        opened = webbrowser.open(url)
-    except webbrowser.Error:
-        opened = False
-    if not opened:
-        print(f"Could not open a browser. To sign in, open this URL:\n{url}", file=sys.stderr, flush=True)
-    return opened
-
-
 def _refuse_client_credentials(settings: Settings) -> int:
     print(
         "smtp-oauth: identity.flow is client_credentials: the app authenticates with its own "
@@ -99,9 +77,9 @@ def run_for(name: str, args: argparse.Namespace) -> int:
     from smtp_oauth.tokens import create_token_provider
 
     settings = load_settings_from_args(args)
-    provider = create_token_provider(
-        settings, device_code_prompt=_show_device_code, open_browser=_open_browser
-    )
+    # The provider's defaults show the device code on stderr and, when no browser opens, print the
+    # sign-in URL instead: stdout stays for the result.
+    provider = create_token_provider(settings)
     if name == "logout":
         removed = asyncio.run(provider.logout())
         print(
