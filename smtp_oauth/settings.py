@@ -422,6 +422,11 @@ def secrets_directory(environ: Mapping[str, str] | None = None) -> Path | None:
     env = os.environ if environ is None else environ
     for name in ("SMTP_OAUTH_SECRETS_DIR", "CREDENTIALS_DIRECTORY"):
         if env.get(name):
+            if not Path(env[name]).is_dir():
+                # Ignoring it would surface later as a confusing "client_secret is missing".
+                raise ConfigurationError(
+                    f"{name}={env[name]} is not a directory", key=name, hint=f"Fix or unset {name}."
+                )
             return Path(env[name])
     docker = Path("/run/secrets")
     return docker if docker.is_dir() and any(docker.glob(f"{ENV_PREFIX}*")) else None
@@ -502,7 +507,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         ) from None
     settings._source_file = toml_file
     if toml_file is not None:
-        _resolve_relative_paths(settings, toml_file.parent)
+        # Absolute, so that a later chdir (a daemon) does not change what the paths mean.
+        _resolve_relative_paths(settings, toml_file.parent.absolute())
     return settings
 
 
@@ -510,7 +516,10 @@ def _resolve_relative_paths(settings: Settings, base: Path) -> None:
     """Relative paths in a configuration file are relative to that file, as in nginx or Postfix."""
 
     def resolved(path: Path | None) -> Path | None:
-        return base / path if path is not None and not path.is_absolute() else path
+        if path is None:
+            return None
+        path = path.expanduser()  # "~/..." as in msmtp's and ssh's configuration files
+        return path if path.is_absolute() else base / path
 
     identity, relay = settings.identity, settings.relay
     identity.certificate_path = resolved(identity.certificate_path)
