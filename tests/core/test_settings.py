@@ -310,7 +310,7 @@ def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
 
 
 def test_file_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without --config: $SMTP_OAUTH_CONFIG, then ./smtp-oauth.toml, then $XDG_CONFIG_HOME/smtp-oauth/config.toml."""
+    """Without --config: $SMTP_OAUTH_CONFIG, ./smtp-oauth.toml, $XDG_CONFIG_HOME/smtp-oauth/config.toml."""
     xdg = write(tmp_path, MINIMAL, "xdg-config/smtp-oauth/config.toml")
     assert find_config_file() == xdg
     local = write(tmp_path, MINIMAL)
@@ -326,35 +326,40 @@ def test_file_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.parametrize(
-    ("cloud", "authority_host", "smtp_host", "app_scope", "delegated_scope"),
+    ("cloud", "expected"),
     [
         (
             "global",
-            "https://login.microsoftonline.com",
-            "smtp.office365.com",
-            "https://outlook.office365.com/.default",
-            "https://outlook.office.com/SMTP.Send",
+            (
+                "https://login.microsoftonline.com",
+                "smtp.office365.com",
+                "https://outlook.office365.com/.default",
+                "https://outlook.office.com/SMTP.Send",
+            ),
         ),
         (
             "usgov",
-            "https://login.microsoftonline.us",
-            "smtp.office365.us",
-            "https://outlook.office365.us/.default",
-            "https://outlook.office365.us/SMTP.Send",
+            (
+                "https://login.microsoftonline.us",
+                "smtp.office365.us",
+                "https://outlook.office365.us/.default",
+                "https://outlook.office365.us/SMTP.Send",
+            ),
         ),
         (
             "china",
-            "https://login.partner.microsoftonline.cn",
-            "smtp.partner.outlook.cn",
-            "https://partner.outlook.cn/.default",
-            "https://partner.outlook.cn/SMTP.Send",
+            (
+                "https://login.partner.microsoftonline.cn",
+                "smtp.partner.outlook.cn",
+                "https://partner.outlook.cn/.default",
+                "https://partner.outlook.cn/SMTP.Send",
+            ),
         ),
     ],
 )
-def test_cloud_presets(
-    tmp_path: Path, cloud: str, authority_host: str, smtp_host: str, app_scope: str, delegated_scope: str
-) -> None:
+def test_cloud_presets(tmp_path: Path, cloud: str, expected: tuple[str, str, str, str]) -> None:
     """Each cloud fills in authority host, SMTP host and the app-only and delegated scopes."""
+    authority_host, smtp_host, app_scope, delegated_scope = expected
     settings = load_settings(write(tmp_path, MINIMAL.replace("[smtp]", f'cloud = "{cloud}"\n[smtp]')))
     assert settings.identity.authority == f"{authority_host}/contoso.onmicrosoft.com"
     assert settings.smtp_host == smtp_host
@@ -368,7 +373,8 @@ def test_explicit_keys_beat_cloud_presets(tmp_path: Path) -> None:
     """smtp.host, identity.authority_host and identity.scopes override the preset."""
     text = MINIMAL.replace(
         "[smtp]",
-        'authority_host = "https://127.0.0.1:8443/"\nscopes = ["api://x/.default"]\n[smtp]\nhost = "mail.example"',
+        'authority_host = "https://127.0.0.1:8443/"\nscopes = ["api://x/.default"]\n'
+        '[smtp]\nhost = "mail.example"',
     )
     settings = load_settings(write(tmp_path, text))
     assert settings.smtp_host == "mail.example"
@@ -451,7 +457,7 @@ def test_parse_duration(text: object, expected: timedelta) -> None:
 @pytest.mark.parametrize("text", ["", "5x", "1h and then some", "-5m"])
 def test_parse_duration_rejects_garbage(text: str) -> None:
     """Anything else is a ValueError with an example of a valid duration."""
-    with pytest.raises(ValueError, match="e.g."):
+    with pytest.raises(ValueError, match=r"e\.g\."):
         parse_duration(text)
 
 
