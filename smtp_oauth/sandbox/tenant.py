@@ -1,0 +1,188 @@
+"""What the sandbox tenant has registered: two apps, one user, fresh random secrets each time.
+
+The tenant id is a random GUID per sandbox, as Entra's tenant ids are; the tenant also answers to
+its domain name ``sandbox.test`` (Entra accepts a verified domain wherever a tenant id goes). Every
+secret (client secret, certificate key, user password) is generated at start, lives only in this
+process and in the sandbox directory's 0600 files, and never appears in a ``repr``.
+
+Registered, mirroring a real tenant set up for SMTP AUTH with OAuth:
+- a confidential app ("smtp-oauth sandbox daemon") with a client secret *and* a certificate
+  credential (``app.pem``: private key + certificate), granted the ``SMTP.SendAsApp`` application
+  permission and access to the test mailbox;
+- a public client app ("smtp-oauth sandbox desktop", "Allow public client flows" on) with the
+  ``http://localhost`` redirect URI and consent for the delegated ``SMTP.Send`` permission;
+- a user and mailbox ``sender@sandbox.test`` with a random password.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+__all__ = ["RegisteredApp", "SandboxTenant", "SandboxUser", "make_tenant"]
+
+TENANT_DOMAIN = "sandbox.test"
+APP_ROLE_SEND_AS_APP = "SMTP.SendAsApp"
+DELEGATED_SMTP_SEND = "SMTP.Send"
+# "Mobile and desktop applications" redirect URIs; for loopback ones Entra ignores the port
+# (RFC 8252 section 7.3), which is what MSAL's interactive flow relies on.
+NATIVE_REDIRECT_URIS = (
+    "http://localhost",
+    "http://127.0.0.1",
+    "https://login.microsoftonline.com/common/oauth2/nativeclient",
+)
+_CERTIFICATE_VALIDITY = datetime.timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class RegisteredApp:
+    """An app registration as the identity provider sees it (secrets hidden from ``repr``)."""
+
+    client_id: str
+    display_name: str
+    is_public: bool
+    service_principal_id: str  # the enterprise app's object id: the ``oid`` of app-only tokens
+    redirect_uris: tuple[str, ...] = ()
+    app_roles: tuple[str, ...] = ()  # application permissions granted on Exchange Online
+    delegated_consent: tuple[str, ...] = ()  # delegated permissions consented on Exchange Online
+    client_secret: str | None = field(default=None, repr=False)
+    certificate: x509.Certificate | None = field(default=None, repr=False)
+
+    @property
+    def certificate_thumbprint_sha256(self) -> bytes | None:
+        """The certificate's SHA-256 thumbprint (``x5t#S256``), if it has one."""
+        return self.certificate.fingerprint(hashes.SHA256()) if self.certificate else None
+
+    @property
+    def certificate_thumbprint_sha1(self) -> bytes | None:
+        """The certificate's SHA-1 thumbprint (``x5t``, what older clients send)."""
+        if self.certificate is None:
+            return None
+        der = self.certificate.public_bytes(serialization.Encoding.DER)
+        # SHA-1 is what the x5t header is defined with (RFC 7515 4.1.7), not a security choice here.
+        return hashlib.sha1(der, usedforsecurity=False).digest()
+
+
+@dataclass(frozen=True)
+class SandboxUser:
+    """The test user, who is also the mailbox mail is sent as."""
+
+    upn: str
+    object_id: str
+    display_name: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SandboxTenant:
+    """Everything registered in the sandbox tenant; see the module docstring."""
+
+    tenant_id: str
+    domain: str
+    app: RegisteredApp  # confidential: client secret and certificate
+    public_app: RegisteredApp  # public client for device code, interactive and ROPC
+    user: SandboxUser
+    certificate_path: Path  # app.pem: the confidential app's private key + certificate, 0600
+
+    @property
+    def mailbox(self) -> str:
+        return self.user.upn
+
+    def application(self, client_id: str) -> RegisteredApp | None:
+        """The app registered with ``client_id`` (case-insensitive, as GUIDs are), if any."""
+        for candidate in (self.app, self.public_app):
+            if candidate.client_id.lower() == client_id.lower():
+                return candidate
+        return None
+
+    def knows_tenant(self, tenant: str) -> bool:
+        """True for the tenant id and the tenant's domain name."""
+        return tenant.lower() in {self.tenant_id.lower(), self.domain.lower()}
+
+    def find_user(self, username: str) -> SandboxUser | None:
+        return self.user if username.lower() == self.user.upn.lower() else None
+
+
+def _new_secret() -> str:
+    # Shaped like Entra's secrets ("<3 chars>8Q~<37 chars>"): clients that sanity-check the shape
+    # of a secret see something familiar; urlsafe characters need no quoting in TOML or env vars.
+    return f"{secrets.token_urlsafe(3)[:3]}8Q~{secrets.token_urlsafe(30)[:37]}"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    path.chmod(0o600)  # O_CREAT's mode does not apply to a file that already existed
+
+
+def _make_app_certificate(client_id: str, path: Path) -> x509.Certificate:
+    """A self-signed certificate credential, as ``New-SelfSignedCertificate`` would make one."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"smtp-oauth sandbox app {client_id}")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + _CERTIFICATE_VALIDITY)
+        .sign(key, hashes.SHA256())
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ) + certificate.public_bytes(serialization.Encoding.PEM)
+    _write_private(path, pem)
+    return certificate
+
+
+def make_tenant(directory: Path) -> SandboxTenant:
+    """A new tenant with random ids and secrets; writes the app's certificate to ``directory/app.pem``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    app_id = str(uuid.uuid4())
+    certificate_path = directory / "app.pem"
+    app = RegisteredApp(
+        client_id=app_id,
+        display_name="smtp-oauth sandbox daemon",
+        is_public=False,
+        service_principal_id=str(uuid.uuid4()),
+        redirect_uris=NATIVE_REDIRECT_URIS,
+        app_roles=(APP_ROLE_SEND_AS_APP,),
+        delegated_consent=(DELEGATED_SMTP_SEND,),
+        client_secret=_new_secret(),
+        certificate=_make_app_certificate(app_id, certificate_path),
+    )
+    public_app = RegisteredApp(
+        client_id=str(uuid.uuid4()),
+        display_name="smtp-oauth sandbox desktop",
+        is_public=True,
+        service_principal_id=str(uuid.uuid4()),
+        redirect_uris=NATIVE_REDIRECT_URIS,
+        delegated_consent=(DELEGATED_SMTP_SEND,),
+    )
+    user = SandboxUser(
+        upn=f"sender@{TENANT_DOMAIN}",
+        object_id=str(uuid.uuid4()),
+        display_name="Sandbox Sender",
+        password=secrets.token_urlsafe(18),
+    )
+    return SandboxTenant(
+        tenant_id=str(uuid.uuid4()),
+        domain=TENANT_DOMAIN,
+        app=app,
+        public_app=public_app,
+        user=user,
+        certificate_path=certificate_path,
+    )

@@ -1,0 +1,77 @@
+"""A standalone sandbox identity provider for the IdP tests, and MSAL apps pointed at it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msal
+import requests
+
+from smtp_oauth.idp_http import IdpHttpClient
+from smtp_oauth.sandbox.certs import make_certificates
+from smtp_oauth.sandbox.idp import SandboxIdentityProvider
+from smtp_oauth.sandbox.keys import SigningKey
+from smtp_oauth.sandbox.tenant import SandboxTenant, make_tenant
+
+APP_SCOPE = ["https://outlook.office365.com/.default"]
+USER_SCOPE = ["https://outlook.office.com/SMTP.Send"]
+
+
+@dataclass
+class RunningIdp:
+    """The IdP, its tenant and CA, and factories for fresh MSAL apps (MSAL caches 400s per app)."""
+
+    idp: SandboxIdentityProvider
+    tenant: SandboxTenant
+    key: SigningKey
+    ca_file: Path
+
+    def confidential(self, credential: Any = None, **options: Any) -> msal.ConfidentialClientApplication:
+        options.setdefault("authority", self.idp.authority)
+        options.setdefault("client_id", self.tenant.app.client_id)
+        return msal.ConfidentialClientApplication(
+            client_credential=self.tenant.app.client_secret if credential is None else credential,
+            verify=str(self.ca_file),
+            instance_discovery=False,
+            timeout=10,
+            **options,
+        )
+
+    def public(self, **options: Any) -> msal.PublicClientApplication:
+        options.setdefault("authority", self.idp.authority)
+        options.setdefault("instance_discovery", False)
+        return msal.PublicClientApplication(
+            self.tenant.public_app.client_id, verify=str(self.ca_file), timeout=10, **options
+        )
+
+    def http_client(self) -> IdpHttpClient:
+        """Our MSAL http client, which sends the ROPC pre-flight to the IdP's real port."""
+        return IdpHttpClient(
+            timeout=10, ca_file=str(self.ca_file), authority_netloc=f"127.0.0.1:{self.idp.port}"
+        )
+
+    def post(self, path: str, form: dict[str, str], **kwargs: Any) -> requests.Response:
+        """A raw POST to ``<authority host><path>``."""
+        return requests.post(
+            f"{self.idp.authority_host}{path}", data=form, verify=str(self.ca_file), timeout=10, **kwargs
+        )
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(
+            f"{self.idp.authority_host}{path}", verify=str(self.ca_file), timeout=10, **kwargs
+        )
+
+
+@contextmanager
+def running_idp(directory: Path, **options: Any) -> Iterator[RunningIdp]:
+    certificates = make_certificates(directory / "tls")
+    key = SigningKey()
+    tenant = make_tenant(directory)
+    with SandboxIdentityProvider(
+        tenant, signing_key=key, tls_context=certificates.server_context(), **options
+    ) as idp:
+        yield RunningIdp(idp, tenant, key, certificates.ca_file)
