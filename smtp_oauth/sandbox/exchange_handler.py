@@ -233,6 +233,11 @@ class ExchangeHandler:
             "Queued mail for delivery"
         )
 
+    async def handle_QUIT(self, server: ExchangeSMTP, session: Session, envelope: Envelope) -> str:
+        """Free the session slot now rather than when the TLS shutdown completes."""
+        self.slots.close(server)
+        return "221 2.0.0 Service closing transmission channel"
+
     async def handle_exception(self, error: Exception) -> str:
         """A bug of ours: log it, tell the client to retry, reveal nothing."""
         log.error("unexpected error in an SMTP session", exc_info=error)
