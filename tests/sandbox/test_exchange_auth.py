@@ -237,3 +237,13 @@ async def test_second_auth_on_a_session_is_refused(kit: ExchangeKit, exchange: F
         )
     assert reply.code == 503
     assert APP_ID not in reply.message
+
+
+async def test_two_step_form_can_be_aborted(kit: ExchangeKit, exchange: FakeExchange) -> None:
+    """Answering the 334 with '*' cancels the AUTH (501) and counts no attempt."""
+    async with client(kit, exchange) as smtp:
+        await smtp.ehlo()
+        await smtp.execute_command(b"AUTH", b"XOAUTH2")
+        reply = await smtp.execute_command(b"*")
+    assert reply.code == 501
+    assert exchange.auth_attempts == 0

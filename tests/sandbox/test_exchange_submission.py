@@ -221,3 +221,16 @@ async def test_stop_closes_open_sessions(kit: ExchangeKit, tmp_path: Path) -> No
         await smtp.connect()
     with pytest.raises(aiosmtplib.SMTPServerDisconnected):
         await smtp.noop()
+
+
+async def test_internal_error_is_a_451_without_details(kit: ExchangeKit, exchange: FakeExchange) -> None:
+    """A failure inside the server (here: the store folder is gone) is 451 4.3.0, naming nothing internal."""
+    exchange.store_dir.rmdir()
+    exchange.store_dir.write_text("not a folder any more")
+    async with client(kit, exchange, token=app_only_token(kit.key)) as smtp:
+        with pytest.raises(aiosmtplib.SMTPDataError) as info:
+            await smtp.send_message(message())
+    assert info.value.code == 451
+    assert info.value.message.startswith("4.3.0 ")
+    assert "Error" not in info.value.message
+    assert str(exchange.store_dir) not in info.value.message
