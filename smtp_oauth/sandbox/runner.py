@@ -1,0 +1,257 @@
+"""``Sandbox``: the fake Entra ID and the fake Exchange Online together, with a ready config file.
+
+FOR TESTING ONLY. ::
+
+    async with Sandbox(tmp_path) as sandbox:
+        settings = sandbox.settings()                  # client credentials with the client secret
+        ...send mail with smtp_oauth...
+        [message] = sandbox.delivered()
+        sandbox.inject("MAIL", "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded")
+
+What lands in the directory ``D``::
+
+    D/sandbox.toml      the configuration (0600: it holds the client secret)
+    D/app.pem           the confidential app's certificate credential (key + certificate, 0600)
+    D/tls/              the sandbox CA (sandbox-ca.pem, the ca_file of both services) and server cert
+    D/mail/             delivered messages: one .eml plus its envelope as JSON each
+    D/token-cache       where the generated configs put MSAL's token cache
+    D/spool/            where they put the relay's spool
+
+The identity provider runs on a thread; the fake Exchange runs on the event loop that started the
+sandbox, so that loop must keep running: use it from async tests and run blocking clients
+(subprocesses, ``smtplib``) with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+from smtp_oauth.sandbox.certs import SandboxCertificates, make_certificates
+from smtp_oauth.sandbox.exchange import DeliveredMessage, FakeExchange
+from smtp_oauth.sandbox.idp import SandboxIdentityProvider
+from smtp_oauth.sandbox.keys import SigningKey
+from smtp_oauth.sandbox.sandbox_config import (
+    SandboxEndpoints,
+    merge_sections,
+    render_toml,
+    sandbox_sections,
+    write_private_text,
+)
+from smtp_oauth.sandbox.tenant import SandboxTenant, make_tenant
+from smtp_oauth.settings import Settings, load_settings
+
+__all__ = ["Sandbox"]
+
+LOOPBACK = "127.0.0.1"
+EXCHANGE_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
+
+
+def _free_port(host: str) -> int:
+    # For the relay's listen address in the config: the relay binds it later, in another process
+    # perhaps, so the port is only probably still free then. Good enough for a test config.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Sandbox:
+    """A running fake Entra ID + fake Exchange Online, and the settings to use them."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        idp_port: int = 0,
+        smtp_port: int = 0,
+        access_token_lifetime: int = 3600,
+        refresh_in: int | None = None,
+        strict_refresh_rotation: bool = False,
+        device_code_auto_approve: bool = True,
+        max_sessions_per_mailbox: int = 3,
+        messages_per_minute: int = 0,
+        max_message_size: int = EXCHANGE_MAX_MESSAGE_SIZE,
+        relay_listen: str | None = None,
+    ) -> None:
+        self.directory = Path(directory).absolute()
+        self.config_path = self.directory / "sandbox.toml"
+        self.smtp_host = LOOPBACK
+        self._idp_port = idp_port
+        self._smtp_port = smtp_port
+        self._idp_options: dict[str, Any] = {
+            "access_token_lifetime": access_token_lifetime,
+            "refresh_in": refresh_in,
+            "strict_refresh_rotation": strict_refresh_rotation,
+            "device_code_auto_approve": device_code_auto_approve,
+        }
+        self._exchange_options: dict[str, Any] = {
+            "max_sessions_per_mailbox": max_sessions_per_mailbox,
+            "messages_per_minute": messages_per_minute,
+            "max_message_size": max_message_size,
+        }
+        self._relay_listen = relay_listen
+        self._parts: (
+            tuple[SandboxCertificates, SandboxTenant, SandboxIdentityProvider, FakeExchange] | None
+        ) = None
+
+    def __repr__(self) -> str:
+        state = (
+            f"authority_host={self.authority_host!r}, smtp_port={self.smtp_port}"
+            if self._parts
+            else "stopped"
+        )
+        return f"Sandbox({str(self.directory)!r}, {state})"
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create keys, certificates and the tenant, start both services, write ``config_path``."""
+        if self._parts is not None:
+            raise RuntimeError("the sandbox is already running")
+        # Key generation and file writes take a moment: keep them off the event loop.
+        certificates, key, tenant = await asyncio.to_thread(self._prepare)
+        idp = SandboxIdentityProvider(
+            tenant,
+            signing_key=key,
+            tls_context=certificates.server_context(),
+            host=LOOPBACK,
+            port=self._idp_port,
+            **self._idp_options,
+        )
+        exchange = FakeExchange(
+            signing_key=key,
+            tls_context=certificates.server_context(),
+            store_dir=self.directory / "mail",
+            mailboxes=[tenant.mailbox],
+            app_grants={tenant.app.client_id: [tenant.mailbox]},
+            tenant_id=tenant.tenant_id,
+            host=LOOPBACK,
+            port=self._smtp_port,
+            **self._exchange_options,
+        )
+        await asyncio.to_thread(idp.start)
+        try:
+            await exchange.start()
+        except BaseException:
+            await asyncio.to_thread(idp.stop)
+            raise
+        self._parts = (certificates, tenant, idp, exchange)
+        if self._relay_listen is None:
+            self._relay_listen = f"{LOOPBACK}:{_free_port(LOOPBACK)}"
+        await asyncio.to_thread(self.write_config)
+
+    def _prepare(self) -> tuple[SandboxCertificates, SigningKey, SandboxTenant]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return make_certificates(self.directory / "tls"), SigningKey(), make_tenant(self.directory)
+
+    async def stop(self) -> None:
+        """Stop both services (idempotent); the directory and its files stay for inspection."""
+        parts, self._parts = self._parts, None
+        if parts is None:
+            return
+        _, _, idp, exchange = parts
+        try:
+            await exchange.stop()
+        finally:
+            await asyncio.to_thread(idp.stop)
+
+    async def __aenter__(self) -> Sandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # --- the running parts ------------------------------------------------------------------------
+
+    def _running(self) -> tuple[SandboxCertificates, SandboxTenant, SandboxIdentityProvider, FakeExchange]:
+        if self._parts is None:
+            raise RuntimeError("the sandbox is not running: use `async with Sandbox(...)` or `await start()`")
+        return self._parts
+
+    @property
+    def tenant(self) -> SandboxTenant:
+        return self._running()[1]
+
+    @property
+    def idp(self) -> SandboxIdentityProvider:
+        return self._running()[2]
+
+    @property
+    def exchange(self) -> FakeExchange:
+        return self._running()[3]
+
+    @property
+    def ca_file(self) -> Path:
+        """The sandbox CA (PEM) that both services' certificates chain to."""
+        return self._running()[0].ca_file
+
+    @property
+    def authority_host(self) -> str:
+        return self.idp.authority_host
+
+    @property
+    def smtp_port(self) -> int:
+        return self.exchange.port
+
+    @property
+    def relay_listen(self) -> str:
+        self._running()
+        assert self._relay_listen is not None  # set by start()
+        return self._relay_listen
+
+    def client_tls_context(self) -> ssl.SSLContext:
+        """A verifying TLS client context that trusts the sandbox CA (for SMTP clients)."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.exchange.store_dir
+
+    # --- configuration ----------------------------------------------------------------------------
+
+    def write_config(
+        self,
+        path: Path | None = None,
+        *,
+        flow: str = "client_credentials",
+        credential: str = "secret",
+        **extra_sections: Any,
+    ) -> Path:
+        """Write a configuration for ``flow`` (default: ``config_path``, client credentials + secret).
+
+        ``extra_sections`` are merged over the generated ones, table by table, e.g.
+        ``relay={"users": [{"name": "app", "password_hash": "..."}]}`` or ``smtp={"timeout": 5}``;
+        a value of None removes a key. Delegated flows use the public client app and the test user.
+        """
+        endpoints = SandboxEndpoints(
+            authority_host=self.authority_host,
+            ca_file=self.ca_file,
+            smtp_host=self.smtp_host,
+            smtp_port=self.smtp_port,
+            relay_listen=self.relay_listen,
+            token_cache=self.directory / "token-cache",
+            spool_dir=self.directory / "spool",
+        )
+        sections = sandbox_sections(self.tenant, endpoints, flow=flow, credential=credential)
+        target = self.config_path if path is None else Path(path)
+        write_private_text(target, render_toml(merge_sections(sections, extra_sections)))
+        return target
+
+    def settings(self, **overrides: Any) -> Settings:
+        """``load_settings(config_path, **overrides)``: the environment still beats the file."""
+        return load_settings(self.config_path, **overrides)
+
+    # --- Exchange's side --------------------------------------------------------------------------
+
+    def delivered(self) -> list[DeliveredMessage]:
+        """Messages the fake Exchange accepted, oldest first."""
+        return self.exchange.delivered()
+
+    def inject(self, command: str, reply: str, *, times: int = 1, disconnect: bool = False) -> None:
+        """The next ``times`` ``command`` (AUTH, MAIL, RCPT, DATA) get ``reply``; see FakeExchange.inject."""
+        self.exchange.inject(command, reply, times=times, disconnect=disconnect)

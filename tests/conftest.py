@@ -1,0 +1,30 @@
+"""Fixtures shared by every test: a clean environment, and the sandbox plugin."""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+# The plugin comes from the package's pytest11 entry point once that is registered; registering
+# it twice (entry point + pytest_plugins) is an error, so only name it here when it is missing.
+if not any(ep.value == "smtp_oauth.testing" for ep in entry_points(group="pytest11")):
+    pytest_plugins = ["smtp_oauth.testing"]
+
+# Variables of this machine that would change what the code under test does.
+_FOREIGN_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "MSAL_FORCE_REGION", "SSL_CERT_FILE")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test sees this machine's CA overrides, MSAL region, SMTP_OAUTH_* settings or XDG dirs."""
+    for name in _FOREIGN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name in list(os.environ):
+        if name.startswith("SMTP_OAUTH_"):
+            monkeypatch.delenv(name)
+    home = Path(tmp_path_factory.mktemp("xdg"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
