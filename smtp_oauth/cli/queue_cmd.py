@@ -1,0 +1,183 @@
+"""``smtp-oauth queue list|show ID|retry [ID]|delete ID``: the relay's queue, like postqueue/postsuper.
+
+Works while the relay runs (SQLite WAL; a running relay picks up retried messages within its poll
+interval). ``retry`` without an id makes every deferred message due now; with an id it also
+revives a dead message. Exit 0, or 1 when the id is not in the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from pathlib import Path
+
+from smtp_oauth.cli.common import load_settings_from_args
+from smtp_oauth.errors import ExitCode
+from smtp_oauth.relay.spool import STATES, SpooledMessage
+from smtp_oauth.relay.spool_sqlite import SqliteSpool
+
+__all__ = ["add_arguments", "run"]
+
+HELP = "list, show, retry or delete relay queue entries"
+NOT_FOUND = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="list queue entries (newest last)")
+    listing.add_argument("--state", choices=STATES, action="append", help="only these states (repeatable)")
+    listing.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    show = actions.add_parser("show", help="show one entry and its message headers")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="JSON instead of text")
+    retry = actions.add_parser("retry", help="send now: one entry (deferred or dead), or every deferred one")
+    retry.add_argument("id", nargs="?")
+    delete = actions.add_parser("delete", help="remove an entry and its message for good")
+    delete.add_argument("id")
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _next_attempt(entry: SpooledMessage) -> str:
+    if entry.state not in {"queued", "deferred"}:
+        return "-"
+    return "now" if entry.next_attempt_at <= time.time() else _when(entry.next_attempt_at)
+
+
+def _print_table(entries: list[SpooledMessage]) -> None:
+    columns = ("ID", "STATE", "TRIES", "NEXT ATTEMPT", "SENDER", "RECIPIENTS", "LAST REPLY")
+    rows = [
+        (
+            entry.id,
+            entry.state,
+            str(entry.attempts),
+            _next_attempt(entry),
+            entry.mail_from or "<>",
+            ",".join(entry.rcpt_tos)
+            if len(entry.rcpt_tos) <= 2
+            else f"{entry.rcpt_tos[0]},+{len(entry.rcpt_tos) - 1}",
+            entry.last_reply[:80],
+        )
+        for entry in entries
+    ]
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns) - 1)]
+    for row in [columns, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    print(f"{len(entries)} message(s)", file=sys.stderr)
+
+
+def _print_entry(entry: SpooledMessage, headers: str) -> None:
+    print(f"id:           {entry.id}")
+    print(f"state:        {entry.state}")
+    print(f"user:         {entry.local_user} (from {entry.peer or 'local'})")
+    print(f"mailbox:      {entry.mailbox}")
+    print(f"sender:       {entry.mail_from or '<>'}")
+    print(f"recipients:   {', '.join(entry.rcpt_tos)}")
+    print(f"message-id:   {entry.message_id or '-'}")
+    print(f"size:         {entry.size} bytes")
+    print(f"attempts:     {entry.attempts}")
+    print(f"next attempt: {_next_attempt(entry)}")
+    print(f"last reply:   {entry.last_reply or '-'}")
+    for address, (code, text) in entry.refused.items():
+        print(f"refused:      {address}: {code} {text}")
+    print(f"queued at:    {_when(entry.created_at)}")
+    print(f"updated at:   {_when(entry.updated_at)}")
+    if headers:
+        print()
+        print(headers.rstrip())
+
+
+async def _headers_of(spool: SqliteSpool, queue_id: str) -> str:
+    try:
+        data = await spool.read_data(queue_id)
+    except FileNotFoundError:
+        return ""  # delivered: the body is gone, the record stays
+    parsed = BytesHeaderParser(policy=default_policy).parsebytes(data)
+    return "".join(f"{name}: {value}\n" for name, value in parsed.items())
+
+
+async def _list(spool: SqliteSpool, args: argparse.Namespace) -> int:
+    entries = await spool.list(args.state)
+    if args.json:
+        print(json.dumps([entry.to_json() for entry in entries], indent=2))
+    else:
+        _print_table(entries)
+    return int(ExitCode.OK)
+
+
+async def _show(spool: SqliteSpool, args: argparse.Namespace) -> int:
+    entry = await spool.get(args.id)
+    if entry is None:
+        return _not_found(args.id)
+    headers = await _headers_of(spool, entry.id)
+    if args.json:
+        print(json.dumps({**entry.to_json(), "headers": headers}, indent=2))
+    else:
+        _print_entry(entry, headers)
+    return int(ExitCode.OK)
+
+
+async def _retry(spool: SqliteSpool, args: argparse.Namespace) -> int:
+    count = await spool.retry(args.id)
+    if args.id is not None and count == 0:
+        entry = await spool.get(args.id)
+        if entry is None:
+            return _not_found(args.id)
+        print(f"smtp-oauth: message {args.id} is {entry.state}: nothing to retry", file=sys.stderr)
+        return NOT_FOUND
+    print(f"{count} message(s) will be sent now", file=sys.stderr)
+    return int(ExitCode.OK)
+
+
+async def _delete(spool: SqliteSpool, args: argparse.Namespace) -> int:
+    if not await spool.delete(args.id):
+        return _not_found(args.id)
+    print(f"deleted {args.id}", file=sys.stderr)
+    return int(ExitCode.OK)
+
+
+def _not_found(queue_id: str, where: str = "") -> int:
+    print(f"smtp-oauth: no message {queue_id} in the queue{where}", file=sys.stderr)
+    return NOT_FOUND
+
+
+ACTIONS: dict[str, Callable[[SqliteSpool, argparse.Namespace], Awaitable[int]]] = {
+    "list": _list,
+    "show": _show,
+    "retry": _retry,
+    "delete": _delete,
+}
+
+
+async def _run(directory: Path, args: argparse.Namespace) -> int | None:
+    """The action's exit code, or None when there is no spool (the relay never ran here)."""
+    try:
+        spool = await SqliteSpool.open(directory, create=False)
+    except FileNotFoundError:
+        return None
+    try:
+        return await ACTIONS[args.action](spool, args)
+    finally:
+        await spool.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings_from_args(args)
+    directory = settings.spool_path
+    result = asyncio.run(_run(directory, args))
+    if result is not None:
+        return result
+    if args.action == "list":
+        print("[]" if args.json else f"the queue is empty (no spool at {directory})")
+        return int(ExitCode.OK)
+    if args.action == "retry" and args.id is None:
+        return int(ExitCode.OK)
+    return _not_found(args.id, f" (no spool at {directory})")

@@ -1,0 +1,229 @@
+"""The relay as a whole: listener -> spool -> delivery, plus metrics and signals.
+
+Start-up: check the listener's configuration (never an open relay), open the spool (exclusively:
+one relay per spool), put messages a killed relay left in ``sending`` back in the queue, listen,
+deliver. SIGTERM/SIGINT stop it within ``relay.shutdown_timeout``: no new connections, sessions
+and sends in progress finish or (sends) go back to the queue. SIGHUP re-reads the configuration
+file and hands users and sender rules to the listener; open connections are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.relay.delivery import DeliveryConfig, DeliveryManager, SessionFactory
+from smtp_oauth.relay.metrics import MetricsServer, render_metrics
+from smtp_oauth.relay.server import AcceptedMessage, ListenerTuning, RelayListener
+from smtp_oauth.relay.spool_sqlite import SqliteSpool
+from smtp_oauth.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from smtp_oauth.relay.spool import Spool
+
+__all__ = ["RelayService", "mailer_sessions", "run_relay"]
+
+log = logging.getLogger("smtp_oauth.relay")
+Ready = Callable[[list[tuple[str, int]]], None]
+LISTENER_SHARE = 0.8  # of shutdown_timeout for sessions and sends to finish; the rest is for closing
+
+
+def mailer_sessions(settings: Settings) -> SessionFactory:
+    """Upstream sessions: a ``Mailer`` per worker, all sharing one token provider (one token)."""
+    from smtp_oauth.sender import Mailer
+    from smtp_oauth.tokens import create_token_provider
+
+    provider = create_token_provider(settings)
+
+    def open_session(mailbox: str) -> Mailer:
+        return Mailer(settings, token_provider=provider, mailbox=mailbox)
+
+    return open_session
+
+
+class RelayService:
+    """One running relay. ``run()`` returns after ``stop()`` (or a signal) once shut down."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sessions: SessionFactory | None = None,
+        delivery_tuning: Mapping[str, float] | None = None,
+        listener_tuning: ListenerTuning | None = None,
+    ) -> None:
+        self.settings = settings
+        relay = settings.relay
+        self._grace = relay.shutdown_timeout.total_seconds() * LISTENER_SHARE
+        self.listener = RelayListener(  # raises ConfigurationError for an open relay, bad TLS files
+            relay,
+            default_mailbox=settings.smtp.username,
+            store=self._store,
+            tuning=listener_tuning or ListenerTuning(shutdown_grace=self._grace),
+        )
+        self._sessions = sessions
+        self._config = DeliveryConfig.from_relay(
+            relay, upstream_host=settings.smtp_host, **dict(delivery_tuning or {})
+        )
+        self.spool: Spool | None = None
+        self.delivery: DeliveryManager | None = None
+        self.accepted = 0
+        self._stop = asyncio.Event()
+        self._listening = False
+
+    def stop(self) -> None:
+        """Begin a graceful stop (what SIGTERM does)."""
+        self._stop.set()
+
+    async def run(self, *, ready: Ready | None = None) -> None:
+        spool = await SqliteSpool.open(self.settings.spool_path, exclusive=True)
+        self.spool = spool
+        metrics: MetricsServer | None = None
+        delivery_task: asyncio.Task[None] | None = None
+        try:
+            recovered = await spool.recover()
+            if recovered:
+                log.warning(
+                    "%d messages were being sent when the relay stopped; sending them again", recovered
+                )
+            sessions = self._sessions or mailer_sessions(self.settings)
+            self.delivery = DeliveryManager(spool, sessions, self._config)
+            await self.listener.start()
+            self._listening = True
+            if self.settings.relay.metrics_listen:
+                metrics = MetricsServer(
+                    self.settings.relay.metrics_listen, health=self.healthy, render=self.metrics
+                )
+                await metrics.start()
+            delivery_task = asyncio.create_task(self.delivery.run(), name="delivery")
+            self._install_signals()
+            if ready is not None:
+                ready(self.listener.addresses)
+            stop_task = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait({stop_task, delivery_task}, return_when=asyncio.FIRST_COMPLETED)
+            stop_task.cancel()
+            if delivery_task in done:
+                delivery_task.result()  # raises what broke delivery; the relay exits non-zero
+        finally:
+            await self._shut_down(spool, delivery_task, metrics)
+
+    async def _shut_down(
+        self, spool: SqliteSpool, delivery_task: asyncio.Task[None] | None, metrics: MetricsServer | None
+    ) -> None:
+        log.info("relay stopping")
+        self._remove_signals()
+        self._listening = False
+        stopping = [self.listener.stop()]
+        if self.delivery is not None:
+            stopping.append(self.delivery.stop(grace=self._grace))
+        await asyncio.gather(*stopping, return_exceptions=True)
+        if delivery_task is not None:
+            delivery_task.cancel()
+            await asyncio.gather(delivery_task, return_exceptions=True)
+        if metrics is not None:
+            await metrics.stop()
+        await spool.close()
+        log.info("relay stopped")
+
+    async def _store(self, message: AcceptedMessage) -> str:
+        """The listener's ``store``: commit durably, log, and tell delivery there is work."""
+        spool, delivery = self._running()
+        queue_id = await spool.enqueue(message)
+        self.accepted += 1
+        log.info(
+            "queued %s",
+            queue_id,
+            extra={
+                "event": "queued",
+                "queue_id": queue_id,
+                "message_id": message.message_id,
+                "sender": message.mail_from,
+                "recipients": len(message.rcpt_tos),
+                "size": len(message.data),
+                "user": message.local_user,
+                "peer": message.peer,
+                "mailbox": message.mailbox,
+            },
+        )
+        delivery.wake()
+        return queue_id
+
+    def _running(self) -> tuple[Spool, DeliveryManager]:
+        if self.spool is None or self.delivery is None:  # the listener starts after both
+            raise RuntimeError("the relay is not running")
+        return self.spool, self.delivery
+
+    # -- signals ------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGINT, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+            log.debug("signal handlers not installed (not in the main thread)")
+
+    def _remove_signals(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def _on_sighup(self) -> None:
+        task = asyncio.create_task(self.reload())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def reload(self) -> bool:
+        """Re-read the configuration file; new users and sender rules for new sessions."""
+        try:
+            fresh = await asyncio.to_thread(load_settings, self.settings.source_file)
+            self.listener.reload(fresh.relay)
+        except ConfigurationError as error:
+            log.error("reload failed, keeping the running configuration: %s", error)  # noqa: TRY400
+            return False
+        self.settings = fresh
+        return True
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    async def healthy(self) -> bool:
+        """Listening, and the spool answers a query."""
+        if not self._listening or self.spool is None:
+            return False
+        try:
+            await self.spool.counts_by_state()
+        except Exception:  # any spool failure means unhealthy, whatever its type
+            log.exception("health check: the spool does not answer")
+            return False
+        return True
+
+    async def metrics(self) -> str:
+        spool, delivery = self._running()
+        counts = await spool.counts_by_state()
+        return render_metrics(
+            queue={str(state): n for state, n in counts.items()},
+            deliveries=delivery.results,
+            accepted=self.accepted,
+            up=await self.healthy(),
+        )
+
+
+async def run_relay(
+    settings: Settings,
+    *,
+    ready: Ready | None = None,
+    sessions: SessionFactory | None = None,
+    delivery_tuning: Mapping[str, float] | None = None,
+) -> None:
+    """Run the relay until SIGTERM/SIGINT. ``ready`` gets the listening addresses once accepting.
+
+    ``sessions`` (default: ``Mailer`` per mailbox) and ``delivery_tuning`` (e.g.
+    ``{"backoff_base": 0.1}``) exist for tests.
+    """
+    await RelayService(settings, sessions=sessions, delivery_tuning=delivery_tuning).run(ready=ready)

@@ -1,0 +1,94 @@
+"""Shared pieces of the relay's end-to-end tests: a sandbox-backed relay and a legacy smtplib client."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smtp_oauth.relay.passwords import hash_password
+from smtp_oauth.relay.service import RelayService
+from smtp_oauth.relay.spool import QueueState
+from smtp_oauth.sandbox import Sandbox
+
+USER, PASSWORD = "legacy-app", "correct horse battery staple"
+PASSWORD_HASH = hash_password(PASSWORD, log2_n=4)  # cheap on purpose: tests log in hundreds of times
+FAST_DELIVERY = {"backoff_base": 0.1, "backoff_cap": 0.3, "poll_interval": 0.3}
+ENV_VARS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "MSAL_FORCE_REGION", "SSL_CERT_FILE")
+
+
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No proxy, CA or smtp-oauth variables of this machine leak into a test."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("SMTP_OAUTH_") or name in ENV_VARS:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
+def relay_section(**extra: Any) -> dict[str, Any]:
+    """[relay] for tests: a free port, one user, unpaced."""
+    return {
+        "listen": "127.0.0.1:0",
+        "messages_per_minute": 0,
+        "shutdown_timeout": "5s",
+        "users": [{"name": USER, "password_hash": PASSWORD_HASH}],
+        **extra,
+    }
+
+
+def make_message(sender: str, n: int = 0, *, to: str = "someone@example.net", size: int = 0) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = f"legacy message {n}"
+    message["Message-ID"] = f"<legacy-{n}@test>"
+    message.set_content(f"hello {n}\n" + "x" * size)
+    return message
+
+
+def send_legacy(
+    port: int, messages: list[EmailMessage], *, user: str = USER, password: str = PASSWORD
+) -> None:
+    """What FERN or a scanner does: plain smtplib, AUTH on loopback, one connection for all."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.login(user, password)
+        for message in messages:
+            client.send_message(message)
+
+
+@asynccontextmanager
+async def running_relay(sandbox: Sandbox, **delivery: float) -> AsyncIterator[tuple[RelayService, int]]:
+    """An in-process relay on the sandbox's settings; yields it and its port."""
+    service = RelayService(sandbox.settings(), delivery_tuning={**FAST_DELIVERY, **delivery})
+    ready: asyncio.Future[list[tuple[str, int]]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(service.run(ready=ready.set_result))
+    try:
+        addresses = await asyncio.wait_for(asyncio.shield(ready), 10)
+        yield service, addresses[0][1]
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def wait_until(predicate: Callable[[], bool], *, within: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def states(service: RelayService) -> dict[QueueState, int]:
+    assert service.spool is not None
+    return await service.spool.counts_by_state()
