@@ -112,10 +112,10 @@ def sender_matches(address: str, rules: frozenset[str]) -> bool:
     text = address.strip().lower()
     if text in {"", NULL_SENDER}:
         return NULL_SENDER in rules
-    if text in rules:
-        return True
     local, at, domain = text.rpartition("@")
-    return bool(local and at and domain) and f"@{domain}" in rules
+    if not (local and at and domain):
+        return False  # "@contoso.com" or "postmaster" is no sender address, whatever the rules say
+    return text in rules or f"@{domain}" in rules
 
 
 @dataclass(frozen=True)
