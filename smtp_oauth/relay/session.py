@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
 
 from smtp_oauth.relay.passwords import parse_hash, verify_password
 from smtp_oauth.relay.policy import NULL_SENDER, LocalUser, RelayPolicy, cleartext_auth_allowed, read_headers
@@ -39,7 +39,7 @@ REPLY_BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 REPLY_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
 REPLY_LOCAL_ERROR = "451 4.3.0 Requested action aborted: local error in processing"
-REPLY_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, closing connection\r\n"
+REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing connection"
 
 # Parsing the header of a huge message without a blank line is the one slow step; off the loop then.
 _HEADER_PARSE_INLINE_LIMIT = 1024 * 1024
@@ -163,12 +163,12 @@ class RelaySession(SMTP):
         super().connection_lost(error)
         self.listener.session_closed(self)
 
-    def hang_up(self, reply: bytes = b"") -> None:
-        """Write ``reply`` (if any) and close after it has been flushed."""
+    def hang_up(self, *replies: str) -> None:
+        """Write ``replies`` (if any), then close once they have been flushed."""
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            if reply:
-                transport.write(reply)
+            if replies:
+                transport.write("".join(f"{reply}\r\n" for reply in replies).encode("ascii"))
             transport.close()
 
 
@@ -212,7 +212,7 @@ class RelayHandler:
         await asyncio.sleep(delay)
         server.auth_failures += 1
         if server.auth_failures >= self._tuning.auth_failures_per_session:
-            server.hang_up(f"{REPLY_AUTH_FAILED}\r\n{REPLY_TOO_MANY_AUTH_FAILURES}\r\n".encode())
+            server.hang_up(REPLY_AUTH_FAILED, REPLY_TOO_MANY_AUTH_FAILURES)
             return None
         return REPLY_AUTH_FAILED
 
@@ -225,10 +225,11 @@ class RelayHandler:
 
     async def handle_MAIL(
         self, server: RelaySession, session: Any, envelope: _RelayEnvelope, address: str, options: list[str]
-    ) -> str | None:
+    ) -> str:
         if self._listener.stopping:
-            server.hang_up(REPLY_SHUTTING_DOWN)
-            return None
+            # aiosmtpd pushes our reply right after we return; close only once it is written.
+            asyncio.get_running_loop().call_soon(server.hang_up)
+            return REPLY_SHUTTING_DOWN
         user = self._sender_user(server, session)
         if user is None:
             return REPLY_AUTH_REQUIRED
@@ -306,5 +307,9 @@ class RelayHandler:
 
     async def handle_exception(self, error: Exception) -> str:
         """Any bug or I/O trouble in a session: a retryable 451, internals only in our log."""
-        log.error("internal error in an SMTP session", exc_info=error)
+        if isinstance(error, TLSSetupException):
+            # Scanners and clients with old TLS stacks do this all day: no traceback for it.
+            log.warning("STARTTLS handshake failed: %s", error.__cause__ or error)
+        else:
+            log.error("internal error in an SMTP session", exc_info=error)
         return REPLY_LOCAL_ERROR

@@ -139,3 +139,23 @@ async def test_stop_lets_a_store_in_progress_finish() -> None:
 def test_default_hash_cost_verifies_too() -> None:
     """The fixtures' cheap hashes use the same format as the default-cost ones (ln travels along)."""
     assert FERN_HASH.startswith("$scrypt$ln=10,r=8,p=1$")
+
+
+async def test_stop_lets_a_busy_session_finish_its_message_then_says_421() -> None:
+    """A session inside a transaction at stop() gets its 250, then 421 at its next MAIL FROM."""
+    async with running_listener() as (listener, store):
+        client = await in_thread(lambda: connect(listener))
+        try:
+            await in_thread(lambda: client.login("fern", FERN_PASSWORD))
+            await in_thread(lambda: client.mail("fern@contoso.com"))
+            await in_thread(lambda: client.rcpt("alice@example.com"))
+            stopping = asyncio.ensure_future(listener.stop())
+            await asyncio.sleep(0.1)  # stop() has begun and is waiting for this session
+            data_reply = await in_thread(lambda: client.data(MESSAGE))
+            mail_reply = await in_thread(lambda: client.mail("fern@contoso.com"))
+            await asyncio.wait_for(stopping, timeout=5)
+        finally:
+            client.close()
+    assert data_reply[0] == 250
+    assert mail_reply == (421, b"4.3.2 Service shutting down, closing connection")
+    assert len(store.messages) == 1
