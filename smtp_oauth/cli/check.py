@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def format_step(step: StepResult) -> str:
     """``PASS  access token  issued by ...`` then indented ``fix:`` lines."""
-    lines = [f"{_LABELS[step.status.value]:<5} {step.title}: {step.detail}"]
+    first, *more = step.detail.splitlines() or [""]
+    lines = [f"{_LABELS[step.status.value]:<5} {step.title}: {first}"]
+    lines.extend(f"      {line.strip()}" for line in more)
     if step.fix:
         label = "note" if step.status.value == "warn" else "fix"
         lines.extend(

@@ -218,21 +218,31 @@ async def _demo(directory: Path) -> int:
                 lambda: _relay_step(sandbox),
             )
         )
+    delivered: tuple[int, Path | None] = (0, None)
     try:
         for title, proves, action in steps:
             if not await demo.step(title, proves, action):
                 break
     finally:
+        delivered = _delivered(sandbox)
         await sandbox.stop()
-    _summary(sandbox, directory, demo, with_relay)
+    _summary(delivered, directory, demo, with_relay)
     return demo.exit_code
 
 
-def _summary(sandbox: Sandbox, directory: Path, demo: _Demo, with_relay: bool) -> None:
-    delivered = sandbox.delivered()
+def _delivered(sandbox: Sandbox) -> tuple[int, Path | None]:
+    """How many messages the fake Exchange stored, and where (read before the sandbox stops)."""
+    try:
+        return len(sandbox.delivered()), sandbox.mail_dir
+    except RuntimeError:  # the sandbox did not start
+        return 0, None
+
+
+def _summary(delivered: tuple[int, Path | None], directory: Path, demo: _Demo, with_relay: bool) -> None:
+    count, mail_dir = delivered
     print()
-    if delivered:
-        print(f"Delivered messages ({len(delivered)}, .eml + .json envelope): {delivered[0].path.parent}")
+    if mail_dir is not None:
+        print(f"Delivered messages ({count}, each an .eml with its envelope in a .json): {mail_dir}")
     print(f"Sandbox directory (kept): {directory}")
     if not with_relay:
         print("The relay is not installed in this build: its step was left out.")

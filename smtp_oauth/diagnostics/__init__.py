@@ -5,7 +5,12 @@ returns a :class:`CheckReport` whose steps say pass/fail, what was found and the
 :func:`check_claims` is the pure part: does a token's claims fit Exchange Online SMTP?
 """
 
-from smtp_oauth.diagnostics.claims_check import check_claims, exchange_audiences, signed_in_user
+from smtp_oauth.diagnostics.claims_check import (
+    check_claims,
+    exchange_audiences,
+    scopes_problem,
+    signed_in_user,
+)
 from smtp_oauth.diagnostics.report import CheckReport, Status, StepResult
 from smtp_oauth.diagnostics.steps import STEPS, run_checks
 
@@ -17,5 +22,6 @@ __all__ = [
     "check_claims",
     "exchange_audiences",
     "run_checks",
+    "scopes_problem",
     "signed_in_user",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "EXCHANGE_APP_ID",
     "check_claims",
     "exchange_audiences",
+    "scopes_problem",
     "signed_in_user",
 ]
 
@@ -77,6 +78,33 @@ def _consent_url(settings: Settings) -> str:
     identity = settings.identity
     authority = f"{identity.effective_authority_host}/{identity.tenant_id}"
     return f"{authority}/adminconsent?client_id={identity.client_id}"
+
+
+_OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
+
+
+def scopes_problem(settings: Settings) -> str | None:
+    """When identity.scopes asks for an API other than Exchange Online: what to change, else None.
+
+    Entra answers such a request with AADSTS500011 (unknown resource) or a token Exchange refuses
+    with 535 5.7.3; either way the cause is the configured scopes.
+    """
+    scopes = settings.identity.scopes
+    if not scopes:
+        return None
+    expected = exchange_audiences(settings)
+    foreign = [
+        scope
+        for scope in scopes
+        if scope.lower() not in _OIDC_SCOPES and scope.rpartition("/")[0] not in expected
+    ]
+    if not foreign:
+        return None
+    return (
+        f"identity.scopes asks for {', '.join(foreign)}, which is not Exchange Online "
+        f"({', '.join(sorted(expected - {EXCHANGE_APP_ID}))}): a token for it has the wrong audience. "
+        f"Remove identity.scopes to use the default {_default_scopes_text(settings)}, or set it to that."
+    )
 
 
 def _audience_problem(claims: Mapping[str, Any], settings: Settings, now: datetime) -> Problem | None:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
-from smtp_oauth.diagnostics.claims_check import check_claims
+from smtp_oauth.diagnostics.claims_check import check_claims, scopes_problem
 from smtp_oauth.diagnostics.probe import SmtpProbe
 from smtp_oauth.diagnostics.report import CheckReport, Status, StepResult
 from smtp_oauth.errors import ConfigurationError, SmtpOAuthError
@@ -58,16 +58,11 @@ class _Run:
             self._on_step(step)
         return step.passed
 
-    def failed(self, name: str, error: SmtpOAuthError, *, detail: str | None = None) -> bool:
+    def failed(self, name: str, error: SmtpOAuthError, *, cause: str | None = None) -> bool:
+        """Record ``error`` as the step's failure; ``cause``, when known, comes before its hint."""
         error.context.update(self.context)
-        step = StepResult(
-            name,
-            STEPS[name],
-            Status.FAIL,
-            detail or str(error).splitlines()[0],
-            error.explain(),
-            int(error.exit_code),
-        )
+        fix = " ".join(part for part in (cause, error.explain()) if part) or None
+        step = StepResult(name, STEPS[name], Status.FAIL, str(error), fix, int(error.exit_code))
         return self.add(step)
 
     def skip_rest(self, wanted: list[str]) -> None:
@@ -157,7 +152,7 @@ async def _token_step(run: _Run, settings: Settings, provider: TokenProvider) ->
     try:
         token = await provider.access_token(force_refresh=True)
     except SmtpOAuthError as error:
-        run.failed("token", error)
+        run.failed("token", error, cause=scopes_problem(settings))
         return None
     identity = settings.identity
     run.add(

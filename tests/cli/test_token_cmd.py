@@ -1,0 +1,78 @@
+"""`smtp-oauth token`: the token, its XOAUTH2 form, or its claims (never the token) from the sandbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from smtp_oauth.claims import decode_claims
+from smtp_oauth.sandbox import Sandbox
+from smtp_oauth.xoauth2 import decode
+from tests.cli.admin_cli import Completed, clean_env, run_cli_async
+
+
+async def _token(sandbox: Sandbox, tmp_path: Path, *args: str, config: Path | None = None) -> Completed:
+    path = config or sandbox.config_path
+    return await run_cli_async("token", "--config", str(path), *args, env=clean_env(tmp_path), cwd=tmp_path)
+
+
+async def test_token_prints_an_exchange_access_token(smtp_oauth_sandbox: Sandbox, tmp_path: Path) -> None:
+    """`token` prints one line: a JWT for Exchange Online with the SMTP.SendAsApp role."""
+    done = await _token(smtp_oauth_sandbox, tmp_path)
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    assert "\n" not in token
+    claims = decode_claims(token)
+    assert claims["aud"] == "https://outlook.office365.com"
+    assert "SMTP.SendAsApp" in claims["roles"]
+
+
+async def test_xoauth2_is_the_initial_response_for_the_mailbox(
+    smtp_oauth_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """`token --xoauth2` prints base64(user=<smtp.username>^Aauth=Bearer <token>^A^A)."""
+    done = await _token(smtp_oauth_sandbox, tmp_path, "--xoauth2")
+    assert done.returncode == 0, done.stderr
+    credentials = decode(done.stdout.strip())
+    assert credentials.user == smtp_oauth_sandbox.tenant.mailbox
+    assert decode_claims(credentials.token)["aud"] == "https://outlook.office365.com"
+
+
+async def test_claims_are_json_without_the_token(smtp_oauth_sandbox: Sandbox, tmp_path: Path) -> None:
+    """`token --claims` prints the decoded claims as JSON and not the (cached, same) token itself."""
+    token = (await _token(smtp_oauth_sandbox, tmp_path)).stdout.strip()
+    done = await _token(smtp_oauth_sandbox, tmp_path, "--claims")
+    assert done.returncode == 0, done.stderr
+    claims = json.loads(done.stdout)
+    assert claims == decode_claims(token)  # the cached token was reused: same claims
+    assert claims["appid"] == smtp_oauth_sandbox.tenant.app.client_id
+    for part in token.split("."):
+        assert part not in done.stdout + done.stderr
+
+
+async def test_xoauth2_and_claims_exclude_each_other(smtp_oauth_sandbox: Sandbox, tmp_path: Path) -> None:
+    """Asking for both forms at once is a usage error (exit 2 from argparse), and prints no token."""
+    done = await _token(smtp_oauth_sandbox, tmp_path, "--xoauth2", "--claims")
+    assert done.returncode == 2
+    assert done.stdout == ""
+
+
+async def test_wrong_secret_exits_77_with_the_hint(smtp_oauth_sandbox: Sandbox, tmp_path: Path) -> None:
+    """A refused client secret -> exit 77, one line naming AADSTS7000215, then the hint; nothing on stdout."""
+    config = smtp_oauth_sandbox.write_config(
+        tmp_path / "bad.toml", identity={"client_secret": "wrong-secret"}
+    )
+    done = await _token(smtp_oauth_sandbox, tmp_path, config=config)
+    assert done.returncode == 77
+    assert done.stdout == ""
+    assert "AADSTS7000215" in done.stderr
+    assert "hint:" in done.stderr
+    assert "wrong-secret" not in done.stderr
+
+
+async def test_delegated_without_sign_in_says_to_log_in(smtp_oauth_sandbox: Sandbox, tmp_path: Path) -> None:
+    """A delegated flow with nothing cached -> exit 77 and the hint to run `smtp-oauth login`."""
+    config = smtp_oauth_sandbox.write_config(tmp_path / "user.toml", flow="device_code")
+    done = await _token(smtp_oauth_sandbox, tmp_path, config=config)
+    assert done.returncode == 77, done.stderr
+    assert "smtp-oauth login" in done.stderr
