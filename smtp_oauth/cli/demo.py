@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import os
 import secrets
 import shutil
 import sys
@@ -255,8 +256,25 @@ def _summary(delivered: tuple[int, Path | None], directory: Path, demo: _Demo, w
         )
 
 
+def _hermetic_environment() -> list[str]:
+    """Drop this shell's SMTP_OAUTH_* settings from the process (and the send-mail it starts).
+
+    The environment beats configuration files, so an exported SMTP_OAUTH_SMTP__PORT meant for the
+    real Exchange would point the demo's clients away from the sandbox.
+    """
+    ignored = [
+        name for name in os.environ if name.startswith("SMTP_OAUTH_") or name == "CREDENTIALS_DIRECTORY"
+    ]
+    for name in ignored:
+        del os.environ[name]
+    return sorted(ignored)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo in ``--dir`` or a new temporary directory (kept afterwards)."""
+    ignored = _hermetic_environment()
+    if ignored:
+        print(f"(ignoring {', '.join(ignored)}: the demo uses only the sandbox's settings)")
     directory: Path = args.dir or Path(tempfile.mkdtemp(prefix="smtp-oauth-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_demo(directory))
