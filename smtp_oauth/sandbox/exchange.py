@@ -4,7 +4,8 @@ It behaves, as far as a client can tell, like Exchange Online's SMTP AUTH client
 STARTTLS required; AUTH offered only after STARTTLS and only XOAUTH2 (one-line or after ``334``,
 tokens of several KB); tokens verified against the sandbox identity provider's key and the tenant's
 mailboxes and app grants; the authenticated mailbox is the only allowed sender; 3 sessions per
-mailbox may submit at once; an optional messages-per-minute limit; SIZE; 500 recipients.
+mailbox may submit at once; an optional messages-per-minute limit (answered ``421 4.4.2`` and a
+hang-up, where Exchange would delay: a test sees an unpaced client at once); SIZE; 500 recipients.
 Accepted mail lands in ``store_dir`` (see ``mail_store``); ``inject`` queues failure replies.
 
     exchange = FakeExchange(

@@ -1,4 +1,4 @@
-"""The fake Exchange Online's decisions, as aiosmtpd handler hooks: AUTH, EHLO, MAIL, RCPT, DATA.
+"""The fake Exchange Online's decisions, as aiosmtpd handler hooks: EHLO, AUTH, MAIL, RCPT, DATA, QUIT.
 
 Replies are Exchange Online's own (exchange-online.md B3): ``535 5.7.3`` for any token problem,
 ``550 5.7.60`` for send-as violations, ``432 4.3.2`` past the concurrent-session limit, ``452 4.5.3``
@@ -208,6 +208,8 @@ class ExchangeHandler:
         identity = _identity(session)
         data = envelope.original_content or b""
         headers = BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+        # Every From: address must be the mailbox; a message without From: passes, as the
+        # envelope sender was already checked at MAIL FROM.
         senders = _from_addresses(headers.get_all("From", []))
         if any(sender.casefold() != identity.mailbox.casefold() for sender in senders):
             log.info("DATA refused: %s may not send as From: %s", identity.mailbox, ", ".join(senders))
