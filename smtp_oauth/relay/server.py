@@ -10,7 +10,7 @@ configuration, reloads users and policy on SIGHUP, and stops gracefully. Before 
 open relay (``policy.check_not_open_relay``).
 
 The 250 after DATA is sent only when ``store`` has returned, i.e. the message is durably committed
-(helper F1's spool); ``store`` runs shielded, so a client hanging up mid-commit cannot cancel it.
+(the spool's commit); ``store`` runs shielded, so a client hanging up mid-commit cannot cancel it.
 """
 
 from __future__ import annotations

@@ -200,6 +200,7 @@ class RelayHandler:
         return await self._login_failed(server, credentials)
 
     async def _login_failed(self, server: RelaySession, credentials: SaslCredentials) -> str | None:
+        """Log with the peer, wait the growing delay, and hang up after too many tries in a session."""
         count, delay = self._throttle.record_failure(server.peer_host)
         log.warning(
             "authentication failed for user %r from %s (%d failures from this address, reply delayed %.1f s)",
@@ -226,6 +227,7 @@ class RelayHandler:
     async def handle_MAIL(
         self, server: RelaySession, session: Any, envelope: _RelayEnvelope, address: str, options: list[str]
     ) -> str:
+        """MAIL FROM: who the session sends as (530 if nobody), and whether it may use this sender."""
         if self._listener.stopping:
             # aiosmtpd pushes our reply right after we return; close only once it is written.
             asyncio.get_running_loop().call_soon(server.hang_up)
@@ -254,6 +256,7 @@ class RelayHandler:
     async def handle_RCPT(
         self, server: RelaySession, session: Any, envelope: _RelayEnvelope, address: str, options: list[str]
     ) -> str:
+        """RCPT TO: any recipient (Exchange decides), at most max_recipients per message."""
         if address == NULL_SENDER:
             return REPLY_BAD_RECIPIENT
         if len(envelope.rcpt_tos) >= self._tuning.max_recipients:
@@ -263,6 +266,7 @@ class RelayHandler:
         return REPLY_RECIPIENT_OK
 
     async def handle_DATA(self, server: RelaySession, session: Any, envelope: _RelayEnvelope) -> str:
+        """End of DATA: check the From: header(s), store durably, and only then say 250."""
         user, data, mail_from = envelope.user, envelope.original_content, envelope.mail_from
         if user is None or data is None or mail_from is None:  # handle_MAIL and aiosmtpd set all three
             raise RuntimeError("DATA without an accepted MAIL FROM")
