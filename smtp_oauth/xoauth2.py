@@ -60,7 +60,8 @@ def decode(initial_response: str | bytes) -> XOAuth2Credentials:
     for part in raw[:-2].split(_SEPARATOR):
         key, sep, value = part.partition("=")
         if not sep or key in fields:
-            raise ValueError(f"malformed XOAUTH2 field {key!r}")
+            # Never quote the field: it may be the token itself.
+            raise ValueError("malformed XOAUTH2 response: a field without '=' or a repeated field")
         fields[key] = value
     if set(fields) != {"user", "auth"}:
         raise ValueError("an XOAUTH2 response has exactly the fields user and auth")
