@@ -81,7 +81,8 @@ async def relay_round_trip(
 
     relay = asyncio.create_task(run_relay(settings, ready=on_ready))
     try:
-        await asyncio.wait({relay, ready}, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {relay, ready}
+        await asyncio.wait(waiting, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             if relay.done():
                 relay.result()  # raises the relay's own error (ConfigurationError, OSError)

@@ -24,4 +24,3 @@ def test_demo_passes_every_step_with_nothing_configured(tmp_path: Path) -> None:
     mail_dir = Path(re.search(r"^Delivered messages \(\d+, .*\): (.+)$", done.stdout, re.MULTILINE)[1])  # type: ignore[index]
     assert mail_dir.is_relative_to(tmp_path)
     assert len(list(mail_dir.glob("*.eml"))) == expected - 2  # every step after the token sends one
-
