@@ -30,7 +30,14 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from smtp_oauth.errors import ConfigurationError, SmtpOAuthError, TokenError, aadsts_code_of
 from smtp_oauth.idp_http import IdpHttpClient
-from smtp_oauth.tokens import AbortSignal, DeviceCodePrompt, IssuedToken, SignedIn, request_scopes
+from smtp_oauth.tokens import (
+    RESERVED_SCOPES,
+    AbortSignal,
+    DeviceCodePrompt,
+    IssuedToken,
+    SignedIn,
+    request_scopes,
+)
 
 if TYPE_CHECKING:
     from smtp_oauth.settings import IdentitySettings, Settings
@@ -55,8 +62,9 @@ _T = TypeVar("_T")
 
 
 class _StatusRecordingClient:
-    """Delegates to IdpHttpClient and remembers, per thread, the last HTTP status: MSAL turns a 429
-    into a plain error dict, and only the status says that retrying later will help."""
+    """Delegates to IdpHttpClient and remembers, per thread, the last HTTP status and error body:
+    MSAL turns a 429 into a plain error dict (only the status says a retry will help), and a
+    refused tenant discovery into a ValueError without Entra's AADSTS code."""
 
     def __init__(self, client: IdpHttpClient) -> None:
         self._client = client
@@ -67,15 +75,34 @@ class _StatusRecordingClient:
         status: int | None = getattr(self._local, "status", None)
         return status
 
-    def get(self, url: str, **kwargs: Any) -> requests.Response:
-        response = self._client.get(url, **kwargs)
+    @property
+    def last_error(self) -> dict[str, Any]:
+        """``error``/``error_description`` of the last refused request ({} if none or not JSON)."""
+        error: dict[str, Any] = getattr(self._local, "error", {})
+        return error
+
+    def _record(self, response: requests.Response) -> requests.Response:
         self._local.status = response.status_code
+        self._local.error = {}
+        if response.status_code >= 400:
+            with contextlib.suppress(ValueError):
+                body = response.json()
+                if isinstance(body, dict) and "error" in body:
+                    self._local.error = {
+                        "error": body.get("error"),
+                        "error_description": body.get("error_description"),
+                    }
         return response
 
+    def forget(self) -> None:
+        """Start a new operation: worker threads are reused, their last answer must not be."""
+        self._local.status, self._local.error = None, {}
+
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        return self._record(self._client.get(url, **kwargs))
+
     def post(self, url: str, **kwargs: Any) -> requests.Response:
-        response = self._client.post(url, **kwargs)
-        self._local.status = response.status_code
-        return response
+        return self._record(self._client.post(url, **kwargs))
 
     def close(self) -> None:
         self._client.close()
@@ -180,6 +207,7 @@ class MsalSession:
 
     def _translated(self, call: Callable[[], _T]) -> _T:
         """Run ``call``; msal/requests exceptions become our errors (the one boundary)."""
+        self._http.forget()
         try:
             return call()
         except SmtpOAuthError:
@@ -205,12 +233,7 @@ class MsalSession:
                 temporary=True,
             ) from exc
         except ValueError as exc:  # MSAL: bad authority, unusable tenant discovery, bad scopes
-            raise ConfigurationError(
-                f"MSAL cannot use authority {self._authority}: {_first_line(str(exc))}",
-                key="identity.tenant_id",
-                hint="Check identity.tenant_id, identity.cloud and identity.authority_host.",
-                context=self._settings.hint_context(),
-            ) from exc
+            raise self._configuration_error(exc) from exc
         except OSError as exc:
             raise self._token_error(f"sign-in failed: {exc}", error="os_error") from exc
         except Exception as exc:  # anything else MSAL raises must not escape either
@@ -218,6 +241,27 @@ class MsalSession:
             raise self._token_error(
                 f"MSAL failed: {type(exc).__name__}: {_first_line(str(exc))}", error="msal_error"
             ) from exc
+
+    def _configuration_error(self, exc: ValueError) -> ConfigurationError:
+        hint = "Check identity.tenant_id, identity.cloud and identity.authority_host."
+        refused = self._http.last_error
+        if refused.get("error_description"):
+            # Tenant discovery was refused (e.g. AADSTS90002 unknown tenant): Entra's words say more.
+            description = str(refused["error_description"])
+            code = aadsts_code_of(description)
+            known = TokenError("", aadsts_code=code, context=self._settings.hint_context()).explain()
+            return ConfigurationError(
+                f"the identity provider refused authority {self._authority}: {_first_line(description)}",
+                key="identity.tenant_id",
+                hint=known or hint,
+                context=self._settings.hint_context(),
+            )
+        return ConfigurationError(
+            f"MSAL cannot use authority {self._authority}: {_first_line(str(exc))}",
+            key="identity.tenant_id",
+            hint=hint,
+            context=self._settings.hint_context(),
+        )
 
     def _token_error(self, message: str, **kwargs: Any) -> TokenError:
         return TokenError(message, context=self._settings.hint_context(), **kwargs)
@@ -363,7 +407,9 @@ class MsalSession:
         scope = result.get("scope")
         return SignedIn(
             username=claims.get("preferred_username") or claims.get("upn"),
-            scopes=str(scope).split() if scope else list(self._scopes),
+            scopes=[s for s in str(scope).split() if s.lower() not in RESERVED_SCOPES]
+            if scope
+            else list(self._scopes),
             expires_on=datetime.fromtimestamp(issued.expires_on, tz=UTC),
             tenant_id=claims.get("tid"),
         )
