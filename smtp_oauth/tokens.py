@@ -15,7 +15,9 @@ Only ``smtp_oauth.errors`` types leave this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 import sys
 import threading
 import time
@@ -52,6 +54,7 @@ _REFRESH_RETRY_SECONDS = 60.0
 # MSAL adds these to every delegated request itself and refuses them in the scope list.
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access"})
 DELEGATED_LOGIN_FLOWS = ("device_code", "interactive", "username_password")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 
 class TokenProvider(Protocol):
@@ -157,11 +160,11 @@ async def _in_daemon_thread(function: Callable[[], _T]) -> _T:
 
     def target() -> None:
         try:
-            result = function()
+            outcome: tuple[_T | None, BaseException | None] = (function(), None)
         except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
+            outcome = (None, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
+            loop.call_soon_threadsafe(settle, *outcome)
 
     threading.Thread(target=target, name="smtp-oauth-sign-in", daemon=True).start()
     return await future
@@ -372,6 +375,9 @@ def cached_access_token(settings: Settings, *, min_validity: timedelta = REFRESH
     environment = (urlsplit(identity.effective_authority_host).hostname or "").lower()
     wanted_scopes = {scope.lower() for scope in request_scopes(identity)}
     home_ids = _matching_home_accounts(cache, settings, environment) if identity.is_delegated else set()
+    # MSAL files tokens under the tenant GUID from the discovered token endpoint; a tenant configured
+    # by domain name cannot be compared, but the cache file is this authority's alone anyway.
+    tenant_is_guid = _GUID.fullmatch(identity.tenant_id) is not None
     now, best_expiry, best = time.time(), 0.0, None
     for entry in (cache.get("AccessToken") or {}).values():
         if not isinstance(entry, dict) or entry.get("key_id") or entry.get("ext_cache_key"):
@@ -385,7 +391,7 @@ def cached_access_token(settings: Settings, *, min_validity: timedelta = REFRESH
         if (
             entry.get("client_id") != identity.client_id
             or str(entry.get("environment", "")).lower() != environment
-            or str(entry.get("realm", "")).lower() != identity.tenant_id.lower()
+            or (tenant_is_guid and str(entry.get("realm", "")).lower() != identity.tenant_id.lower())
             or not wanted_scopes <= set(str(entry.get("target", "")).lower().split())
             or (home not in home_ids if identity.is_delegated else home is not None)
             or expires_on - now < min_validity.total_seconds()

@@ -194,6 +194,13 @@ async def test_fast_path_serves_delegated_tokens(smtp_oauth_sandbox: Sandbox) ->
     assert cached_access_token(settings) == token
 
 
+async def test_fast_path_with_a_tenant_domain_name(smtp_oauth_sandbox: Sandbox) -> None:
+    """With tenant_id given as a domain, MSAL files tokens under the tenant GUID: still found."""
+    settings, _ = settings_for(smtp_oauth_sandbox, tenant_id=smtp_oauth_sandbox.tenant.domain)
+    token = await create_token_provider(settings).access_token()
+    assert cached_access_token(settings) == token
+
+
 async def test_fast_path_is_none_without_a_cache(smtp_oauth_sandbox: Sandbox) -> None:
     """No cache file yet: None (the caller goes the slow way)."""
     settings, _ = settings_for(smtp_oauth_sandbox)
