@@ -90,7 +90,9 @@ def configure_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | N
     root.addHandler(handler)
     logging.getLogger("smtp_oauth").setLevel(level)
     # msal and aiosmtplib talk a lot at INFO/DEBUG; only their warnings unless we debug.
-    for noisy in ("msal", "urllib3", "aiosmtplib", "mail.log"):
+    for noisy in ("msal", "urllib3", "aiosmtplib"):
         logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
+    # aiosmtpd's "mail.log" logs every DATA line at DEBUG: message bodies never go to our logs.
+    logging.getLogger("mail.log").setLevel("WARNING")
     if root.level > logging.getLevelName(level) or root.level == logging.WARNING:
         root.setLevel(level)
