@@ -10,17 +10,19 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
+import pytest_asyncio
 
 from smtp_oauth.errors import ExitCode
+from smtp_oauth.sandbox import Sandbox
 from smtp_oauth.xoauth2 import encode
 
-if TYPE_CHECKING:
-    from smtp_oauth.sandbox import Sandbox
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SEND_MAIL = Path(sys.executable).parent / "send-mail"
 _FOREIGN_ENV = {"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "MSAL_FORCE_REGION", "SMTP_OAUTH_CONFIG"}
@@ -75,19 +77,51 @@ def env(tmp_path: Path) -> dict[str, str]:
     return clean_env(tmp_path)
 
 
+@asynccontextmanager
+async def warm_sandbox(directory: Path) -> AsyncIterator[Sandbox]:
+    """A running sandbox whose config's token cache holds a token, as after the day's first send.
+
+    Shared by a module's tests: starting a sandbox and fetching the first token cost more than
+    the send-mail run a test is about.
+    """
+    from smtp_oauth.tokens import create_token_provider
+
+    async with Sandbox(directory) as sandbox:
+        with pytest.MonkeyPatch.context() as patch:  # module fixtures run before conftest's cleaning
+            for name in [*_FOREIGN_ENV, *(n for n in os.environ if n.startswith("SMTP_OAUTH_"))]:
+                patch.delenv(name, raising=False)
+            await create_token_provider(sandbox.settings()).access_token()
+        yield sandbox
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sandbox]:
+    """One warm sandbox for this module."""
+    async with warm_sandbox(tmp_path_factory.mktemp("send-mail-sandbox")) as started:
+        yield started
+
+
+@pytest.fixture
+def sandbox(shared_sandbox: Sandbox) -> Sandbox:
+    """The shared sandbox with no delivered mail and no pending injected replies."""
+    shared_sandbox.exchange.clear()
+    shared_sandbox.exchange.clear_injections()
+    return shared_sandbox
+
+
 def mailbox_of(sandbox: Sandbox) -> str:
     """The sandbox mailbox the configuration authenticates as."""
     return sandbox.settings().smtp.username
 
 
-async def test_sends_a_composed_message(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+async def test_sends_a_composed_message(sandbox: Sandbox, env: dict[str, str]) -> None:
     """Exit 0 and the message arrives with subject, body, Date and Message-ID."""
     run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "-s", "Grüße aus Köln", "--body", "Hallo Welt",
+        "--config", sandbox.config_path, "-s", "Grüße aus Köln", "--body", "Hallo Welt",
         "to@example.com", env=env,
     )  # fmt: skip
     assert run.returncode == ExitCode.OK, run.stderr
-    (delivered,) = smtp_oauth_sandbox.delivered()
+    (delivered,) = sandbox.delivered()
     message = delivered.message
     assert message["Subject"] == "Grüße aus Köln"
     assert message["Date"]
@@ -99,11 +133,11 @@ async def test_sends_a_composed_message(smtp_oauth_sandbox: Sandbox, env: dict[s
     assert body.get_content().strip() == "Hallo Welt"
 
 
-async def test_body_is_read_from_stdin(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+async def test_body_is_read_from_stdin(sandbox: Sandbox, env: dict[str, str]) -> None:
     """Without --body or --body-file the text body comes from stdin."""
     run = await run_send_mail(
         "--config",
-        smtp_oauth_sandbox.config_path,
+        sandbox.config_path,
         "-s",
         "s",
         "to@example.com",
@@ -111,18 +145,18 @@ async def test_body_is_read_from_stdin(smtp_oauth_sandbox: Sandbox, env: dict[st
         stdin=b"from stdin\n",
     )
     assert run.returncode == ExitCode.OK, run.stderr
-    assert b"from stdin" in smtp_oauth_sandbox.delivered()[0].data
+    assert b"from stdin" in sandbox.delivered()[0].data
 
 
-async def test_bcc_gets_the_mail_but_no_header(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+async def test_bcc_gets_the_mail_but_no_header(sandbox: Sandbox, env: dict[str, str]) -> None:
     """--bcc addresses are on the envelope only; comma lists and --cc work too."""
     run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "--body", "x",
+        "--config", sandbox.config_path, "--body", "x",
         "--to", "a@example.com,b@example.com", "--cc", "c@example.com", "--bcc", "hidden@example.com",
         env=env,
     )  # fmt: skip
     assert run.returncode == ExitCode.OK, run.stderr
-    (delivered,) = smtp_oauth_sandbox.delivered()
+    (delivered,) = sandbox.delivered()
     assert sorted(delivered.rcpt_tos) == [
         "a@example.com",
         "b@example.com",
@@ -134,58 +168,56 @@ async def test_bcc_gets_the_mail_but_no_header(smtp_oauth_sandbox: Sandbox, env:
 
 
 async def test_attachment_round_trips_byte_for_byte(
-    smtp_oauth_sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+    sandbox: Sandbox, env: dict[str, str], tmp_path: Path
 ) -> None:
     """A 1 MB random binary attachment arrives identical, with its name."""
     payload = os.urandom(1024 * 1024)
     attachment = tmp_path / "random.bin"
     attachment.write_bytes(payload)
     run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "--body", "see attached", "--attach", attachment,
+        "--config", sandbox.config_path, "--body", "see attached", "--attach", attachment,
         "to@example.com", env=env,
     )  # fmt: skip
     assert run.returncode == ExitCode.OK, run.stderr
-    (part,) = smtp_oauth_sandbox.delivered()[0].message.iter_attachments()
+    (part,) = sandbox.delivered()[0].message.iter_attachments()
     assert part.get_filename() == "random.bin"
     assert part.get_content() == payload
 
 
 async def test_html_makes_multipart_alternative(
-    smtp_oauth_sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+    sandbox: Sandbox, env: dict[str, str], tmp_path: Path
 ) -> None:
     """--html adds an HTML alternative to the text body."""
     html = tmp_path / "body.html"
     html.write_text("<p>Hello <b>world</b></p>", encoding="utf-8")
     run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "--body", "Hello world", "--html", html, "to@example.com",
+        "--config", sandbox.config_path, "--body", "Hello world", "--html", html, "to@example.com",
         env=env,
     )  # fmt: skip
     assert run.returncode == ExitCode.OK, run.stderr
-    message = smtp_oauth_sandbox.delivered()[0].message
+    message = sandbox.delivered()[0].message
     assert message.get_content_type() == "multipart/alternative"
     html_part = message.get_body(("html",))
     assert html_part is not None
     assert "<b>world</b>" in html_part.get_content()
 
 
-async def test_dry_run_prints_and_sends_nothing(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+async def test_dry_run_prints_and_sends_nothing(sandbox: Sandbox, env: dict[str, str]) -> None:
     """--dry-run writes the message to stdout, the envelope to stderr, and sends nothing."""
     run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "--dry-run", "-s", "preview", "--body", "x",
+        "--config", sandbox.config_path, "--dry-run", "-s", "preview", "--body", "x",
         "--bcc", "hidden@example.com", "to@example.com", env=env,
     )  # fmt: skip
     assert run.returncode == ExitCode.OK, run.stderr
     assert b"Subject: preview" in run.stdout
     assert b"hidden@example.com" not in run.stdout
     assert "<hidden@example.com>" in run.stderr
-    assert smtp_oauth_sandbox.delivered() == []
+    assert sandbox.delivered() == []
 
 
-async def test_verbose_shows_dialogue_without_token(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+async def test_verbose_shows_dialogue_without_token(sandbox: Sandbox, env: dict[str, str]) -> None:
     """-v prints the SMTP dialogue; neither the token nor the XOAUTH2 blob appears anywhere."""
-    run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "-v", "--body", "x", "to@example.com", env=env
-    )
+    run = await run_send_mail("--config", sandbox.config_path, "-v", "--body", "x", "to@example.com", env=env)
     assert run.returncode == ExitCode.OK, run.stderr
     assert "EHLO" in run.stderr
     assert "STARTTLS" in run.stderr
@@ -194,33 +226,32 @@ async def test_verbose_shows_dialogue_without_token(smtp_oauth_sandbox: Sandbox,
     assert "RCPT TO:<to@example.com>" in run.stderr
     from smtp_oauth.tokens import cached_access_token
 
-    token = cached_access_token(smtp_oauth_sandbox.settings())
+    token = cached_access_token(sandbox.settings())
     assert token
     output = run.stderr + run.stdout.decode("utf-8", "replace")
     assert token not in output
-    assert encode(mailbox_of(smtp_oauth_sandbox), token) not in output
+    assert encode(mailbox_of(sandbox), token) not in output
     assert "eyJ" not in output
 
 
 async def test_cached_token_needs_no_identity_provider_nor_msal(
-    smtp_oauth_sandbox: Sandbox, env: dict[str, str]
+    sandbox: Sandbox, env: dict[str, str], tmp_path: Path
 ) -> None:
-    """A second send uses the cached token: no token request, and msal is never imported."""
-    first = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "--body", "1", "a@example.com", env=env
-    )
+    """The first send fetches a token; the next uses the cache: no token request, msal never imported."""
+    config = sandbox.write_config(tmp_path / "cold.toml", identity={"token_cache": str(tmp_path / "cache")})
+    requests_at_start = sum(sandbox.idp.token_requests.values())
+    first = await run_send_mail("--config", config, "--body", "1", "a@example.com", env=env)
     assert first.returncode == ExitCode.OK, first.stderr
-    requests_before = smtp_oauth_sandbox.idp.token_requests
+    assert sum(sandbox.idp.token_requests.values()) == requests_at_start + 1
     second = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "--body", "2", "a@example.com",
-        env=env, python_flags=("-X", "importtime"),
-    )  # fmt: skip
+        "--config", config, "--body", "2", "a@example.com", env=env, python_flags=("-X", "importtime")
+    )
     assert second.returncode == ExitCode.OK, second.stderr
-    assert smtp_oauth_sandbox.idp.token_requests == requests_before
+    assert sum(sandbox.idp.token_requests.values()) == requests_at_start + 1
     imported = {line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines() if "|" in line}
     assert "msal" not in imported
     assert not {"aiosmtpd", "smtp_oauth.relay", "smtp_oauth.sandbox"} & imported
-    assert len(smtp_oauth_sandbox.delivered()) == 2
+    assert len(sandbox.delivered()) == 2
 
 
 # --- exit codes -------------------------------------------------------------------------------
@@ -233,31 +264,27 @@ async def test_unknown_flag_exits_64(env: dict[str, str]) -> None:
     assert run.stderr.startswith("send-mail: unknown option -Z")
 
 
-async def test_no_recipients_exits_65(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+async def test_no_recipients_exits_65(sandbox: Sandbox, env: dict[str, str]) -> None:
     """Nobody to send to: exit 65."""
-    run = await run_send_mail("--config", smtp_oauth_sandbox.config_path, "--body", "x", env=env)
+    run = await run_send_mail("--config", sandbox.config_path, "--body", "x", env=env)
     assert run.returncode == ExitCode.DATAERR
     assert "no recipients" in run.stderr
 
 
-async def test_unparsable_address_exits_65(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+async def test_unparsable_address_exits_65(sandbox: Sandbox, env: dict[str, str]) -> None:
     """An address that is not one: exit 65 naming it, nothing sent."""
-    run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "--body", "x", "not-an-address", env=env
-    )
+    run = await run_send_mail("--config", sandbox.config_path, "--body", "x", "not-an-address", env=env)
     assert run.returncode == ExitCode.DATAERR
     assert "not-an-address" in run.stderr
-    assert smtp_oauth_sandbox.delivered() == []
+    assert sandbox.delivered() == []
 
 
-async def test_missing_attachment_exits_66(
-    smtp_oauth_sandbox: Sandbox, env: dict[str, str], tmp_path: Path
-) -> None:
+async def test_missing_attachment_exits_66(sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
     """A missing --attach file: exit 66 naming the file."""
     missing = tmp_path / "nope.pdf"
     run = await run_send_mail(
         "--config",
-        smtp_oauth_sandbox.config_path,
+        sandbox.config_path,
         "--body",
         "x",
         "--attach",
@@ -269,14 +296,12 @@ async def test_missing_attachment_exits_66(
     assert str(missing) in run.stderr
 
 
-async def test_rejected_at_data_exits_69(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+async def test_rejected_at_data_exits_69(sandbox: Sandbox, env: dict[str, str]) -> None:
     """A 5xx to DATA: exit 69, the reply on the first line, then a hint."""
-    smtp_oauth_sandbox.inject(
+    sandbox.inject(
         "DATA", "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process"
     )
-    run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "--body", "x", "to@example.com", env=env
-    )
+    run = await run_send_mail("--config", sandbox.config_path, "--body", "x", "to@example.com", env=env)
     assert run.returncode == ExitCode.UNAVAILABLE
     first, *rest = run.stderr.splitlines()
     assert first.startswith("send-mail: ")
@@ -284,10 +309,10 @@ async def test_rejected_at_data_exits_69(smtp_oauth_sandbox: Sandbox, env: dict[
     assert any(line.startswith("hint: ") and "10,000" in line for line in rest)
 
 
-async def test_send_as_denied_exits_69(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+async def test_send_as_denied_exits_69(sandbox: Sandbox, env: dict[str, str]) -> None:
     """-f with an address the mailbox may not send as: Exchange's 550 5.7.60, exit 69, SendAs hint."""
     run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "-f", "ceo@example.com", "--body", "x", "to@example.com",
+        "--config", sandbox.config_path, "-f", "ceo@example.com", "--body", "x", "to@example.com",
         env=env,
     )  # fmt: skip
     assert run.returncode == ExitCode.UNAVAILABLE
@@ -295,51 +320,49 @@ async def test_send_as_denied_exits_69(smtp_oauth_sandbox: Sandbox, env: dict[st
     assert "Add-RecipientPermission" in run.stderr
 
 
-async def test_throttled_at_mail_exits_75(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+async def test_throttled_at_mail_exits_75(sandbox: Sandbox, env: dict[str, str]) -> None:
     """A 4xx to MAIL (Exchange's 432 4.3.2): exit 75, try again later."""
-    smtp_oauth_sandbox.inject("MAIL", "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded")
-    run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "--body", "x", "to@example.com", env=env
-    )
+    sandbox.inject("MAIL", "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded")
+    run = await run_send_mail("--config", sandbox.config_path, "--body", "x", "to@example.com", env=env)
     assert run.returncode == ExitCode.TEMPFAIL
     assert "432 4.3.2" in run.stderr
     assert "hint: " in run.stderr
 
 
 async def test_unreachable_server_exits_75(
-    smtp_oauth_sandbox: Sandbox, env: dict[str, str], unused_tcp_port: int
+    sandbox: Sandbox, env: dict[str, str], unused_tcp_port: int
 ) -> None:
     """Nothing listening on the SMTP port: exit 75."""
     env = {**env, "SMTP_OAUTH_SMTP__PORT": str(unused_tcp_port)}
-    run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "--body", "x", "to@example.com", env=env
-    )
+    run = await run_send_mail("--config", sandbox.config_path, "--body", "x", "to@example.com", env=env)
     assert run.returncode == ExitCode.TEMPFAIL, run.stderr
     assert f"127.0.0.1:{unused_tcp_port}" in run.stderr
 
 
 async def test_unreachable_identity_provider_exits_75(
-    smtp_oauth_sandbox: Sandbox, env: dict[str, str], unused_tcp_port: int
+    sandbox: Sandbox, env: dict[str, str], unused_tcp_port: int, tmp_path: Path
 ) -> None:
     """The identity provider cannot be reached (and nothing is cached): exit 75."""
-    env = {**env, "SMTP_OAUTH_IDENTITY__AUTHORITY_HOST": f"https://127.0.0.1:{unused_tcp_port}"}
-    run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "--body", "x", "to@example.com", env=env
+    config = sandbox.write_config(
+        tmp_path / "cold.toml",
+        identity={
+            "token_cache": str(tmp_path / "cache"),
+            "authority_host": f"https://127.0.0.1:{unused_tcp_port}",
+        },
     )
+    run = await run_send_mail("--config", config, "--body", "x", "to@example.com", env=env)
     assert run.returncode == ExitCode.TEMPFAIL, run.stderr
-    assert smtp_oauth_sandbox.delivered() == []
+    assert sandbox.delivered() == []
 
 
-async def test_auth_refused_twice_exits_77(smtp_oauth_sandbox: Sandbox, env: dict[str, str]) -> None:
+async def test_auth_refused_twice_exits_77(sandbox: Sandbox, env: dict[str, str]) -> None:
     """535 5.7.139 on AUTH, also after the retry with a fresh token: exit 77, Set-CASMailbox hint."""
-    smtp_oauth_sandbox.inject(
+    sandbox.inject(
         "AUTH",
         "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
         times=2,
     )
-    run = await run_send_mail(
-        "--config", smtp_oauth_sandbox.config_path, "--body", "x", "to@example.com", env=env
-    )
+    run = await run_send_mail("--config", sandbox.config_path, "--body", "x", "to@example.com", env=env)
     assert run.returncode == ExitCode.NOPERM
     assert "535 5.7.139" in run.stderr.splitlines()[0]
     assert "Set-CASMailbox" in run.stderr

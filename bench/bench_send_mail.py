@@ -1,0 +1,158 @@
+"""Benchmark: per-message wall time of ``send-mail`` (cached token) against a minimal smtplib script.
+
+Legacy software runs ``send-mail`` once per message, so what counts is the whole process: start-up,
+imports, settings, reading the cached token, STARTTLS, AUTH XOAUTH2 and one message. The yardstick
+is the least a Python program can do for the same exchange: stdlib ``smtplib`` with the token
+handed in. Both run N times, interleaved, against the sandbox (fake Entra ID + fake Exchange Online
+on 127.0.0.1, run here on a background thread). Target: send-mail <= 1.5x the smtplib script.
+
+    .venv/bin/python bench/bench_send_mail.py [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from smtp_oauth.sandbox import Sandbox
+from smtp_oauth.tokens import cached_access_token
+
+TARGET_RATIO = 1.5
+RECIPIENT = "bench@example.com"
+SEND_MAIL = Path(sys.executable).parent / "send-mail"
+
+# The yardstick: what a hand-written stdlib script does, the token handed in by environment.
+STDLIB_SCRIPT = """
+import base64, os, smtplib, ssl, sys
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+host, port, ca_file, user, to = sys.argv[1:6]
+message = EmailMessage()
+message["From"] = user
+message["To"] = to
+message["Subject"] = "benchmark"
+message["Date"] = formatdate(localtime=True)
+message["Message-ID"] = make_msgid(domain=user.rpartition("@")[2])
+message.set_content("benchmark message\\n")
+with smtplib.SMTP(host, int(port), timeout=30) as smtp:
+    smtp.ehlo()
+    smtp.starttls(context=ssl.create_default_context(cafile=ca_file))
+    smtp.ehlo()
+    blob = base64.b64encode(f"user={user}\\x01auth=Bearer {os.environ['BENCH_TOKEN']}\\x01\\x01".encode())
+    code, reply = smtp.docmd("AUTH", "XOAUTH2 " + blob.decode())
+    if code != 235:
+        sys.exit(f"AUTH failed: {code} {reply!r}")
+    smtp.send_message(message, from_addr=user, to_addrs=[to])
+"""
+
+
+class BackgroundSandbox:
+    """The sandbox on its own event loop in a thread, so this script can block on subprocesses."""
+
+    def __init__(self, directory: Path) -> None:
+        self.sandbox = Sandbox(directory)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sandbox", daemon=True)
+
+    def __enter__(self) -> Sandbox:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.sandbox.start(), self._loop).result(timeout=60)
+        return self.sandbox
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        asyncio.run_coroutine_threadsafe(self.sandbox.stop(), self._loop).result(timeout=60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+
+def _timed(command: Sequence[str], env: dict[str, str], cwd: Path) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{command[0]} failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
+    return elapsed
+
+
+def _row(name: str, samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
+    return (
+        f"{name:<28}{statistics.median(ordered) * 1000:>9.1f}{p90 * 1000:>9.1f}"
+        f"{ordered[0] * 1000:>9.1f}{ordered[-1] * 1000:>9.1f}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=20, help="runs of each command (default 20)")
+    args = parser.parse_args(argv)
+
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-send-mail-") as tmp,
+        BackgroundSandbox(Path(tmp) / "sb") as sb,
+    ):
+        work = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_OAUTH_")}
+        env.update(XDG_STATE_HOME=str(work / "state"), XDG_CONFIG_HOME=str(work / "config"))
+        settings = sb.settings()
+        mailbox = settings.smtp.username
+        send_mail = [
+            str(SEND_MAIL),
+            "--config",
+            str(sb.config_path),
+            "-s",
+            "benchmark",
+            "--body",
+            "x",
+            RECIPIENT,
+        ]
+
+        _timed(send_mail, env, work)  # warm-up: fetches the token once and caches it
+        token = cached_access_token(settings)
+        if token is None:
+            sys.exit("the token cache did not serve a token after the warm-up; the figures would be wrong")
+        stdlib = [sys.executable, "-c", STDLIB_SCRIPT, sb.smtp_host, str(sb.smtp_port), str(sb.ca_file)]
+        stdlib += [mailbox, RECIPIENT]
+        stdlib_env = {**env, "BENCH_TOKEN": token}
+        bare = [sys.executable, "-c", "pass"]
+
+        commands: dict[str, Callable[[], float]] = {
+            "python -c pass (start-up)": lambda: _timed(bare, env, work),
+            "smtplib script": lambda: _timed(stdlib, stdlib_env, work),
+            "send-mail (cached token)": lambda: _timed(send_mail, env, work),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(args.runs):  # interleaved, so drift (CPU frequency, caches) hits all alike
+            for name, run in commands.items():
+                samples[name].append(run())
+        delivered = len(sb.delivered())
+
+    ratio = statistics.median(samples["send-mail (cached token)"]) / statistics.median(
+        samples["smtplib script"]
+    )
+    print(f"send-mail benchmark: {args.runs} runs each, sandbox on 127.0.0.1, STARTTLS + XOAUTH2 + 1 message")
+    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {delivered} messages delivered")
+    print(f"{'':<28}{'median':>9}{'p90':>9}{'min':>9}{'max':>9}   (ms)")
+    for name, values in samples.items():
+        print(_row(name, values))
+    verdict = "within" if ratio <= TARGET_RATIO else "OVER"
+    print(f"ratio send-mail / smtplib (medians): {ratio:.2f}x  ({verdict} the {TARGET_RATIO}x target)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
