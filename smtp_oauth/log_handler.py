@@ -75,6 +75,7 @@ class OAuthSMTPHandler(logging.Handler):
         self._idle = threading.Condition()
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._abandoned = False  # close() gave up waiting: the worker stops without further reports
 
     def __repr__(self) -> str:
         return f"<OAuthSMTPHandler to={self.to!r} ({logging.getLevelName(self.level)})>"
@@ -125,6 +126,7 @@ class OAuthSMTPHandler(logging.Handler):
                 self._queue.put(None, timeout=self.timeout)
             worker.join(max(0.0, deadline - time.monotonic()))
             if worker.is_alive() or self._pending:
+                self._abandoned = True  # the worker drops the rest: this line already reported it
                 print(
                     f"OAuthSMTPHandler: {self._pending} log record(s) not mailed within {self.timeout:g}s",
                     file=sys.stderr,
@@ -147,7 +149,7 @@ class OAuthSMTPHandler(logging.Handler):
     def _next_batch(self) -> _Batch | None:
         """The next record and whatever queued up behind it; None once close() asked to stop."""
         first = self._queue.get()
-        if first is None:
+        if first is None or self._abandoned:
             return None
         batch = [first]
         while len(batch) < MAX_RECORDS_PER_MAIL:
@@ -165,8 +167,9 @@ class OAuthSMTPHandler(logging.Handler):
         try:
             runner.run(mailer.send(self._message(batch), sender=self.sender, timeout=self.timeout))
         except Exception:
-            for record, _ in batch:
-                self.handleError(record)
+            if not self._abandoned:
+                for record, _ in batch:
+                    self.handleError(record)
         finally:
             with self._idle:
                 self._pending -= len(batch)
