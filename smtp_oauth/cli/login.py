@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from smtp_oauth.errors import ExitCode
@@ -37,7 +38,7 @@ def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
         )
 
 
-def has_display(environ: os._Environ[str] | dict[str, str] | None = None) -> bool:
+def has_display(environ: Mapping[str, str] | None = None) -> bool:
     """Whether a browser opened here would be seen by the person at the keyboard."""
     env = os.environ if environ is None else environ
     if not sys.stdin.isatty():

@@ -40,11 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Get a token and print it in the chosen form."""
     from smtp_oauth.cli.common import load_settings_from_args
-    from smtp_oauth.tokens import create_token_provider
+    from smtp_oauth.tokens import cached_access_token, create_token_provider
 
     settings = load_settings_from_args(args)
-    provider = create_token_provider(settings)
-    token = provider.access_token_sync(force_refresh=args.force_refresh)
+    # msmtp's passwordeval runs this once per message: a token cached with 10 minutes left is
+    # read without importing msal at all, as send-mail does.
+    token = None if args.force_refresh else cached_access_token(settings)
+    if token is None:
+        token = create_token_provider(settings).access_token_sync(force_refresh=args.force_refresh)
     if args.claims:
         from smtp_oauth.claims import decode_claims
 

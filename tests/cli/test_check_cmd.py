@@ -185,3 +185,16 @@ async def test_configuration_error_fails_first_and_skips_the_rest(tmp_path: Path
     assert labels["configuration"] == "FAIL"
     assert set(list(labels.values())[1:]) == {"SKIP"}
     assert "identity.client_id" in done.stdout
+
+
+async def test_check_passes_for_a_signed_in_user(smtp_oauth_sandbox: Sandbox, tmp_path: Path) -> None:
+    """After a device-code login, check passes with the delegated token (scp SMTP.Send, the user)."""
+    config = smtp_oauth_sandbox.write_config(tmp_path / "user.toml", flow="device_code")
+    env = clean_env(tmp_path)
+    login = await run_cli_async("login", "--config", str(config), env=env, cwd=tmp_path)
+    assert login.returncode == 0, login.stderr
+    done = await _check(smtp_oauth_sandbox, tmp_path, config=config)
+    assert done.returncode == 0, done.stdout + done.stderr
+    claims_line = next(line for line in done.stdout.splitlines() if line.startswith("PASS  token claims"))
+    assert "scp SMTP.Send" in claims_line
+    assert f"user {smtp_oauth_sandbox.tenant.mailbox}" in claims_line
