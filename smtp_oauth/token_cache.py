@@ -205,8 +205,13 @@ class _CrossProcessLock:
 
         with self._thread_lock:
             if self._depth == 0:
-                # Created 0600 up front: portalocker would open it with the umask's mode.
-                os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT, CACHE_FILE_MODE))
+                try:  # created 0600 up front: portalocker would open it with the umask's mode
+                    os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT, CACHE_FILE_MODE))
+                except OSError as exc:
+                    raise ConfigurationError(
+                        f"cannot create the token cache lock {self._path}: {exc.strerror}",
+                        key="identity.token_cache",
+                    ) from exc
                 lock = portalocker.Lock(self._path, mode="a", timeout=self._timeout, check_interval=0.05)
                 try:
                     lock.acquire()
@@ -329,7 +334,12 @@ def open_token_cache(settings: Settings) -> Any:
     """
     location = cache_file_path(settings)
     _prepare_directory(location.parent)
-    check_private(location)
+    try:
+        check_private(location)
+    except PermissionError as exc:
+        raise ConfigurationError(
+            f"cannot read token cache {location}: {exc.strerror}", key="identity.token_cache"
+        ) from exc
     persistence = _build_persistence(location)
     # Wait longer than one token request can take (connect + read timeouts) before giving up.
     lock = _CrossProcessLock(

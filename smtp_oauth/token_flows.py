@@ -2,19 +2,16 @@
 
 Blocking code, run in worker threads by ``tokens.py``. Sources for MSAL's behaviour:
 ../shared/reference/libraries.md §1-§2 (msal 1.39). No msal or requests exception leaves this
-module: ``_translated`` turns them into ``TokenError`` (temporary for network errors, HTTP 5xx/429
-and ``temporarily_unavailable``) or ``ConfigurationError`` (MSAL's ValueError for a bad authority).
+module: every entry point runs through ``token_errors.ErrorMapper.translated``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import re
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,12 +21,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import msal
-import requests
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from smtp_oauth.errors import ConfigurationError, SmtpOAuthError, TokenError, aadsts_code_of
+from smtp_oauth.errors import ConfigurationError, TokenError
 from smtp_oauth.idp_http import IdpHttpClient
+from smtp_oauth.token_errors import ErrorMapper, RecordingHttpClient
 from smtp_oauth.tokens import (
     RESERVED_SCOPES,
     AbortSignal,
@@ -51,61 +48,12 @@ warnings.filterwarnings(
     "ignore", message="This API has been deprecated for public client flows", category=DeprecationWarning
 )
 
-# OAuth error codes (RFC 6749 §5.2 and Entra) after which the same request may succeed later.
-_TEMPORARY_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 _PEM_KEY = re.compile(
     r"-----BEGIN (?:ENCRYPTED |RSA |EC )?PRIVATE KEY-----.+?-----END [A-Z ]*PRIVATE KEY-----", re.S
 )
 _PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 _T = TypeVar("_T")
-
-
-class _StatusRecordingClient:
-    """Delegates to IdpHttpClient and remembers, per thread, the last HTTP status and error body:
-    MSAL turns a 429 into a plain error dict (only the status says a retry will help), and a
-    refused tenant discovery into a ValueError without Entra's AADSTS code."""
-
-    def __init__(self, client: IdpHttpClient) -> None:
-        self._client = client
-        self._local = threading.local()
-
-    @property
-    def last_status(self) -> int | None:
-        status: int | None = getattr(self._local, "status", None)
-        return status
-
-    @property
-    def last_error(self) -> dict[str, Any]:
-        """``error``/``error_description`` of the last refused request ({} if none or not JSON)."""
-        error: dict[str, Any] = getattr(self._local, "error", {})
-        return error
-
-    def _record(self, response: requests.Response) -> requests.Response:
-        self._local.status = response.status_code
-        self._local.error = {}
-        if response.status_code >= 400:
-            with contextlib.suppress(ValueError):
-                body = response.json()
-                if isinstance(body, dict) and "error" in body:
-                    self._local.error = {
-                        "error": body.get("error"),
-                        "error_description": body.get("error_description"),
-                    }
-        return response
-
-    def forget(self) -> None:
-        """Start a new operation: worker threads are reused, their last answer must not be."""
-        self._local.status, self._local.error = None, {}
-
-    def get(self, url: str, **kwargs: Any) -> requests.Response:
-        return self._record(self._client.get(url, **kwargs))
-
-    def post(self, url: str, **kwargs: Any) -> requests.Response:
-        return self._record(self._client.post(url, **kwargs))
-
-    def close(self) -> None:
-        self._client.close()
 
 
 def certificate_credential(identity: IdentitySettings) -> dict[str, str]:
@@ -151,21 +99,6 @@ def certificate_credential(identity: IdentitySettings) -> dict[str, str]:
     return credential
 
 
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0].strip() if text.strip() else ""
-
-
-def _network_reason(exc: BaseException) -> str:
-    """A short reason for a requests exception ("Connection refused", "timed out", TLS failure)."""
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    text = str(exc)
-    for pattern in (r"(certificate verify failed[^'\")\]]*)", r"\[Errno -?\d+\] ([^'\")]+)"):
-        if match := re.search(pattern, text):
-            return match.group(1).strip()
-    return type(exc).__name__
-
-
 class MsalSession:
     """One MSAL application over the persistent cache. Not thread-safe: the provider serializes."""
 
@@ -177,9 +110,10 @@ class MsalSession:
         self._authority = self._identity.authority
         netloc = None if self._identity.is_microsoft_authority else urlsplit(self._authority).netloc
         ca_file = str(self._identity.ca_file) if self._identity.ca_file else None
-        self._http = _StatusRecordingClient(
+        self._http = RecordingHttpClient(
             IdpHttpClient(timeout=self._identity.timeout, ca_file=ca_file, authority_netloc=netloc)
         )
+        self._errors = ErrorMapper(self._authority, self._http, settings.hint_context())
         self._app: Any = self._translated(self._build_app)
         self._ropc_warned = False
 
@@ -206,95 +140,16 @@ class MsalSession:
         return msal.PublicClientApplication(self._identity.client_id, **common)
 
     def _translated(self, call: Callable[[], _T]) -> _T:
-        """Run ``call``; msal/requests exceptions become our errors (the one boundary)."""
-        self._http.forget()
-        try:
-            return call()
-        except SmtpOAuthError:
-            raise
-        except requests.RequestException as exc:
-            raise self._token_error(
-                f"cannot reach the identity provider {self._authority}: {_network_reason(exc)}",
-                error="network_error",
-                temporary=True,
-            ) from exc
-        except msal.exceptions.MsalServiceError as exc:  # MSAL's raise_for_status() on HTTP >= 500
-            status = self._http.last_status
-            raise self._token_error(
-                f"the identity provider {self._authority} failed (HTTP {status or 'error'}); try again later",
-                error="server_error",
-                temporary=True,
-            ) from exc
-        except json.JSONDecodeError as exc:  # a proxy or gateway page instead of the IdP's JSON
-            raise self._token_error(
-                f"the identity provider {self._authority} answered with something that is not JSON "
-                f"(HTTP {self._http.last_status}); a proxy in the way?",
-                error="invalid_response",
-                temporary=True,
-            ) from exc
-        except ValueError as exc:  # MSAL: bad authority, unusable tenant discovery, bad scopes
-            raise self._configuration_error(exc) from exc
-        except OSError as exc:
-            raise self._token_error(f"sign-in failed: {exc}", error="os_error") from exc
-        except Exception as exc:  # anything else MSAL raises must not escape either
-            log.debug("unexpected MSAL failure", exc_info=True)
-            raise self._token_error(
-                f"MSAL failed: {type(exc).__name__}: {_first_line(str(exc))}", error="msal_error"
-            ) from exc
-
-    def _configuration_error(self, exc: ValueError) -> ConfigurationError:
-        hint = "Check identity.tenant_id, identity.cloud and identity.authority_host."
-        refused = self._http.last_error
-        if refused.get("error_description"):
-            # Tenant discovery was refused (e.g. AADSTS90002 unknown tenant): Entra's words say more.
-            description = str(refused["error_description"])
-            code = aadsts_code_of(description)
-            known = TokenError("", aadsts_code=code, context=self._settings.hint_context()).explain()
-            return ConfigurationError(
-                f"the identity provider refused authority {self._authority}: {_first_line(description)}",
-                key="identity.tenant_id",
-                hint=known or hint,
-                context=self._settings.hint_context(),
-            )
-        return ConfigurationError(
-            f"MSAL cannot use authority {self._authority}: {_first_line(str(exc))}",
-            key="identity.tenant_id",
-            hint=hint,
-            context=self._settings.hint_context(),
-        )
+        return self._errors.translated(call)
 
     def _token_error(self, message: str, **kwargs: Any) -> TokenError:
-        return TokenError(message, context=self._settings.hint_context(), **kwargs)
-
-    def _error_from_result(self, result: dict[str, Any]) -> TokenError:
-        """MSAL's error dict as a TokenError (never includes secrets: Entra does not echo them)."""
-        error = str(result.get("error") or "unknown_error")
-        description = str(result.get("error_description") or "")
-        codes = result.get("error_codes") or []
-        aadsts = aadsts_code_of(description) or (int(codes[0]) if codes and str(codes[0]).isdigit() else None)
-        correlation_id = result.get("correlation_id")
-        status = self._http.last_status
-        temporary = error in _TEMPORARY_ERRORS or status == 429 or (status is not None and status >= 500)
-        message = f"token request refused by {self._authority}: {error}"
-        if first := _first_line(description):
-            message += f": {first}"
-        if correlation_id:
-            message += f" (correlation id {correlation_id})"
-        return TokenError(
-            message,
-            error=error,
-            aadsts_code=aadsts,
-            description=description or None,
-            correlation_id=str(correlation_id) if correlation_id else None,
-            temporary=temporary,
-            context=self._settings.hint_context(),
-        )
+        return self._errors.token_error(message, **kwargs)
 
     def _issued(self, result: dict[str, Any] | None) -> IssuedToken:
         if result is None:
             raise self._no_cached_token()
         if "access_token" not in result:
-            raise self._error_from_result(result)
+            raise self._errors.from_result(result)
         now = time.time()
         refresh_on = result.get("refresh_on")
         return IssuedToken(
@@ -420,7 +275,7 @@ class MsalSession:
         def run() -> SignedIn:
             flow = self._app.initiate_device_flow(scopes=self._scopes)
             if "user_code" not in flow:
-                raise self._error_from_result(flow)
+                raise self._errors.from_result(flow)
             prompt(
                 DeviceCodePrompt(
                     verification_uri=str(flow.get("verification_uri") or flow.get("verification_url", "")),
