@@ -79,6 +79,8 @@ def cache_file_path(settings: Settings) -> Path:
 
 def check_private(path: Path, *, directory: bool = False) -> None:
     """Refuse a cache file or directory that group or others may access (as ssh does with keys)."""
+    if os.name == "nt":  # mode bits mean nothing there; the profile directory's ACL protects it
+        return
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
@@ -115,7 +117,7 @@ def read_plaintext_cache(path: Path) -> dict[str, Any] | None:
     """The JSON of a plaintext cache file, or None (missing, encrypted, too open, unreadable)."""
     try:
         st = path.stat()
-        if stat.S_IMODE(st.st_mode) & _GROUP_OTHER_BITS:
+        if os.name != "nt" and stat.S_IMODE(st.st_mode) & _GROUP_OTHER_BITS:
             return None  # the slow path reports it
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
