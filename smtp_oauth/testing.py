@@ -19,13 +19,16 @@ clients (subprocesses, ``smtplib``) through ``asyncio.to_thread``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
 
+from smtp_oauth.sandbox.certs import SandboxCertificates, make_certificates
+from smtp_oauth.sandbox.keys import SigningKey
 from smtp_oauth.sandbox.runner import Sandbox
 
-__all__ = ["smtp_oauth_sandbox"]
+__all__ = ["SandboxKeys", "smtp_oauth_sandbox", "smtp_oauth_sandbox_keys"]
 
 MARKER = "smtp_oauth_sandbox"
 
@@ -36,12 +39,36 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@dataclass(frozen=True)
+class SandboxKeys:
+    """A CA with a server certificate, and a token signing key, for several sandboxes."""
+
+    certificates: SandboxCertificates
+    signing_key: SigningKey
+
+
+@pytest.fixture(scope="session")
+def smtp_oauth_sandbox_keys(tmp_path_factory: pytest.TempPathFactory) -> SandboxKeys:
+    """Made once per session: RSA key generation is most of a sandbox's start-up time.
+
+    Tenants, apps, secrets and users are still new for every sandbox, so tokens of one sandbox
+    are refused by another (other tenant id, other client ids).
+    """
+    return SandboxKeys(make_certificates(tmp_path_factory.mktemp("smtp-oauth-sandbox-tls")), SigningKey())
+
+
 @pytest_asyncio.fixture
 async def smtp_oauth_sandbox(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    smtp_oauth_sandbox_keys: SandboxKeys,
 ) -> AsyncIterator[Sandbox]:
     """A running sandbox in a fresh temporary directory; stopped after the test."""
     marker = request.node.get_closest_marker(MARKER)
-    options = dict(marker.kwargs) if marker else {}
+    options = {
+        "certificates": smtp_oauth_sandbox_keys.certificates,
+        "signing_key": smtp_oauth_sandbox_keys.signing_key,
+        **(marker.kwargs if marker else {}),
+    }
     async with Sandbox(tmp_path_factory.mktemp("smtp-oauth-sandbox"), **options) as sandbox:
         yield sandbox

@@ -13,6 +13,7 @@ What lands in the directory ``D``::
     D/sandbox.toml      the configuration (0600: it holds the client secret)
     D/app.pem           the confidential app's certificate credential (key + certificate, 0600)
     D/tls/              the sandbox CA (sandbox-ca.pem, the ca_file of both services) and server cert
+                        (unless ``certificates=`` shares ones made elsewhere)
     D/mail/             delivered messages: one .eml plus its envelope as JSON each
     D/token-cache       where the generated configs put MSAL's token cache
     D/spool/            where they put the relay's spool
@@ -76,6 +77,8 @@ class Sandbox:
         messages_per_minute: int = 0,
         max_message_size: int = EXCHANGE_MAX_MESSAGE_SIZE,
         relay_listen: str | None = None,
+        certificates: SandboxCertificates | None = None,
+        signing_key: SigningKey | None = None,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.config_path = self.directory / "sandbox.toml"
@@ -94,6 +97,8 @@ class Sandbox:
             "max_message_size": max_message_size,
         }
         self._relay_listen = relay_listen
+        # Making RSA keys is the slow part of a start; a test session may share one CA and key.
+        self._given_keys = (certificates, signing_key)
         self._parts: (
             tuple[SandboxCertificates, SandboxTenant, SandboxIdentityProvider, FakeExchange] | None
         ) = None
@@ -146,7 +151,12 @@ class Sandbox:
 
     def _prepare(self) -> tuple[SandboxCertificates, SigningKey, SandboxTenant]:
         self.directory.mkdir(parents=True, exist_ok=True)
-        return make_certificates(self.directory / "tls"), SigningKey(), make_tenant(self.directory)
+        certificates, signing_key = self._given_keys
+        return (
+            certificates or make_certificates(self.directory / "tls"),
+            signing_key or SigningKey(),
+            make_tenant(self.directory),
+        )
 
     async def stop(self) -> None:
         """Stop both services (idempotent); the directory and its files stay for inspection."""

@@ -14,10 +14,10 @@ import msal
 import requests
 
 from smtp_oauth.idp_http import IdpHttpClient
-from smtp_oauth.sandbox.certs import make_certificates
 from smtp_oauth.sandbox.idp import SandboxIdentityProvider
 from smtp_oauth.sandbox.keys import SigningKey
 from smtp_oauth.sandbox.tenant import SandboxTenant, make_tenant
+from smtp_oauth.testing import SandboxKeys
 
 APP_SCOPE = ["https://outlook.office365.com/.default"]
 USER_SCOPE = ["https://outlook.office.com/SMTP.Send"]
@@ -109,9 +109,9 @@ def sign_in(running: RunningIdp, app: msal.ClientApplication | None = None) -> t
 
 
 @contextmanager
-def running_idp(directory: Path, **options: Any) -> Iterator[RunningIdp]:
-    certificates = make_certificates(directory / "tls")
-    key = SigningKey()
+def running_idp(directory: Path, keys: SandboxKeys, **options: Any) -> Iterator[RunningIdp]:
+    """An IdP with a new tenant in ``directory``, using the session's CA and signing key."""
+    certificates, key = keys.certificates, keys.signing_key
     tenant = make_tenant(directory)
     with SandboxIdentityProvider(
         tenant, signing_key=key, tls_context=certificates.server_context(), **options

@@ -10,12 +10,15 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import hashes
 
+from smtp_oauth.testing import SandboxKeys
 from tests.sandbox.idp_helpers import APP_SCOPE, RunningIdp, running_idp
 
 
 @pytest.fixture
-def sandbox_idp(tmp_path: Path) -> Iterator[RunningIdp]:
-    with running_idp(tmp_path, access_token_lifetime=1800, refresh_in=900) as running:
+def sandbox_idp(tmp_path: Path, smtp_oauth_sandbox_keys: SandboxKeys) -> Iterator[RunningIdp]:
+    with running_idp(
+        tmp_path, smtp_oauth_sandbox_keys, access_token_lifetime=1800, refresh_in=900
+    ) as running:
         yield running
 
 

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import pytest
 import requests
 
+from smtp_oauth.testing import SandboxKeys
 from tests.sandbox.idp_helpers import (
     LOOPBACK_REDIRECT,
     USER_SCOPE,
@@ -24,8 +25,8 @@ from tests.sandbox.idp_helpers import (
 
 
 @pytest.fixture
-def sandbox_idp(tmp_path: Path) -> Iterator[RunningIdp]:
-    with running_idp(tmp_path) as running:
+def sandbox_idp(tmp_path: Path, smtp_oauth_sandbox_keys: SandboxKeys) -> Iterator[RunningIdp]:
+    with running_idp(tmp_path, smtp_oauth_sandbox_keys) as running:
         yield running
 
 

@@ -10,26 +10,27 @@ from typing import Any
 
 import pytest
 
+from smtp_oauth.testing import SandboxKeys
 from tests.sandbox.idp_helpers import USER_SCOPE, RunningIdp, running_idp, sign_in
 
 OFFICE = "https://outlook.office.com"
 
 
 @pytest.fixture
-def sandbox_idp(tmp_path: Path) -> Iterator[RunningIdp]:
-    with running_idp(tmp_path) as running:
+def sandbox_idp(tmp_path: Path, smtp_oauth_sandbox_keys: SandboxKeys) -> Iterator[RunningIdp]:
+    with running_idp(tmp_path, smtp_oauth_sandbox_keys) as running:
         yield running
 
 
 @pytest.fixture
-def strict_idp(tmp_path: Path) -> Iterator[RunningIdp]:
-    with running_idp(tmp_path, strict_refresh_rotation=True) as running:
+def strict_idp(tmp_path: Path, smtp_oauth_sandbox_keys: SandboxKeys) -> Iterator[RunningIdp]:
+    with running_idp(tmp_path, smtp_oauth_sandbox_keys, strict_refresh_rotation=True) as running:
         yield running
 
 
 @pytest.fixture
-def manual_idp(tmp_path: Path) -> Iterator[RunningIdp]:
-    with running_idp(tmp_path, device_code_auto_approve=False) as running:
+def manual_idp(tmp_path: Path, smtp_oauth_sandbox_keys: SandboxKeys) -> Iterator[RunningIdp]:
+    with running_idp(tmp_path, smtp_oauth_sandbox_keys, device_code_auto_approve=False) as running:
         yield running
 
 

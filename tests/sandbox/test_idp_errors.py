@@ -9,12 +9,13 @@ import msal
 import pytest
 
 from smtp_oauth.sandbox.tenant import make_tenant
+from smtp_oauth.testing import SandboxKeys
 from tests.sandbox.idp_helpers import APP_SCOPE, USER_SCOPE, RunningIdp, running_idp
 
 
 @pytest.fixture
-def sandbox_idp(tmp_path: Path) -> Iterator[RunningIdp]:
-    with running_idp(tmp_path) as running:
+def sandbox_idp(tmp_path: Path, smtp_oauth_sandbox_keys: SandboxKeys) -> Iterator[RunningIdp]:
+    with running_idp(tmp_path, smtp_oauth_sandbox_keys) as running:
         yield running
 
 
