@@ -80,3 +80,19 @@ def test_configured_device_code_is_kept_with_a_display(delegated_config: Path) -
     settings = load_settings(delegated_config)
     settings.identity.flow = "device_code"
     assert choose_flow(settings, None, display=True) == "device_code"
+
+
+async def test_login_without_consent_gives_the_admin_consent_url(
+    smtp_oauth_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A permission nobody consented to -> AADSTS65001, exit 77, and the admin-consent URL with the ids."""
+    config = smtp_oauth_sandbox.write_config(
+        tmp_path / "unconsented.toml",
+        flow="device_code",
+        identity={"scopes": ["https://outlook.office.com/IMAP.AccessAsUser.All"]},
+    )
+    done = await run_cli_async("login", "--config", str(config), env=clean_env(tmp_path), cwd=tmp_path)
+    assert done.returncode == 77, done.stdout + done.stderr
+    tenant = smtp_oauth_sandbox.tenant
+    assert "AADSTS65001" in done.stderr
+    assert f"/{tenant.tenant_id}/adminconsent?client_id={tenant.public_app.client_id}" in done.stderr
