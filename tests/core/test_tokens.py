@@ -202,6 +202,27 @@ async def test_device_code_declined_is_a_token_error(smtp_oauth_sandbox: Sandbox
     assert not caught.value.temporary
 
 
+@sandbox_options(device_code_auto_approve=False)
+async def test_cancelled_device_code_login_stops_polling(smtp_oauth_sandbox: Sandbox) -> None:
+    """Cancelling login() (Ctrl-C) stops the polling thread: no more requests reach the IdP."""
+    loop = asyncio.get_running_loop()
+    prompted = asyncio.Event()
+    provider = create_token_provider(
+        settings_for(smtp_oauth_sandbox, "device_code"),
+        device_code_prompt=lambda prompt: loop.call_soon_threadsafe(prompted.set),
+    )
+    login = asyncio.create_task(provider.login())
+    await prompted.wait()
+    login.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await login
+    await asyncio.sleep(1.2)  # MSAL checks for the abort between its 1 s polling steps
+    polls = smtp_oauth_sandbox.idp.token_requests["device_code"]
+    assert polls >= 1
+    await asyncio.sleep(1.2)
+    assert smtp_oauth_sandbox.idp.token_requests["device_code"] == polls
+
+
 async def test_interactive_login_with_loopback_redirect(smtp_oauth_sandbox: Sandbox) -> None:
     """Interactive sign-in: auth code + PKCE, form_post to a loopback listener on a free port."""
     opened: list[str] = []
