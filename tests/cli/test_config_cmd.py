@@ -24,13 +24,18 @@ client_secret = "{secret}"
 [smtp]
 username = "sender@contoso.com"
 port = 587
+
+[[relay.users]]
+name = "fern"
+password_hash = "{password_hash}"
 """
+PASSWORD_HASH = "$scrypt$ln=14,r=8,p=1$c2FsdA$aGFzaC10aGF0LW11c3Qtbm90LXNob3c"
 
 
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "smtp-oauth.toml"
-    path.write_text(CONFIG.format(secret=SECRET))
+    path.write_text(CONFIG.format(secret=SECRET, password_hash=PASSWORD_HASH))
     return path
 
 
@@ -88,7 +93,7 @@ def test_config_marks_defaults_and_derived_values(tmp_path: Path, config_file: P
 
 
 def test_config_redacts_secrets(tmp_path: Path, config_file: Path) -> None:
-    """The client secret never appears in the listing, text or JSON; a mask does."""
+    """The client secret and relay password hashes never appear in the listing, text or JSON."""
     env = clean_env(tmp_path)
     text = run_cli("config", "--config", str(config_file), env=env, cwd=tmp_path)
     as_json = run_cli("config", "--json", "--config", str(config_file), env=env, cwd=tmp_path)
@@ -96,9 +101,11 @@ def test_config_redacts_secrets(tmp_path: Path, config_file: Path) -> None:
     assert as_json.returncode == 0, as_json.stderr
     for output in (text.stdout + text.stderr, as_json.stdout + as_json.stderr):
         assert SECRET not in output
+        assert "aGFzaC10aGF0LW11c3Qtbm90LXNob3c" not in output
     assert '"**********"' in _listing_line(text.stdout, "identity", "client_secret")
     document = json.loads(as_json.stdout)
     assert document["settings"]["identity.client_secret"]["value"] == "**********"
+    assert document["settings"]["relay.users"]["value"][0]["password_hash"] == "**********"
 
 
 def test_config_json_gives_source_kinds(tmp_path: Path, config_file: Path) -> None:
