@@ -190,12 +190,18 @@ class SqliteSpool:
             raise RuntimeError("the spool is closed")
         return self._conn
 
-    def _write(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[sqlite3.Row], int]:
+    def _write(
+        self, sql: str, params: Sequence[Any] = (), *, durable: bool = True
+    ) -> tuple[list[sqlite3.Row], int]:
         """One statement in its own IMMEDIATE transaction; (RETURNING rows, rowcount).
 
         Rows are fetched before COMMIT: SQLite refuses to commit under an unfinished statement.
+        ``durable=False`` skips the fsync (a claim lost in a crash is what recover() does anyway);
+        the next durable commit makes it durable too, since WAL frames are synced in order.
         """
         db = self._db
+        if not durable:
+            db.execute("PRAGMA synchronous = NORMAL")
         db.execute("BEGIN IMMEDIATE")
         try:
             cursor = db.execute(sql, params)
@@ -204,6 +210,9 @@ class SqliteSpool:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        finally:
+            if not durable:
+                db.execute("PRAGMA synchronous = FULL")
         return rows, cursor.rowcount
 
     # -- enqueue (group commit) ---------------------------------------------------------------
@@ -314,6 +323,7 @@ class SqliteSpool:
                 " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?)"
                 f" RETURNING {_COLUMNS}",
                 (now, mailbox, now, limit),
+                durable=False,
             )
             return sorted((_row_to_message(row) for row in rows), key=lambda m: m.next_attempt_at)
 

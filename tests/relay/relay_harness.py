@@ -92,3 +92,58 @@ async def wait_until(predicate: Callable[[], bool], *, within: float = 10.0, wha
 async def states(service: RelayService) -> dict[QueueState, int]:
     assert service.spool is not None
     return await service.spool.counts_by_state()
+
+
+class RelayProcess:
+    """``python -m smtp_oauth relay`` as a child process; its log goes to a file (a pipe could fill)."""
+
+    def __init__(self, config: Path, log: Path, env: dict[str, str]) -> None:
+        self.config, self.log, self.env = config, log, env
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Start it and return the port it listens on (read from its log)."""
+        import re
+        import sys
+
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "smtp_oauth", "--config", str(self.config), "relay",
+                stdout=log, stderr=log, env=self.env,
+            )  # fmt: skip
+        pattern = re.compile(r"relay listening on 127\.0\.0\.1:(\d+)")
+
+        def listening() -> bool:
+            match = pattern.search(self.log.read_text(errors="replace")[offset:])
+            if match:
+                self.port = int(match.group(1))
+            if self.process is not None and self.process.returncode is not None:
+                raise AssertionError(f"the relay exited:\n{self.log.read_text()}")
+            return bool(match)
+
+        await wait_until(listening, within=20, what="the relay to listen")
+        return self.port
+
+    def kill(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    async def wait(self, within: float = 20) -> int:
+        assert self.process is not None
+        return await asyncio.wait_for(self.process.wait(), within)
+
+
+def child_environment(tmp_path: Path) -> dict[str, str]:
+    """The environment of a child smtp-oauth: this one minus smtp-oauth/CA variables, tmp XDG dirs."""
+    import os
+
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("SMTP_OAUTH_") and name not in {*ENV_VARS, "CREDENTIALS_DIRECTORY"}
+    }
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    return env
