@@ -18,16 +18,16 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
 
+from smtp_oauth.envelope import Envelope
 from smtp_oauth.errors import DeliveryError, MessageError, TemporaryDeliveryError
 from smtp_oauth.logs import redact
 from smtp_oauth.smtp_errors import Stage, from_exception, one_line, reply_error_class
 
-__all__ = ["Envelope", "SmtpSession", "TransactionResult", "Transcript"]
+__all__ = ["SmtpSession", "TransactionResult", "Transcript"]
 
 logger = logging.getLogger("smtp_oauth.smtp")
 
@@ -49,15 +49,6 @@ _XOAUTH2_HINT = (
     "The server does not offer AUTH XOAUTH2 on this connection. Exchange Online offers it after "
     "STARTTLS on smtp.office365.com:587; check smtp.host, smtp.port and smtp.security."
 )
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """What one transaction sends: envelope sender, recipients, and the message (Bcc already gone)."""
-
-    sender: str
-    recipients: Sequence[str]
-    message: EmailMessage | bytes
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,114 @@
+"""The envelope of a message: who it is from and to, worked out before any connection is made.
+
+For an EmailMessage the recipients come from To, Cc and Bcc, and the message is copied without Bcc
+(and Resent-Bcc), with From, Date and Message-ID added when missing: the caller's object is never
+changed. Raw bytes (``sendmail -t`` output, the relay's spool) are sent as they are, to the
+recipients given. Every address is checked here, so a bad one is a MessageError before a token is
+fetched or a connection opened.
+"""
+
+from __future__ import annotations
+
+import copy
+import email.parser
+import email.policy
+import email.utils
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+
+from smtp_oauth.errors import MessageError
+
+__all__ = ["Envelope", "build_envelope"]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What one transaction sends: envelope sender, recipients, and the message (Bcc already gone)."""
+
+    sender: str
+    recipients: Sequence[str]
+    message: EmailMessage | bytes
+
+
+_ADDRESS = re.compile(r"^[^\s@<>\"]+@[^\s@<>\"]+$")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
+
+
+def _bare_address(text: str, *, what: str) -> str:
+    """``Name <a@b>`` or ``a@b`` as ``a@b``; MessageError for anything that is not one address."""
+    _, address = email.utils.parseaddr(text)
+    address = address or text.strip()
+    if not _ADDRESS.match(address):
+        raise MessageError(f"invalid {what} address {text!r}")
+    return address
+
+
+def _unique(addresses: Sequence[str]) -> list[str]:
+    """Addresses once each, in order; the domain is case-insensitive, so is the comparison."""
+    seen: dict[str, str] = {}
+    for address in addresses:
+        seen.setdefault(address.casefold(), address)
+    return list(seen.values())
+
+
+def _header_recipients(message: EmailMessage) -> list[str]:
+    found: list[str] = []
+    for name in _RECIPIENT_HEADERS:
+        values = [str(value) for value in message.get_all(name, [])]
+        for _display, address in email.utils.getaddresses(values):
+            if address:  # an empty group ("undisclosed-recipients:;") names nobody
+                found.append(_bare_address(address, what=f"{name}:"))
+    return found
+
+
+def _prepared_message(message: EmailMessage, sender: str) -> EmailMessage:
+    """A copy without Bcc, with From, Date and Message-ID filled in when missing."""
+    prepared = copy.deepcopy(message)  # a shallow copy shares the header list: adding to it would leak back
+    del prepared["Bcc"]
+    del prepared["Resent-Bcc"]
+    if prepared["From"] is None:
+        prepared["From"] = sender
+    if prepared["Date"] is None:
+        prepared["Date"] = email.utils.formatdate(localtime=True)
+    if prepared["Message-ID"] is None:
+        prepared["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2])
+    return prepared
+
+
+def _raw_message_id(data: bytes) -> str | None:
+    """The Message-ID of a raw message, reading only its header block."""
+    end = _HEADER_END.search(data)
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+        data[: end.end()] if end else data
+    )
+    value = headers.get("Message-ID")
+    return str(value).strip() if value else None
+
+
+def build_envelope(
+    message: EmailMessage | bytes,
+    *,
+    sender: str | None,
+    recipients: Sequence[str] | None,
+    default_sender: str,
+) -> tuple[Envelope, str | None]:
+    """The envelope to send and the message's Message-ID. Raises MessageError for bad addresses."""
+    envelope_sender = _bare_address(sender or default_sender, what="sender")
+    if isinstance(message, bytes | bytearray):
+        raw = bytes(message)
+        targets = list(recipients or [])
+        message_id = _raw_message_id(raw)
+        body: EmailMessage | bytes = raw
+    elif isinstance(message, EmailMessage):
+        targets = list(recipients) if recipients is not None else _header_recipients(message)
+        body = _prepared_message(message, envelope_sender)
+        message_id = str(body["Message-ID"]).strip()
+    else:
+        raise TypeError(f"message must be an EmailMessage or bytes, not {type(message).__name__}")
+    addresses = _unique([_bare_address(target, what="recipient") for target in targets])
+    if not addresses:
+        raise MessageError("the message has no recipients (give recipients= or To/Cc/Bcc headers)")
+    return Envelope(sender=envelope_sender, recipients=addresses, message=body), message_id
