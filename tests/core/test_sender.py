@@ -371,3 +371,53 @@ async def test_verify_login_returns_the_auth_reply(
         reply = await mailer.verify_login()
     assert reply.startswith("235")
     assert exchange.delivered() == []
+
+
+async def test_implicit_tls_for_security_tls(
+    clean_env: None, certs: SandboxCertificates, tokens: SigningTokenProvider
+) -> None:
+    """security = "tls" speaks TLS from the first byte (port 465 style) and never sends STARTTLS."""
+    heard: list[str] = []
+    replies = {
+        b"EHLO": b"250-smtps.test\r\n250 AUTH XOAUTH2\r\n",
+        b"AUTH": b"235 2.7.0 Authentication successful\r\n",
+        b"MAIL": b"250 2.1.0 Sender OK\r\n",
+        b"RCPT": b"250 2.1.5 Recipient OK\r\n",
+        b"DATA": b"354 Start mail input\r\n",
+        b"QUIT": b"221 2.0.0 Bye\r\n",
+    }
+
+    async def smtps(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 smtps.test ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line.split()[0].upper() if line.strip() else b""
+            heard.append(verb.decode())
+            if verb == b"DATA":
+                writer.write(replies[verb])
+                await reader.readuntil(b"\r\n.\r\n")
+                writer.write(b"250 2.6.0 <x@smtps.test> Queued mail for delivery\r\n")
+            else:
+                writer.write(replies.get(verb, b"502 5.5.2 Not implemented\r\n"))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(smtps, "127.0.0.1", 0, ssl=certs.server_context())
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        settings = make_settings(port, certs.ca_file, security="tls")
+        async with Mailer(settings, token_provider=tokens) as mailer:
+            result = await mailer.send(message())
+    assert result.reply == "250 2.6.0 <x@smtps.test> Queued mail for delivery"
+    assert heard == ["EHLO", "AUTH", "MAIL", "RCPT", "DATA", "QUIT"]
+
+
+async def test_from_address_is_the_default_sender(
+    clean_env: None, exchange: FakeExchange, certs: SandboxCertificates, tokens: SigningTokenProvider
+) -> None:
+    """smtp.from_address, when set, is the envelope sender and the From of a message without one."""
+    settings = make_settings(exchange.port, certs.ca_file, from_address=OTHER_MAILBOX)
+    async with Mailer(settings, token_provider=tokens) as mailer:
+        with pytest.raises(
+            PermanentDeliveryError, match=r"refused the sender <other@sandbox\.test>: 550 5\.7\.60"
+        ):
+            await mailer.send(message())  # the fake Exchange, like the real one, wants SendAs for that
