@@ -417,7 +417,7 @@ async def test_from_address_is_the_default_sender(
     """smtp.from_address, when set, is the envelope sender and the From of a message without one."""
     settings = make_settings(exchange.port, certs.ca_file, from_address=OTHER_MAILBOX)
     async with Mailer(settings, token_provider=tokens) as mailer:
-        with pytest.raises(
-            PermanentDeliveryError, match=r"refused the sender <other@sandbox\.test>: 550 5\.7\.60"
-        ):
+        with pytest.raises(PermanentDeliveryError) as caught:
             await mailer.send(message())  # the fake Exchange, like the real one, wants SendAs for that
+    assert f"refused the sender <{OTHER_MAILBOX}>: 550 5.7.60" in str(caught.value)
+    assert "SendAs" in (caught.value.explain() or "")
