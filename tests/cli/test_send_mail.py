@@ -167,6 +167,32 @@ async def test_bcc_gets_the_mail_but_no_header(sandbox: Sandbox, env: dict[str, 
     assert "Bcc" not in delivered.message
 
 
+async def test_extra_headers_and_reply_to_arrive(sandbox: Sandbox, env: dict[str, str]) -> None:
+    """--header adds a header, --reply-to sets Reply-To, --from sets a display name."""
+    mailbox = mailbox_of(sandbox)
+    run = await run_send_mail(
+        "--config", sandbox.config_path, "--from", f"Build Bot <{mailbox}>", "--reply-to", "team@example.com",
+        "--header", "X-Build: 1234", "--body", "x", "to@example.com", env=env,
+    )  # fmt: skip
+    assert run.returncode == ExitCode.OK, run.stderr
+    message = sandbox.delivered()[0].message
+    assert message["X-Build"] == "1234"
+    assert message["Reply-To"] == "team@example.com"
+    assert message["From"].addresses[0].display_name == "Build Bot"
+
+
+async def test_non_ascii_recipient_goes_with_smtputf8(sandbox: Sandbox, env: dict[str, str]) -> None:
+    """An internationalised address is sent as is (SMTPUTF8, RFC 6531)."""
+    run = await run_send_mail(
+        "--config", sandbox.config_path, "-v", "--body", "x", "Jörg <jörg@bücher.example>", env=env
+    )
+    assert run.returncode == ExitCode.OK, run.stderr
+    assert "SMTPUTF8" in run.stderr
+    (delivered,) = sandbox.delivered()
+    assert delivered.rcpt_tos == ["jörg@bücher.example"]
+    assert "To: Jörg <jörg@bücher.example>\r\n".encode() in delivered.data  # UTF-8 header (RFC 6532)
+
+
 async def test_attachment_round_trips_byte_for_byte(
     sandbox: Sandbox, env: dict[str, str], tmp_path: Path
 ) -> None:
