@@ -73,7 +73,7 @@ class DeliveryConfig:
     upstream_host: str | None = None  # named in reports' Remote-MTA
     backoff_base: float = BACKOFF_BASE  # tests shrink these to retry in a fraction of a second
     backoff_cap: float = BACKOFF_CAP
-    poll_interval: float = 30.0  # look for work queued by other processes (`smtp-oauth queue retry`)
+    poll_interval: float = 2.0  # notice work queued by other processes (`smtp-oauth queue retry`)
     idle_timeout: float = 60.0  # close an upstream session unused this long
 
     @classmethod

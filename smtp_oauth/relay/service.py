@@ -72,6 +72,7 @@ class RelayService:
         )
         self.spool: Spool | None = None
         self.delivery: DeliveryManager | None = None
+        self.metrics_server: MetricsServer | None = None
         self.accepted = 0
         self._stop = asyncio.Event()
         self._listening = False
@@ -100,6 +101,7 @@ class RelayService:
                     self.settings.relay.metrics_listen, health=self.healthy, render=self.metrics
                 )
                 await metrics.start()
+                self.metrics_server = metrics
             delivery_task = asyncio.create_task(self.delivery.run(), name="delivery")
             self._install_signals()
             if ready is not None:

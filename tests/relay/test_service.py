@@ -102,14 +102,26 @@ async def test_permanent_rejection_is_dead_and_listed(sandbox: Sandbox) -> None:
     assert sandbox.delivered() == []
 
 
+async def http_get(port: int, path: str) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    response = await reader.read()
+    writer.close()
+    return response.decode()
+
+
 async def test_metrics_and_health(sandbox: Sandbox) -> None:
     """/healthz answers 200 while running and /metrics shows queue depth and delivery counts."""
     sandbox.write_config(relay=relay_section(metrics_listen="127.0.0.1:0"))
     async with running_relay(sandbox) as (service, port):
         await asyncio.to_thread(send_legacy, port, [make_message(sandbox.tenant.mailbox, 1)])
         await wait_until(lambda: len(sandbox.delivered()) == 1)
-        assert await service.healthy()
-        text = await service.metrics()
+        assert service.metrics_server is not None
+        metrics_port = service.metrics_server.addresses[0][1]
+        health = await http_get(metrics_port, "/healthz")
+        text = await http_get(metrics_port, "/metrics")
+    assert health.startswith("HTTP/1.1 200 OK")
+    assert "Content-Type: text/plain; version=0.0.4" in text
     assert 'smtp_oauth_relay_queue_messages{state="delivered"} 1' in text
     assert 'smtp_oauth_relay_deliveries_total{result="delivered"} 1' in text
     assert "smtp_oauth_relay_accepted_total 1" in text

@@ -1,0 +1,123 @@
+"""`smtp-oauth queue` against a running `smtp-oauth relay` (both real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smtp_oauth.sandbox import Sandbox
+from tests.relay.relay_harness import (
+    RelayProcess,
+    child_environment,
+    clean_environment,
+    make_message,
+    relay_section,
+    send_legacy,
+    wait_until,
+)
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Sandbox]:
+    clean_environment(monkeypatch, tmp_path)
+    async with Sandbox(tmp_path / "sandbox") as running:
+        running.write_config(relay=relay_section())
+        yield running
+
+
+@pytest.fixture
+async def relay(sandbox: Sandbox, tmp_path: Path) -> AsyncIterator[RelayProcess]:
+    process = RelayProcess(sandbox.config_path, tmp_path / "relay.log", child_environment(tmp_path))
+    await process.start()
+    yield process
+    process.kill(signal.SIGTERM)
+    assert await process.wait() == 0
+
+
+async def queue(sandbox: Sandbox, tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "smtp_oauth", "--config", str(sandbox.config_path), "queue", *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_environment(tmp_path),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def listed(sandbox: Sandbox, tmp_path: Path) -> list[dict[str, Any]]:
+    code, out, err = await queue(sandbox, tmp_path, "list", "--json")
+    assert code == 0, err
+    entries: list[dict[str, Any]] = json.loads(out)
+    return entries
+
+
+async def test_dead_message_is_listed_shown_and_retried(
+    sandbox: Sandbox, relay: RelayProcess, tmp_path: Path
+) -> None:
+    """A rejected message shows up as dead with its reply; `retry ID` sends it once the cause is gone."""
+    sandbox.inject("DATA", "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException")
+    await asyncio.to_thread(send_legacy, relay.port, [make_message(sandbox.tenant.mailbox, 1)])
+    entries: list[dict[str, Any]] = []
+
+    async def dead() -> bool:
+        entries[:] = await listed(sandbox, tmp_path)
+        return bool(entries) and entries[0]["state"] == "dead"
+
+    for _ in range(20):
+        if await dead():
+            break
+    [entry] = entries
+    assert entry["last_reply"].startswith("554 5.2.0")
+    assert (entry["mail_from"], entry["rcpt_tos"], entry["attempts"]) == (
+        sandbox.tenant.mailbox,
+        ["someone@example.net"],
+        1,
+    )
+
+    code, out, _ = await queue(sandbox, tmp_path, "list")
+    assert code == 0
+    assert out.splitlines()[0].split()[:3] == ["ID", "STATE", "TRIES"]
+    assert entry["id"] in out
+
+    code, out, _ = await queue(sandbox, tmp_path, "show", entry["id"])
+    assert code == 0
+    assert "state:        dead" in out
+    assert "Subject: legacy message 1" in out
+
+    code, _, _ = await queue(sandbox, tmp_path, "retry", entry["id"])
+    assert code == 0
+    await wait_until(lambda: len(sandbox.delivered()) == 1, what="delivery after retry")
+
+
+async def test_deferred_message_can_be_deleted(sandbox: Sandbox, relay: RelayProcess, tmp_path: Path) -> None:
+    """With Exchange down a message waits as deferred; `delete ID` removes it for good."""
+    await sandbox.exchange.stop()
+    await asyncio.to_thread(send_legacy, relay.port, [make_message(sandbox.tenant.mailbox, 2)])
+    entries: list[dict[str, Any]] = []
+    for _ in range(20):
+        entries = await listed(sandbox, tmp_path)
+        if entries and entries[0]["state"] == "deferred":
+            break
+    [entry] = entries
+    assert entry["state"] == "deferred"
+
+    code, _, err = await queue(sandbox, tmp_path, "delete", entry["id"])
+    assert (code, err.strip()) == (0, f"deleted {entry['id']}")
+    assert await listed(sandbox, tmp_path) == []
+
+
+async def test_unknown_id_exits_1(sandbox: Sandbox, tmp_path: Path) -> None:
+    """show, retry and delete of an id that is not queued exit 1 and say so (no relay, no spool yet)."""
+    for action in ("show", "retry", "delete"):
+        code, _, err = await queue(sandbox, tmp_path, action, "ffffffffffffffff")
+        assert code == 1
+        assert "ffffffffffffffff" in err
