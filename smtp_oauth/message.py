@@ -33,7 +33,6 @@ __all__ = [
     "Attachment",
     "build_message",
     "dedupe_addresses",
-    "format_address",
     "make_message_id",
     "message_date",
     "needs_smtputf8",
@@ -46,6 +45,10 @@ _OCTET_STREAM = ("application", "octet-stream")
 # attachments always are, so those files go out as opaque octet streams.
 _NOT_BASE64_TYPES = frozenset({"message", "multipart"})
 _FORBIDDEN_IN_ADDRESS = set(' \t\r\n<>()[],;:"\\')
+_ADDRESS_HINT = (
+    "An address is name@domain, optionally with a display name: Jane Doe <jane@example.com>. "
+    'A display name holding a comma or other punctuation needs quotes: "Doe, Jane" <jane@example.com>.'
+)
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def parse_addresses(values: Iterable[str], *, what: str = "recipient") -> list[A
         try:
             header = email_policy.default.header_factory("To", value)
         except (HeaderParseError, IndexError, ValueError):  # the parser's failure modes, e.g. "x@"
-            raise MessageError(f"invalid {what} address: {value.strip()!r}") from None
+            raise MessageError(f"invalid {what} address: {value.strip()!r}", hint=_ADDRESS_HINT) from None
         parsed = list(header.addresses)
         # The parser repairs what it can ("a b@x" -> '"a b"@x', drops trailing junk) and records
         # a defect; a repaired address is a guess, so refuse it. Non-ASCII local parts are fine.
@@ -102,7 +105,7 @@ def parse_addresses(values: Iterable[str], *, what: str = "recipient") -> list[A
         ]
         invalid = [a for a in parsed if not _valid_addr_spec(a.addr_spec)]
         if repaired or invalid or (not parsed and ":" not in value):
-            raise MessageError(f"invalid {what} address: {value.strip()!r}")
+            raise MessageError(f"invalid {what} address: {value.strip()!r}", hint=_ADDRESS_HINT)
         addresses.extend(parsed)
     return addresses
 
@@ -111,7 +114,7 @@ def parse_address(value: str, *, what: str = "sender") -> Address:
     """Exactly one address (``--from``, ``-f``); MessageError otherwise."""
     addresses = parse_addresses([value], what=what)
     if len(addresses) != 1:
-        raise MessageError(f"expected one {what} address, got {value.strip()!r}")
+        raise MessageError(f"expected one {what} address, got {value.strip()!r}", hint=_ADDRESS_HINT)
     return addresses[0]
 
 
@@ -130,11 +133,6 @@ def dedupe_addresses(addresses: Iterable[Address | str]) -> list[str]:
             seen.add(key)
             result.append(spec)
     return result
-
-
-def format_address(address: Address) -> str:
-    """``Name <a@b>`` as a person would type it (for messages and dry runs)."""
-    return str(address)
 
 
 def needs_smtputf8(addresses: Iterable[Address | str]) -> bool:

@@ -121,7 +121,7 @@ def _compose(args: SendMailArgs, envelope: Address, header_from: Address) -> Out
     bcc = parse_addresses(args.bcc, what="Bcc")
     recipients = dedupe_addresses([*to, *cc, *bcc])
     if not recipients:
-        raise MessageError("no recipients: give addresses as arguments or with --to, --cc or --bcc")
+        raise MessageError("no recipients", hint="Give addresses as arguments or with --to, --cc or --bcc.")
     headers = []
     for header in args.header:
         name, colon, value = header.partition(":")
@@ -168,8 +168,12 @@ def _sendmail(args: SendMailArgs, envelope: Address, header_from: Address) -> Ou
         from_address=header_from,
     )
     if not prepared.recipients:
-        where = "in To, Cc or Bcc, nor as arguments" if args.read_recipients else "(use -t to read To/Cc/Bcc)"
-        raise MessageError(f"no recipients {where}")
+        hint = (
+            "The message has no To, Cc or Bcc header and no recipients were given as arguments."
+            if args.read_recipients
+            else "Give recipients as arguments, or use -t to take them from To, Cc and Bcc."
+        )
+        raise MessageError("no recipients", hint=hint)
     return Outgoing(prepared.data, prepared.sender, prepared.recipients)
 
 
@@ -270,6 +274,14 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:  # --dry-run piped into `head`
+        return int(ExitCode.OK)
+    except Exception:  # a bug of ours: say so, with the traceback, and use sendmail's EX_SOFTWARE
+        import traceback
+
+        print(f"{name}: internal error (please report it):", file=sys.stderr)
+        traceback.print_exc()
+        return int(ExitCode.SOFTWARE)
 
 
 if __name__ == "__main__":
