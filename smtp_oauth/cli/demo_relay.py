@@ -24,6 +24,7 @@ __all__ = ["LOCAL_USER", "relay_round_trip"]
 LOCAL_USER = "legacy-app"
 READY_TIMEOUT = 10.0
 SMTP_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
 
 
 class RelayStepError(OSError):
@@ -58,10 +59,10 @@ async def relay_round_trip(
 ) -> str:
     """Run the relay with one local user, submit a message with smtplib, wait until it is delivered.
 
-    Returns the relay's reply to DATA. The relay is stopped before returning.
+    Returns the relay's reply to DATA. The relay is stopped (gracefully) before returning.
     """
     from smtp_oauth.relay.passwords import hash_password
-    from smtp_oauth.relay.service import run_relay
+    from smtp_oauth.relay.service import RelayService
 
     password = secrets.token_urlsafe(16)
     base = sandbox.settings()
@@ -70,6 +71,7 @@ async def relay_round_trip(
             "listen": "127.0.0.1:0",
             "spool_dir": str(sandbox.directory / "relay-spool"),
             "messages_per_minute": 0,
+            "shutdown_timeout": "5s",
             "users": [{"name": LOCAL_USER, "password_hash": hash_password(password)}],
         }
     )
@@ -79,7 +81,8 @@ async def relay_round_trip(
         if not ready.done():
             ready.set_result(list(addresses))
 
-    relay = asyncio.create_task(run_relay(settings, ready=on_ready))
+    service = RelayService(settings)
+    relay = asyncio.create_task(service.run(ready=on_ready))
     try:
         waiting: set[asyncio.Future[Any]] = {relay, ready}
         await asyncio.wait(waiting, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
@@ -97,6 +100,7 @@ async def relay_round_trip(
         await wait_for_delivery()
         return reply
     finally:
-        relay.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await relay
+        # A graceful stop, as SIGTERM would do; its outcome no longer changes what the step showed.
+        service.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(relay, STOP_TIMEOUT)
