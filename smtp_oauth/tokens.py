@@ -280,17 +280,14 @@ class MsalTokenProvider:
     async def login(self, flow: str | None = None) -> SignedIn:
         """Sign in a user (device code, interactive, or username/password) and cache the refresh token."""
         chosen = flow or self._settings.identity.flow
-        if chosen not in DELEGATED_LOGIN_FLOWS:
+        if chosen not in DELEGATED_LOGIN_FLOWS or not self._settings.identity.is_delegated:
             raise ConfigurationError(
-                f"`login` signs in a user; identity.flow is {chosen!r}, which needs no sign-in",
+                f"`login` signs in a user (device_code, interactive or username_password); "
+                f"identity.flow is {self._settings.identity.flow!r}"
+                + (f" and the requested flow {chosen!r}" if flow else ""),
                 key="identity.flow",
-                hint='Set identity.flow = "device_code" (or "interactive") to send as a user.',
-            )
-        if not self._settings.identity.is_delegated:
-            raise ConfigurationError(
-                "`login` needs a delegated identity.flow (device_code, interactive or username_password); "
-                f"it is {self._settings.identity.flow!r}",
-                key="identity.flow",
+                hint='Set identity.flow = "device_code" (or "interactive") and the public client app\'s '
+                "client_id to send as a user; client credentials need no sign-in.",
             )
         abort = AbortSignal()
 
