@@ -139,6 +139,10 @@ class MsalSession:
             )
         return msal.PublicClientApplication(self._identity.client_id, **common)
 
+    def close(self) -> None:
+        """Release the HTTP connections (the provider drops a session after a failure)."""
+        self._http.close()
+
     def _translated(self, call: Callable[[], _T]) -> _T:
         return self._errors.translated(call)
 

@@ -248,7 +248,9 @@ class MsalTokenProvider:
         try:
             return call(self._msal_session())
         except BaseException:
-            self._session = None
+            session, self._session = self._session, None
+            if session is not None:
+                session.close()
             raise
 
     def _acquire(self, force_refresh: bool, generation: int) -> str:
