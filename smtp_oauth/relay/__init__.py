@@ -1,0 +1,18 @@
+"""The store-and-forward relay: legacy senders in, Exchange Online (XOAUTH2) out.
+
+How the modules fit together::
+
+    server.py / session.py / sasl.py   the SMTP listener (aiosmtpd): AUTH, sender policy, limits
+    policy.py / passwords.py           local users, allowed senders, allow_networks; scrypt hashes
+            | store(AcceptedMessage) -> queue id, after a durable commit
+            v
+    spool.py (interface) / spool_sqlite.py   the queue: queued -> sending -> delivered | deferred | dead
+            ^ claim_due / mark_*
+            |
+    delivery.py / mailbox_worker.py    per-mailbox workers: <= 3 sessions, pacing, retries
+    backoff.py / bounce.py             retry timing; RFC 3464 non-delivery reports
+    metrics.py                         /healthz and Prometheus /metrics
+    service.py                         wires it all, signals (SIGTERM, SIGINT, SIGHUP): run_relay()
+
+Nothing is imported here, so ``smtp-oauth queue`` can load the spool without aiosmtpd or MSAL.
+"""
