@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +114,25 @@ def test_tokens_verify_against_the_published_jwks(sandbox_idp: RunningIdp) -> No
         token, jwt.PyJWK(jwk).key, algorithms=["RS256"], audience="https://outlook.office365.com"
     )
     assert claims["tid"] == sandbox_idp.tenant.tenant_id
+
+
+def test_idp_logs_hold_no_secret_or_token(sandbox_idp: RunningIdp, caplog: pytest.LogCaptureFixture) -> None:
+    """Even at DEBUG, the IdP's log names grants and clients but never a secret or a token."""
+    caplog.set_level(logging.DEBUG, logger="smtp_oauth.sandbox")
+    token = sandbox_idp.confidential().acquire_token_for_client(APP_SCOPE)["access_token"]
+    sandbox_idp.confidential("a-wrong-secret").acquire_token_for_client(APP_SCOPE)
+    assert "client_credentials" in caplog.text
+    secret = sandbox_idp.tenant.app.client_secret
+    assert secret is not None
+    for value in (secret, "a-wrong-secret", token):
+        assert value not in caplog.text
+
+
+def test_stop_ends_the_server_thread(tmp_path: Path, smtp_oauth_sandbox_keys: SandboxKeys) -> None:
+    """stop() leaves no serving thread behind, and a new IdP can take the same port."""
+    with running_idp(tmp_path, smtp_oauth_sandbox_keys) as running:
+        running.confidential().acquire_token_for_client(APP_SCOPE)  # leaves a keep-alive connection open
+        port = running.idp.port
+    assert not [t for t in threading.enumerate() if t.name == "sandbox-idp"]
+    with running_idp(tmp_path / "again", smtp_oauth_sandbox_keys, port=port) as again:
+        assert "access_token" in again.confidential().acquire_token_for_client(APP_SCOPE)
