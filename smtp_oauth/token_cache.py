@@ -248,6 +248,7 @@ def _token_cache_class() -> type[Any]:
             self._persistence = persistence
             self._file_lock = lock
             self._loaded_stamp: object = None
+            self._batching = False
             self.is_encrypted = persistence.is_encrypted
 
         @property
@@ -282,12 +283,29 @@ def _token_cache_class() -> type[Any]:
             # The stamp taken *before* the read: a write racing with it is seen next time.
             self._loaded_stamp = stamp
 
-        def modify(self, credential_type: Any, old_entry: Any, new_key_value_pairs: Any = None) -> None:
+        def _save(self) -> None:
+            self._persistence.save(self.serialize())
+            self._loaded_stamp = _stamp(self._persistence)
+
+        def add(self, event: Any, **kwargs: Any) -> None:
+            """A token response (access, refresh and id token, account): one write, not five."""
             with self.locked():
                 self.reload_if_changed()
+                self._batching = True
+                try:
+                    super().add(event, **kwargs)
+                finally:
+                    self._batching = False
+                self._save()
+
+        def modify(self, credential_type: Any, old_entry: Any, new_key_value_pairs: Any = None) -> None:
+            with self.locked():
+                if self._batching:  # inside add(): saved once at its end
+                    super().modify(credential_type, old_entry, new_key_value_pairs=new_key_value_pairs)
+                    return
+                self.reload_if_changed()
                 super().modify(credential_type, old_entry, new_key_value_pairs=new_key_value_pairs)
-                self._persistence.save(self.serialize())
-                self._loaded_stamp = _stamp(self._persistence)
+                self._save()
 
         def search(self, credential_type: Any, **kwargs: Any) -> Any:
             self.reload_if_changed()
