@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +46,7 @@ class InputFileError(SmtpOAuthError):
 class Outgoing:
     """What to send: the message (composed, or raw bytes in sendmail mode) and its envelope."""
 
-    message: EmailMessage | bytes
+    message: EmailMessage | bytes = field(repr=False)
     sender: str
     recipients: list[str]
 
@@ -74,6 +74,7 @@ class CacheFirstTokenProvider:
 
 
 def _read_file(path: str, what: str) -> bytes:
+    """A file named on the command line; InputFileError (exit 66) when it cannot be read."""
     try:
         return Path(path).read_bytes()
     except OSError as exc:
@@ -89,6 +90,7 @@ def _decode_text(data: bytes) -> str:
 
 
 def _read_stdin() -> bytes:
+    """All of stdin (empty when the process was started without one)."""
     return sys.stdin.buffer.read() if sys.stdin is not None else b""
 
 
@@ -178,6 +180,7 @@ def _sendmail(args: SendMailArgs, envelope: Address, header_from: Address) -> Ou
 
 
 def _print_dry_run(outgoing: Outgoing, prog: str) -> None:
+    """The message on stdout with this system's line endings; the envelope on stderr."""
     from email import policy
 
     from smtp_oauth.message import needs_smtputf8
@@ -194,6 +197,7 @@ def _print_dry_run(outgoing: Outgoing, prog: str) -> None:
 
 
 def _print_transcript(direction: str, line: str) -> None:
+    """``-v``: one line of the SMTP dialogue on stderr (Mailer already redacts; this is a second net)."""
     from smtp_oauth.logs import redact
 
     arrow = "-->" if direction == "C" else "<--"
@@ -203,6 +207,7 @@ def _print_transcript(direction: str, line: str) -> None:
 async def _deliver(
     settings: Settings, outgoing: Outgoing, *, cached_token: str | None, verbose: bool, prog: str
 ) -> str:
+    """Send through one Mailer session; the server's reply to DATA."""
     from smtp_oauth.sender import Mailer
 
     provider = CacheFirstTokenProvider(settings, cached_token)
@@ -216,6 +221,7 @@ async def _deliver(
 
 
 def _load_settings(args: SendMailArgs) -> Settings:
+    """Settings from --config (or discovered), with logging set up for a command run by programs."""
     from smtp_oauth.logs import configure_logging
     from smtp_oauth.settings import load_settings
 
@@ -227,6 +233,7 @@ def _load_settings(args: SendMailArgs) -> Settings:
 
 
 def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
+    """Compose or read the message, then print it (--dry-run) or send it. Raises our errors."""
     sendmail_mode = as_sendmail or args.read_recipients or args.ignore_dots or args.sendmail_flags
     if sendmail_mode and args.compose_options:
         raise UsageError(

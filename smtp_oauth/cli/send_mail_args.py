@@ -18,7 +18,7 @@ __all__ = ["SendMailArgs", "UsageError", "build_parser", "parse_args"]
 
 # Letters taking no value. -t/-i/-v mean something; the rest are accepted and ignored.
 _FLAGS = {"t": "--read-recipients", "i": "--ignore-dots", "v": "--verbose"}
-_IGNORED_FLAGS = frozenset("GUnmx")
+_IGNORED_FLAGS = frozenset("GUnm")
 # Letters taking a value (attached or in the next word).
 _WITH_VALUE = {
     "f": "--envelope-from",
@@ -198,7 +198,11 @@ def build_parser(prog: str = "send-mail") -> argparse.ArgumentParser:
         "--header", action="append", default=[], metavar='"NAME: VALUE"', help="extra header (repeatable)"
     )
     sendmail = parser.add_argument_group(
-        "sendmail mode (a finished message on stdin; implied by -t, -i/-oi or the name 'sendmail')"
+        "sendmail mode",
+        "A finished message is read from stdin; implied by -t, -i/-oi, other sendmail options, or "
+        "running as 'sendmail'. Also accepted and ignored: -odi -odb -oem -oee -om -o<x> -bm -O opt=val "
+        "-B type -N dsn -R ret -V envid -L tag -h hops -A<x> -X file -G -U -n -m. -f and -F also "
+        "apply when composing.",
     )
     sendmail.add_argument(
         "-t", "--read-recipients", action="store_true", help="take recipients from To/Cc/Bcc (Bcc is removed)"
