@@ -18,22 +18,20 @@ thread next to an asyncio loop without blocking it.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import logging
-import socket
 import ssl
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from smtp_oauth.sandbox.idp_discovery import MULTI_TENANT, instance_metadata, openid_configuration
 from smtp_oauth.sandbox.idp_errors import AadError
 from smtp_oauth.sandbox.idp_grants import DEVICE_CODE_GRANT, GrantStore
 from smtp_oauth.sandbox.idp_pages import HttpReply, authorize, device_login_page
+from smtp_oauth.sandbox.idp_server import TlsHttpServer
 from smtp_oauth.sandbox.idp_tokens import IdpOptions, TokenIssuer
 from smtp_oauth.sandbox.keys import SigningKey
 from smtp_oauth.sandbox.tenant import SandboxTenant
@@ -42,107 +40,11 @@ __all__ = ["IdpOptions", "SandboxIdentityProvider"]
 
 log = logging.getLogger("smtp_oauth.sandbox.idp")
 
-_MULTI_TENANT = frozenset({"common", "organizations"})
-_MAX_BODY = 1024 * 1024
-
 
 def _json(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> HttpReply:
     return HttpReply(
         status, json.dumps(body).encode(), "application/json; charset=utf-8", dict(headers or {})
     )
-
-
-class _TlsServer(ThreadingHTTPServer):
-    """A threading HTTP server that does the TLS handshake on the request's thread, not in accept()."""
-
-    daemon_threads = True
-
-    def __init__(
-        self, address: tuple[str, int], tls: ssl.SSLContext, provider: SandboxIdentityProvider
-    ) -> None:
-        self.tls = tls
-        self.provider = provider
-        self.open_connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = self.socket.accept()
-        connection = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        with self.connections_lock:
-            self.open_connections.add(connection)
-        return connection, address
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.connections_lock:
-            self.open_connections.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("connection from %s failed", client_address, exc_info=True)
-
-    def close_open_connections(self) -> None:
-        """Drop idle keep-alive connections so their threads end with the server."""
-        with self.connections_lock:
-            connections = list(self.open_connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                connection.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as requests' sessions expect
-    server_version = "smtp-oauth-sandbox-idp"
-    timeout = 30
-    server: _TlsServer
-
-    def handle(self) -> None:
-        try:
-            self.request.do_handshake()
-        except (ssl.SSLError, OSError) as exc:
-            log.debug("TLS handshake with %s failed: %s", self.client_address, exc)
-            return
-        super().handle()
-
-    def log_message(self, format: str, *args: Any) -> None:  # stdlib's signature
-        # The request line's query string can hold codes; log the path only, and only at DEBUG.
-        log.debug("%s %s", self.command, urlsplit(self.path).path)
-
-    def _form(self) -> dict[str, str]:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(min(length, _MAX_BODY)).decode("utf-8", "replace")
-        form = dict(parse_qsl(raw, keep_blank_values=True))
-        basic = self.headers.get("Authorization", "")
-        if basic.lower().startswith("basic "):
-            # client_secret_basic (RFC 6749 2.3.1): url-encoded id and secret, base64'd.
-            try:
-                decoded = base64.b64decode(basic[6:].strip()).decode()
-            except ValueError:
-                decoded = ""
-            client_id, _, secret = decoded.partition(":")
-            form.setdefault("client_id", unquote(client_id))
-            form.setdefault("client_secret", unquote(secret))
-        return form
-
-    def _reply(self, reply: HttpReply) -> None:
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.send_header("Cache-Control", "no-store, no-cache")
-        self.send_header("Pragma", "no-cache")
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    def do_GET(self) -> None:
-        correlation_id = self.headers.get("client-request-id")
-        self._reply(self.server.provider.dispatch("GET", self.path, {}, correlation_id=correlation_id))
-
-    def do_POST(self) -> None:
-        form = self._form()
-        correlation_id = self.headers.get("client-request-id")
-        self._reply(self.server.provider.dispatch("POST", self.path, form, correlation_id=correlation_id))
 
 
 class SandboxIdentityProvider:
@@ -178,7 +80,7 @@ class SandboxIdentityProvider:
         self._address = (host, port)
         self._lock = threading.Lock()
         self._failures: list[tuple[int, int | None]] = []
-        self._server: _TlsServer | None = None
+        self._server: TlsHttpServer | None = None
         self._thread: threading.Thread | None = None
         self.port = port
 
@@ -189,7 +91,7 @@ class SandboxIdentityProvider:
 
     def start(self) -> None:
         """Bind and serve on a daemon thread; ``port`` is the real one afterwards."""
-        server = _TlsServer(self._address, self._tls, self)
+        server = TlsHttpServer(self._address, self._tls, self.dispatch)
         self._server = server
         self.port = server.server_address[1]
         self._issuer.base_url = self.authority_host
@@ -204,8 +106,7 @@ class SandboxIdentityProvider:
         if server is None:
             return
         server.shutdown()
-        server.server_close()
-        server.close_open_connections()
+        server.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -268,7 +169,7 @@ class SandboxIdentityProvider:
     # --- HTTP -------------------------------------------------------------------------------------
 
     def dispatch(
-        self, method: str, target: str, form: dict[str, str], *, correlation_id: str | None = None
+        self, method: str, target: str, form: dict[str, str], correlation_id: str | None = None
     ) -> HttpReply:
         """Route one request; every AadError becomes Entra's JSON error."""
         url = urlsplit(target)
@@ -284,7 +185,7 @@ class SandboxIdentityProvider:
         self, method: str, parts: list[str], query: dict[str, str], form: dict[str, str]
     ) -> HttpReply:
         if parts == ["common", "discovery", "instance"] and method == "GET":
-            return self._instance_discovery(query)
+            return _json(200, instance_metadata(self.authority_host, query))
         if len(parts) == 3 and parts[:2] == ["common", "userrealm"]:
             return _json(404, {})
         if parts == ["devicelogin"]:
@@ -298,7 +199,10 @@ class SandboxIdentityProvider:
         tenant, rest = parts[0], parts[1:]
         self._check_tenant(tenant)
         if rest == ["v2.0", ".well-known", "openid-configuration"] and method == "GET":
-            return _json(200, self._openid_configuration(tenant))
+            config = openid_configuration(
+                self.authority_host, tenant, self.tenant.tenant_id, self.tenant.domain
+            )
+            return _json(200, config)
         if rest == ["oauth2", "v2.0", "authorize"] and method == "GET":
             return authorize(query, tenant=self.tenant, grants=self.grants, base_url=self.authority_host)
         if rest == ["oauth2", "v2.0", "token"] and method == "POST":
@@ -310,7 +214,7 @@ class SandboxIdentityProvider:
         return _json(404, {"error": "not_found"})
 
     def _check_tenant(self, tenant: str) -> None:
-        if tenant.lower() not in _MULTI_TENANT and not self.tenant.knows_tenant(tenant):
+        if tenant.lower() not in MULTI_TENANT and not self.tenant.knows_tenant(tenant):
             raise AadError.unknown_tenant(tenant)
 
     def _maybe_fail(self) -> None:
@@ -343,71 +247,3 @@ class SandboxIdentityProvider:
             raise
         log.info("token request grant=%s client=%s -> issued", grant_type, client_id)
         return _json(200, body)
-
-    def _openid_configuration(self, tenant: str) -> dict[str, Any]:
-        # Like Entra: a domain name resolves to the tenant id; common/organizations stay as asked.
-        segment = tenant if tenant.lower() in _MULTI_TENANT else self.tenant.tenant_id
-        base = f"{self.authority_host}/{segment}"
-        issuer_tenant = "{tenantid}" if tenant.lower() in _MULTI_TENANT else self.tenant.tenant_id
-        return {
-            "token_endpoint": f"{base}/oauth2/v2.0/token",
-            "token_endpoint_auth_methods_supported": [
-                "client_secret_post",
-                "private_key_jwt",
-                "client_secret_basic",
-            ],
-            "jwks_uri": f"{base}/discovery/v2.0/keys",
-            "response_modes_supported": ["query", "fragment", "form_post"],
-            "subject_types_supported": ["pairwise"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "response_types_supported": ["code"],
-            "scopes_supported": ["openid", "profile", "email", "offline_access"],
-            "issuer": f"{self.authority_host}/{issuer_tenant}/v2.0",
-            "request_uri_parameter_supported": False,
-            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
-            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
-            "code_challenge_methods_supported": ["plain", "S256"],
-            "grant_types_supported": [
-                "authorization_code",
-                "client_credentials",
-                "refresh_token",
-                "password",
-                DEVICE_CODE_GRANT,
-            ],
-            "claims_supported": [
-                "sub",
-                "iss",
-                "aud",
-                "exp",
-                "iat",
-                "nonce",
-                "preferred_username",
-                "name",
-                "tid",
-                "oid",
-            ],
-            "tenant_region_scope": None,
-            "cloud_instance_name": self.tenant.domain,
-        }
-
-    def _instance_discovery(self, query: Mapping[str, str]) -> HttpReply:
-        # MSAL asks with the authority's authorize URL, whose port it has dropped (msal/authority.py).
-        path = urlsplit(query.get("authorization_endpoint", "")).path
-        tenant = next((p for p in path.split("/") if p), "common")
-        netloc = f"{self._address[0]}:{self.port}"
-        return _json(
-            200,
-            {
-                "tenant_discovery_endpoint": (
-                    f"{self.authority_host}/{tenant}/v2.0/.well-known/openid-configuration"
-                ),
-                "api-version": "1.1",
-                "metadata": [
-                    {
-                        "preferred_network": netloc,
-                        "preferred_cache": netloc,
-                        "aliases": [netloc, self._address[0]],
-                    }
-                ],
-            },
-        )
