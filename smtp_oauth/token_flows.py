@@ -311,7 +311,8 @@ class MsalSession:
                     self._scopes,
                     redirect_uri=f"http://localhost:{receiver.get_port()}",
                     response_mode="form_post",  # MSAL's receiver accepts only POSTed responses
-                    login_hint=self._identity.username,
+                    # Pre-fills the account picker; the mailbox is usually the user's own.
+                    login_hint=self._identity.username or self._settings.smtp.username,
                 )
                 if not _safe_open(open_browser, flow["auth_uri"]):
                     print(

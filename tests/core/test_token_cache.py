@@ -21,6 +21,9 @@ from smtp_oauth.settings import Settings, load_settings
 from smtp_oauth.token_cache import cache_file_path
 from smtp_oauth.tokens import cached_access_token, create_token_provider
 
+# MSAL warns that ROPC is deprecated for public clients; the provider logs its own warning instead.
+pytestmark = pytest.mark.filterwarnings("ignore:This API has been deprecated for public client flows")
+
 # Gets a token in a separate process and prints it; argv: config path, "force" or "".
 TOKEN_SCRIPT = (
     "import sys\n"

@@ -24,6 +24,9 @@ from smtp_oauth.sandbox.runner import Sandbox
 from smtp_oauth.settings import Settings, load_settings
 from smtp_oauth.tokens import DeviceCodePrompt, MsalTokenProvider, create_token_provider
 
+# MSAL warns that ROPC is deprecated for public clients; the provider logs its own warning instead.
+pytestmark = pytest.mark.filterwarnings("ignore:This API has been deprecated for public client flows")
+
 sandbox_options = pytest.mark.smtp_oauth_sandbox
 
 
