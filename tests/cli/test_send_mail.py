@@ -280,6 +280,16 @@ async def test_cached_token_needs_no_identity_provider_nor_msal(
     assert len(sandbox.delivered()) == 2
 
 
+async def test_refused_cached_token_is_replaced(sandbox: Sandbox, env: dict[str, str]) -> None:
+    """A cached token refused once (535) is replaced by a fresh one from the identity provider."""
+    sandbox.inject("AUTH", "535 5.7.3 Authentication unsuccessful [SN2PR00CA0018.sandbox.outlook.test]")
+    requests_before = sum(sandbox.idp.token_requests.values())
+    run = await run_send_mail("--config", sandbox.config_path, "--body", "x", "to@example.com", env=env)
+    assert run.returncode == ExitCode.OK, run.stderr
+    assert sum(sandbox.idp.token_requests.values()) == requests_before + 1
+    assert len(sandbox.delivered()) == 1
+
+
 # --- exit codes -------------------------------------------------------------------------------
 
 
