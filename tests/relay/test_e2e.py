@@ -17,6 +17,7 @@ from smtp_oauth.relay.spool_sqlite import SqliteSpool
 from smtp_oauth.sandbox import Sandbox
 from tests.relay.relay_harness import (
     PASSWORD,
+    PASSWORD_HASH,
     USER,
     RelayProcess,
     child_environment,
@@ -129,6 +130,22 @@ async def test_sigterm_stops_gracefully(sandbox: Sandbox, relay: RelayProcess, t
     wanted = {str(m["Message-ID"]) for m in messages}
     await wait_until(lambda: wanted <= set(delivered_ids(sandbox)), within=60, what="all 60 delivered")
     relay.kill(signal.SIGINT)
+    assert await relay.wait() == 0
+
+
+async def test_sighup_reloads_users(sandbox: Sandbox, relay: RelayProcess) -> None:
+    """SIGHUP re-reads relay.users from the file: a user added there can log in, no restart."""
+    port = await relay.start()
+    users = [
+        {"name": USER, "password_hash": PASSWORD_HASH},
+        {"name": "scanner", "password_hash": PASSWORD_HASH},
+    ]
+    sandbox.write_config(relay=relay_section(listen=f"127.0.0.1:{port}", users=users))
+    relay.kill(signal.SIGHUP)
+    await wait_until(lambda: "relay configuration reloaded" in relay.log.read_text(), what="the reload")
+    await asyncio.to_thread(send_legacy, port, [make_message(sandbox.tenant.mailbox, 1)], user="scanner")
+    await wait_until(lambda: len(sandbox.delivered()) == 1, what="delivery")
+    relay.kill(signal.SIGTERM)
     assert await relay.wait() == 0
 
 
