@@ -110,7 +110,9 @@ def _sender_addresses(args: SendMailArgs, settings: Settings | None) -> tuple[Ad
     else:  # unreachable: settings are loaded unless a sender was given
         raise MessageError("no sender: give --from or -f")
     if header_from is None:
-        header_from = Address(args.full_name or "", envelope.username, envelope.domain)
+        # One line: a name is never a place to smuggle in a second header.
+        full_name = " ".join((args.full_name or "").split())
+        header_from = Address(full_name, envelope.username, envelope.domain)
     return envelope, header_from
 
 
@@ -127,9 +129,11 @@ def _compose(args: SendMailArgs, envelope: Address, header_from: Address) -> Out
     headers = []
     for header in args.header:
         name, colon, value = header.partition(":")
-        if not colon or not name.strip() or " " in name.strip():
+        name = name.strip()
+        # RFC 5322 3.6.8: a field name is printable ASCII without ':' or spaces.
+        if not colon or not name or not all("!" <= char <= "~" for char in name):
             raise UsageError(f"--header expects 'Name: value', got {header!r}")
-        headers.append((name.strip(), value.strip()))
+        headers.append((name, value.strip()))
     html = _decode_text(_read_file(args.html, "HTML file")) if args.html else None
     attachments = [Attachment(Path(path).name, _read_file(path, "attachment")) for path in args.attach]
     if args.body is not None:

@@ -141,6 +141,19 @@ async def test_full_name_goes_into_missing_from(sandbox: Sandbox, env: dict[str,
     assert sandbox.delivered()[0].message["From"].addresses[0].display_name == "Backup Bot"
 
 
+async def test_full_name_cannot_inject_headers(sandbox: Sandbox, env: dict[str, str]) -> None:
+    """A line break in -F's name becomes a space, not a second header."""
+    run = await run_send_mail(
+        "--config", sandbox.config_path, "-ti", "-F", "Bot\nBcc: evil@example.com", "a@example.com",
+        env=env, stdin=b"Subject: named\n\nx\n",
+    )  # fmt: skip
+    assert run.returncode == ExitCode.OK, run.stderr
+    (delivered,) = sandbox.delivered()
+    assert delivered.rcpt_tos == ["a@example.com"]
+    assert delivered.message["From"].addresses[0].display_name == "Bot Bcc: evil@example.com"
+    assert "Bcc" not in delivered.message
+
+
 async def test_no_recipients_exits_65(sandbox: Sandbox, env: dict[str, str]) -> None:
     """-t with no To/Cc/Bcc and no arguments: exit 65, nothing sent."""
     run = await run_send_mail("--config", sandbox.config_path, "-t", env=env, stdin=b"Subject: nobody\n\nx\n")
