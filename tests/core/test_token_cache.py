@@ -171,9 +171,12 @@ async def test_processes_refreshing_in_turn_keep_the_rotated_refresh_token(
     smtp_oauth_sandbox: Sandbox,
 ) -> None:
     """With strict rotation, processes refreshing one after another each find the newest refresh token."""
-    settings, config = settings_for(smtp_oauth_sandbox, "device_code")
-    provider = create_token_provider(settings, device_code_prompt=lambda prompt: None)
-    await provider.login()
+    user = smtp_oauth_sandbox.tenant.user
+    settings, config = settings_for(
+        smtp_oauth_sandbox, "device_code", username=user.upn, password=user.password
+    )
+    provider = create_token_provider(settings)
+    await provider.login("username_password")  # quicker than a device code; the flow stays device_code
     tokens = {await token_in_subprocess(config, force=True) for _ in range(2)}
     tokens.add(await provider.access_token(force_refresh=True))  # this process: its memory is stale
     assert len(tokens) == 3

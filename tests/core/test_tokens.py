@@ -65,6 +65,15 @@ def fake_browser(sandbox: Sandbox, opened: list[str]) -> Callable[[str], bool]:
     return open_browser
 
 
+async def signed_in(sandbox: Sandbox) -> tuple[MsalTokenProvider, Settings]:
+    """A device-code identity whose user is already signed in (quickly, by username/password)."""
+    user = sandbox.tenant.user
+    settings = settings_for(sandbox, "device_code", username=user.upn, password=user.password)
+    provider = create_token_provider(settings)
+    await provider.login("username_password")
+    return provider, settings
+
+
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -307,9 +316,7 @@ async def test_login_refuses_client_credentials(smtp_oauth_sandbox: Sandbox) -> 
 
 async def test_logout_forgets_the_sign_in(smtp_oauth_sandbox: Sandbox) -> None:
     """logout() removes the account's tokens; access_token() then asks for a login again."""
-    settings = settings_for(smtp_oauth_sandbox, "device_code")
-    provider = create_token_provider(settings, device_code_prompt=lambda prompt: None)
-    await provider.login()
+    provider, settings = await signed_in(smtp_oauth_sandbox)
     assert await provider.logout() >= 3  # access token, refresh token, id token, account
     with pytest.raises(TokenError, match="login"):
         await create_token_provider(settings).access_token()
@@ -347,10 +354,7 @@ async def test_force_refresh_client_credentials(smtp_oauth_sandbox: Sandbox) -> 
 
 async def test_force_refresh_delegated_uses_the_refresh_token(smtp_oauth_sandbox: Sandbox) -> None:
     """For a signed-in user, force_refresh redeems the refresh token (no new sign-in)."""
-    provider = create_token_provider(
-        settings_for(smtp_oauth_sandbox, "device_code"), device_code_prompt=print
-    )
-    await provider.login()
+    provider, _ = await signed_in(smtp_oauth_sandbox)
     first = await provider.access_token()
     assert await provider.access_token(force_refresh=True) != first
     assert smtp_oauth_sandbox.idp.token_requests["refresh_token"] == 1
@@ -407,10 +411,7 @@ async def test_token_with_9_minutes_left_is_refreshed(smtp_oauth_sandbox: Sandbo
 @sandbox_options(access_token_lifetime=540)
 async def test_delegated_token_with_9_minutes_left_is_refreshed(smtp_oauth_sandbox: Sandbox) -> None:
     """The 10-minute margin holds for delegated tokens too (refresh token redeemed)."""
-    provider = create_token_provider(
-        settings_for(smtp_oauth_sandbox, "device_code"), device_code_prompt=print
-    )
-    await provider.login()
+    provider, _ = await signed_in(smtp_oauth_sandbox)
     await provider.access_token()
     assert smtp_oauth_sandbox.idp.token_requests["refresh_token"] == 1
 
@@ -428,9 +429,7 @@ async def test_refresh_on_is_honoured(smtp_oauth_sandbox: Sandbox) -> None:
 @sandbox_options(strict_refresh_rotation=True)
 async def test_rotated_refresh_token_is_shared_between_providers(smtp_oauth_sandbox: Sandbox) -> None:
     """With strict rotation, two providers on one cache refreshing in turn never use a spent token."""
-    settings = settings_for(smtp_oauth_sandbox, "device_code")
-    first = create_token_provider(settings, device_code_prompt=lambda prompt: None)
-    await first.login()
+    first, settings = await signed_in(smtp_oauth_sandbox)
     second = create_token_provider(settings)
     for provider in (first, second, first, second):
         await provider.access_token(force_refresh=True)
@@ -439,10 +438,7 @@ async def test_rotated_refresh_token_is_shared_between_providers(smtp_oauth_sand
 
 async def test_revoked_refresh_token_says_sign_in_again(smtp_oauth_sandbox: Sandbox) -> None:
     """A revoked refresh token: permanent invalid_grant whose explanation says to log in again."""
-    provider = create_token_provider(
-        settings_for(smtp_oauth_sandbox, "device_code"), device_code_prompt=print
-    )
-    await provider.login()
+    provider, _ = await signed_in(smtp_oauth_sandbox)
     smtp_oauth_sandbox.idp.revoke_refresh_tokens()
     with pytest.raises(TokenError) as caught:
         await provider.access_token(force_refresh=True)
