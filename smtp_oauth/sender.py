@@ -186,10 +186,12 @@ class Mailer:
         recipients: Sequence[str] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109  # the public interface: a bound on the whole send
     ) -> SendResult:
-        """Send one message; ``timeout`` bounds the whole send (connecting and authenticating included).
+        """Send one message and report what the server did with it.
 
-        A raw message (bytes) is sent as is and needs ``recipients``. Raises MessageError for bad
-        addresses, DeliveryError subclasses for the server's refusals, TokenError from the provider.
+        ``timeout`` bounds the send once its turn on the session comes (connecting, authenticating
+        and a reconnect included). A raw message (bytes) is sent as is and needs ``recipients``.
+        Raises MessageError for bad addresses, DeliveryError subclasses for the server's refusals,
+        TokenError from the token provider.
         """
         envelope, message_id = build_envelope(
             message, sender=sender, recipients=recipients, default_sender=self._default_sender
@@ -199,7 +201,9 @@ class Mailer:
                 async with asyncio.timeout(timeout):
                     result = await self._send_locked(envelope)
             except TimeoutError:
-                self._discard()
+                self._discard()  # cut off mid-dialogue: the session is out of step
+                if timeout is None:
+                    raise
                 raise TemporaryDeliveryError(
                     f"sending through {self.server} took longer than {timeout:g}s", context=self._context
                 ) from None
