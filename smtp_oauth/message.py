@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy as email_policy
-from email.errors import HeaderParseError, InvalidHeaderDefect, NonASCIILocalPartDefect
+from email.errors import InvalidHeaderDefect, NonASCIILocalPartDefect
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -93,9 +93,10 @@ def parse_addresses(values: Iterable[str], *, what: str = "recipient") -> list[A
             continue
         try:
             header = email_policy.default.header_factory("To", value)
-        except (HeaderParseError, IndexError, ValueError):  # the parser's failure modes, e.g. "x@"
+            parsed = list(header.addresses)
+        except Exception:  # the stdlib parser fails in assorted ways on bad input
+            # HeaderParseError is the documented one; "x@" raises IndexError and ":;0" AttributeError.
             raise MessageError(f"invalid {what} address: {value.strip()!r}", hint=_ADDRESS_HINT) from None
-        parsed = list(header.addresses)
         # The parser repairs what it can ("a b@x" -> '"a b"@x', drops trailing junk) and records
         # a defect; a repaired address is a guess, so refuse it. Non-ASCII local parts are fine.
         repaired = [

@@ -55,7 +55,8 @@ def test_parse_addresses_empty_group_yields_nothing() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["plain", "x@", "@x.example", "a b@x.example", "a@x.example junk", "<>", "a@b@c", "x@.example"]
+    "bad",
+    ["plain", "x@", ":;0", "@x.example", "a b@x.example", "a@x.example junk", "<>", "a@b@c", "x@.example"],
 )
 def test_parse_addresses_rejects_non_addresses(bad: str) -> None:
     """Text that is not an address raises MessageError (exit 65) naming it."""
