@@ -94,6 +94,17 @@ async def states(service: RelayService) -> dict[QueueState, int]:
     return await service.spool.counts_by_state()
 
 
+async def wait_for_count(
+    service: RelayService, state: QueueState, count: int, *, within: float = 10.0
+) -> None:
+    """Until ``count`` messages are in ``state`` (Exchange stores a message before its 250 reaches us)."""
+    deadline = time.monotonic() + within
+    while (await states(service))[state] != count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {count} {state}: {await states(service)}")
+        await asyncio.sleep(0.05)
+
+
 class RelayProcess:
     """``python -m smtp_oauth relay`` as a child process; its log goes to a file (a pipe could fill)."""
 

@@ -16,6 +16,7 @@ from tests.relay.relay_harness import (
     running_relay,
     send_legacy,
     states,
+    wait_for_count,
     wait_until,
 )
 
@@ -33,8 +34,7 @@ async def test_legacy_client_mail_reaches_exchange(sandbox: Sandbox) -> None:
     mailbox = sandbox.tenant.mailbox
     async with running_relay(sandbox) as (service, port):
         await asyncio.to_thread(send_legacy, port, [make_message(mailbox, 1)])
-        await wait_until(lambda: len(sandbox.delivered()) == 1, what="delivery")
-        assert (await states(service))["delivered"] == 1
+        await wait_for_count(service, "delivered", 1)
     [delivered] = sandbox.delivered()
     assert (delivered.auth_user, delivered.mail_from, delivered.rcpt_tos) == (
         mailbox,
@@ -55,7 +55,7 @@ async def test_exchange_down_then_up_delivers_the_queue(sandbox: Sandbox) -> Non
         await wait_until(lambda: service.delivery is not None and service.delivery.results["deferred"] >= 3)
         assert (await states(service))["delivered"] == 0
         await sandbox.exchange.start()
-        await wait_until(lambda: len(sandbox.delivered()) == 3, what="delivery after restart")
+        await wait_for_count(service, "delivered", 3)
         entries = await service.spool.list(["delivered"])
         assert all(entry.attempts >= 2 for entry in entries)
 
@@ -65,7 +65,7 @@ async def test_432_is_deferred_and_retried(sandbox: Sandbox) -> None:
     sandbox.inject("MAIL", "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded", times=2)
     async with running_relay(sandbox) as (service, port):
         await asyncio.to_thread(send_legacy, port, [make_message(sandbox.tenant.mailbox, 1)])
-        await wait_until(lambda: len(sandbox.delivered()) == 1, what="delivery")
+        await wait_for_count(service, "delivered", 1)
         assert service.spool is not None
         [entry] = await service.spool.list(["delivered"])
     assert entry.attempts == 3
@@ -115,7 +115,7 @@ async def test_metrics_and_health(sandbox: Sandbox) -> None:
     sandbox.write_config(relay=relay_section(metrics_listen="127.0.0.1:0"))
     async with running_relay(sandbox) as (service, port):
         await asyncio.to_thread(send_legacy, port, [make_message(sandbox.tenant.mailbox, 1)])
-        await wait_until(lambda: len(sandbox.delivered()) == 1)
+        await wait_for_count(service, "delivered", 1)
         assert service.metrics_server is not None
         metrics_port = service.metrics_server.addresses[0][1]
         health = await http_get(metrics_port, "/healthz")
