@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import random
 import re
 import sys
 import time
@@ -305,7 +306,7 @@ class MsalSession:
         from msal.oauth2cli.authcode import AuthCodeReceiver
 
         def run() -> SignedIn:
-            with AuthCodeReceiver(port=0) as receiver:
+            with _receiver_on_dynamic_port(AuthCodeReceiver) as receiver:
                 abort.on_abort(receiver.close)
                 flow = self._app.initiate_auth_code_flow(
                     self._scopes,
@@ -353,6 +354,21 @@ class MsalSession:
             yield from self._app.get_accounts(username=self._identity.username)
         else:
             yield from self._app.get_accounts()
+
+
+# IANA's dynamic/private range (RFC 6335): port 0 would give Linux's ephemeral range, which starts
+# at 32768 and overlaps registered services' ports.
+DYNAMIC_PORTS = range(49152, 65536)
+
+
+def _receiver_on_dynamic_port(receiver_class: Any, attempts: int = 50) -> Any:
+    """MSAL's loopback receiver listening on a free port in the dynamic range."""
+    for port in random.sample(DYNAMIC_PORTS, attempts):
+        try:
+            return receiver_class(port=port)
+        except OSError:  # taken: try another
+            continue
+    return receiver_class(port=0)
 
 
 def _safe_open(open_browser: Callable[[str], bool], url: str) -> bool:
