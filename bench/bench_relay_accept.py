@@ -100,8 +100,31 @@ def serve_relay(directory: Path) -> None:
     asyncio.run(main())
 
 
-def measure(kind: str, messages: int, connections: int, size: int) -> float:
-    """Messages per second accepted by a fresh server of ``kind``."""
+def run_clients(port: int, messages: int, connections: int, size: int, *, login: bool) -> float:
+    """Messages per second over ``connections`` smtplib clients started together."""
+    per_client = messages // connections
+    start = threading.Barrier(connections + 1)
+    threads = [
+        threading.Thread(
+            target=client,
+            args=(port, per_client, size),
+            kwargs={"login": login, "offset": i * per_client, "start": start},
+        )
+        for i in range(connections)
+    ]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return per_client * connections / (time.perf_counter() - started)
+
+
+def measure(kind: str, messages: int, connections: int, size: int, postfix_port: int = 0) -> float:
+    """Messages per second accepted by a fresh server of ``kind`` (or the Postfix on ``postfix_port``)."""
+    if kind == "postfix":
+        return run_clients(postfix_port, messages, connections, size, login=False)
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:  # same disk as the project, not tmpfs
         server = subprocess.Popen(
             [sys.executable, __file__, "--serve", kind, tmp], stdout=subprocess.PIPE, text=True
@@ -109,23 +132,7 @@ def measure(kind: str, messages: int, connections: int, size: int) -> float:
         try:
             assert server.stdout is not None
             port = int(server.stdout.readline())
-            per_client = messages // connections
-            start = threading.Barrier(connections + 1)
-            threads = [
-                threading.Thread(
-                    target=client,
-                    args=(port, per_client, size),
-                    kwargs={"login": kind == "relay", "offset": i * per_client, "start": start},
-                )
-                for i in range(connections)
-            ]
-            for thread in threads:
-                thread.start()
-            start.wait()
-            started = time.perf_counter()
-            for thread in threads:
-                thread.join()
-            return per_client * connections / (time.perf_counter() - started)
+            return run_clients(port, messages, connections, size, login=kind == "relay")
         finally:
             server.terminate()
             server.wait()
@@ -139,6 +146,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--size", type=int, default=10 * 1024)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--postfix-port", type=int, default=0, help="also measure this Postfix smtpd")
     args = parser.parse_args()
     if args.serve == "sink":
         serve_sink(Path(args.directory))
@@ -147,16 +155,22 @@ def main() -> None:
         serve_relay(Path(args.directory))
         return
     results: dict[str, list[float]] = {"sink": [], "relay": []}
+    if args.postfix_port:
+        results["postfix"] = []
     for _ in range(args.rounds):
         for kind, rates in results.items():
-            rates.append(measure(kind, args.messages, args.connections, args.size))
+            rates.append(measure(kind, args.messages, args.connections, args.size, args.postfix_port))
     best = {kind: max(rates) for kind, rates in results.items()}
     median = {kind: statistics.median(rates) for kind, rates in results.items()}
     for kind, rates in results.items():
         shown = ", ".join(f"{rate:7.1f}" for rate in rates)
-        print(f"{kind:5s}: {shown}  msg/s (median {median[kind]:.1f}, best {best[kind]:.1f})")
-    ratio_median, ratio_best = median["relay"] / median["sink"], best["relay"] / best["sink"]
-    print(f"relay / sink: median {ratio_median:.2f}, best {ratio_best:.2f}")
+        print(f"{kind:7s}: {shown}  msg/s (median {median[kind]:.1f}, best {best[kind]:.1f})")
+    for other in ("sink", "postfix"):
+        if other in results:
+            print(
+                f"relay / {other}: median {median['relay'] / median[other]:.2f}, "
+                f"best {best['relay'] / best[other]:.2f}"
+            )
 
 
 if __name__ == "__main__":

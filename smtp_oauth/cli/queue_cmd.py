@@ -17,7 +17,7 @@ from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
 
-from smtp_oauth.cli.common import load_settings_from_args
+from smtp_oauth.cli.common import add_config_option, load_settings_from_args
 from smtp_oauth.errors import ExitCode
 from smtp_oauth.relay.spool import STATES, SpooledMessage
 from smtp_oauth.relay.spool_sqlite import SqliteSpool
@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     retry.add_argument("id", nargs="?")
     delete = actions.add_parser("delete", help="remove an entry and its message for good")
     delete.add_argument("id")
+    for action in (listing, show, retry, delete):
+        add_config_option(action)  # `smtp-oauth queue list --config F` works too
 
 
 def _when(epoch: float) -> str:
