@@ -298,3 +298,17 @@ async def test_event_log_has_fields_but_no_body(spool: SqliteSpool, caplog: pyte
     )
     assert fields["latency_ms"] >= 0
     assert "body 7" not in caplog.text
+
+
+async def test_refused_recipients_are_reported_to_the_sender(spool: SqliteSpool) -> None:
+    """With bounce on, a partly refused message yields a report naming only the refused recipient."""
+    upstream = FakeUpstream(refuse={"gone@example.net": (550, "5.1.1 unknown")})
+    queue_id = await spool.enqueue(incoming(1, rcpts=["ok@example.net", "gone@example.net"]))
+    async with running(spool, upstream, bounce=True):
+        await wait_for_state(spool, queue_id, "delivered")
+        [report_entry] = [e for e in await spool.list() if e.id != queue_id]
+        await wait_for_state(spool, report_entry.id, "delivered")
+    [_, (_, _, recipients, report)] = upstream.sent
+    assert recipients == ["app@example.com"]
+    assert b"Final-Recipient: rfc822; gone@example.net" in report
+    assert b"Final-Recipient: rfc822; ok@example.net" not in report
