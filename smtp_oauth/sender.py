@@ -3,7 +3,7 @@
 ::
 
     async with Mailer(settings) as mailer:          # connects on the first send
-        result = await mailer.send(message)         # EmailMessage or raw RFC 5322 bytes
+        result = await mailer.send(message)         # EmailMessage, raw RFC 5322 bytes, or a file
 
 Policy, in the order it matters to a caller:
 
@@ -18,6 +18,9 @@ Policy, in the order it matters to a caller:
   Exchange accepts MAIL FROM only for the authenticated mailbox or an address it may SendAs, so the
   From header is not used for it. Recipients of an EmailMessage come from To, Cc and Bcc; Bcc is
   never transmitted. A missing From, Date or Message-ID is added to a copy, never to the caller's.
+- The message goes out in bounded chunks (``smtp_stream.py``). A raw message in a file (a path, or
+  a seekable binary file from its current position) is read chunk by chunk and never held whole:
+  this is how the relay sends a 35 MiB message from its spool in a few MiB.
 
 Every failure is one of smtp_oauth.errors (TokenError from the token provider passes unchanged).
 """
@@ -25,14 +28,17 @@ Every failure is one of smtp_oauth.errors (TokenError from the token provider pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
+import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from smtp_oauth.envelope import Envelope, build_envelope
 from smtp_oauth.errors import (
@@ -50,6 +56,12 @@ if TYPE_CHECKING:
 __all__ = ["Mailer", "SendResult", "Transcript", "send_message"]
 
 logger = logging.getLogger("smtp_oauth.sender")
+
+MessageFile = BinaryIO | os.PathLike[str]
+"""A raw RFC 5322 message in a file: its path, or a seekable binary file (sent from its position)."""
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_HEADER_READ_LIMIT = 1024 * 1024  # the Message-ID is looked for this far; a header is rarely 1 KiB
 
 
 @dataclass(frozen=True)
@@ -179,7 +191,7 @@ class Mailer:
 
     async def send(
         self,
-        message: EmailMessage | bytes,
+        message: EmailMessage | bytes | MessageFile,
         /,
         *,
         sender: str | None = None,
@@ -189,17 +201,34 @@ class Mailer:
         """Send one message and report what the server did with it.
 
         ``timeout`` bounds the send once its turn on the session comes (connecting, authenticating
-        and a reconnect included). A raw message (bytes) is sent as is and needs ``recipients``.
+        and a reconnect included). A raw message (bytes, or a file: a path or a seekable binary
+        file, sent from its current position and left open) is sent as is and needs ``recipients``.
         Raises MessageError for bad addresses, DeliveryError subclasses for the server's refusals,
-        TokenError from the token provider.
+        TokenError from the token provider, OSError when a message file cannot be read.
         """
+        if isinstance(message, EmailMessage | bytes | bytearray):
+            return await self._send(message, None, sender, recipients, timeout)
+        async with _opened(message) as file:
+            start = await asyncio.to_thread(file.tell)
+            head = await asyncio.to_thread(_read_header_block, file)
+            return await self._send(head, (file, start), sender, recipients, timeout)
+
+    async def _send(
+        self,
+        message: EmailMessage | bytes,
+        file: tuple[BinaryIO, int] | None,
+        sender: str | None,
+        recipients: Sequence[str] | None,
+        timeout: float | None,  # noqa: ASYNC109  # send()'s bound on the whole send
+    ) -> SendResult:
+        """``send`` once the message is in memory, or ``file`` (and its start) holds the content."""
         envelope, message_id = build_envelope(
             message, sender=sender, recipients=recipients, default_sender=self._default_sender
         )
         async with self._lock:
             try:
                 async with asyncio.timeout(timeout):
-                    result = await self._send_locked(envelope)
+                    result = await self._send_locked(envelope, file)
             except TimeoutError:
                 self._discard()  # cut off mid-dialogue: the session is out of step
                 if timeout is None:
@@ -219,14 +248,14 @@ class Mailer:
             reply=result.reply,
         )
 
-    async def _send_locked(self, envelope: Envelope) -> TransactionResult:
+    async def _send_locked(self, envelope: Envelope, file: tuple[BinaryIO, int] | None) -> TransactionResult:
         reused = self._session is not None and self._session.is_open
         if not reused:
             self._discard()
             await self._open()
         assert self._session is not None  # set by _open
         try:
-            return await self._session.transmit(envelope)
+            return await self._session.transmit(envelope, await _rewound(file))
         except DeliveryError as exc:
             session = self._session
             if session.is_open:
@@ -237,7 +266,7 @@ class Mailer:
             logger.info("%s closed the idle session (%s); reconnecting", self.server, exc)
         await self._open()
         assert self._session is not None
-        return await self._session.transmit(envelope)
+        return await self._session.transmit(envelope, await _rewound(file))
 
     async def close(self) -> None:
         """QUIT and close the session, if one is open. The Mailer can be used again afterwards."""
@@ -245,6 +274,49 @@ class Mailer:
             session, self._session = self._session, None
             if session is not None:
                 await session.close()
+
+
+@contextlib.asynccontextmanager
+async def _opened(message: MessageFile) -> AsyncIterator[BinaryIO]:
+    """The message file: a path is opened (and closed again), a file object is used as it is."""
+    if not isinstance(message, os.PathLike):
+        seekable = getattr(message, "seekable", None)
+        if not (hasattr(message, "read") and callable(seekable) and seekable()):
+            raise TypeError(
+                "message must be an EmailMessage, bytes, a path or a seekable binary file, "
+                f"not {type(message).__name__}"
+            )
+        yield message
+        return
+    file = await asyncio.to_thread(open, message, "rb")
+    try:
+        yield file
+    finally:
+        await asyncio.to_thread(file.close)
+
+
+def _read_header_block(file: BinaryIO) -> bytes:
+    """The start of the message, up to its first empty line (at most 1 MiB); the file is left as it was.
+
+    Only the envelope's checks and the Message-ID need it; the message itself is streamed later.
+    """
+    start = file.tell()
+    head = b""
+    while len(head) < _HEADER_READ_LIMIT and not _HEADER_END.search(head):
+        chunk = file.read(64 * 1024)
+        if not chunk:
+            break
+        head += chunk
+    file.seek(start)
+    return head
+
+
+async def _rewound(file: tuple[BinaryIO, int] | None) -> BinaryIO | None:
+    """The file back at the message's start (a resend after a reconnect reads it again)."""
+    if file is None:
+        return None
+    await asyncio.to_thread(file[0].seek, file[1])
+    return file[0]
 
 
 def send_message(

@@ -7,10 +7,12 @@ transcript shows the dialogue in wire order, greeting first. The wire is the sam
 
 aiosmtplib logs nothing of the protocol, so ``send-mail -v`` and DEBUG logs get the dialogue from a
 tap on the protocol object; the XOAUTH2 blob and any SASL answer are replaced by ``[redacted]``.
+The message after DATA is streamed in bounded chunks (``smtp_stream.py``), from memory or a file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.generator
 import email.policy
 import io
@@ -18,14 +20,15 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import aiosmtplib
-from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
 
 from smtp_oauth.envelope import Envelope
 from smtp_oauth.errors import DeliveryError, MessageError, TemporaryDeliveryError
 from smtp_oauth.logs import redact
 from smtp_oauth.smtp_errors import Stage, from_exception, one_line, reply_error_class
+from smtp_oauth.smtp_stream import StreamingProtocol, encoded_chunks, measure
 
 __all__ = ["SmtpSession", "TransactionResult", "Transcript"]
 
@@ -59,20 +62,22 @@ class TransactionResult:
     refused: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
-class _TappedProtocol(SMTPProtocol):
-    """aiosmtplib's protocol, reporting every line written and read; secrets redacted."""
+class _TappedProtocol(StreamingProtocol):
+    """The streaming protocol, reporting every line written and read; secrets redacted."""
 
     _record: Transcript
     _expect: str  # what the next write is: "command", "sasl" (after 334) or "body" (after 354)
+    _body_bytes: int  # of the message written since the 354, reported as one line before the reply
 
     def tap(self, record: Transcript) -> None:
         self._record = record
         self._expect = "command"
+        self._body_bytes = 0
 
     def write(self, data: bytes) -> None:
         super().write(data)
         if self._expect == "body":
-            self._record("C", f"[message: {len(data)} bytes]")
+            self._body_bytes += len(data)
             return
         for raw in data.decode("utf-8", "replace").splitlines():
             self._record("C", _redact_command(raw, sasl=self._expect == "sasl"))
@@ -81,6 +86,9 @@ class _TappedProtocol(SMTPProtocol):
         self,
         timeout: float | None = None,  # noqa: ASYNC109  # aiosmtplib's signature, overridden as is
     ) -> aiosmtplib.SMTPResponse:
+        if self._body_bytes:
+            self._record("C", f"[message: {self._body_bytes} bytes]")
+            self._body_bytes = 0
         response = await super().read_response(timeout=timeout)
         lines = response.message.split("\n") or [""]
         for index, line in enumerate(lines):
@@ -158,9 +166,11 @@ class SmtpSession:
         stage = Stage.CONNECT
         try:
             greeting = await smtp.connect()
+            assert smtp.protocol is not None  # connect() succeeded
+            # aiosmtplib has no protocol factory: its protocol object becomes our subclass, which adds
+            # the streamed DATA (and, when tapped, only records).
+            smtp.protocol.__class__ = StreamingProtocol
             if self._transcript is not None or logger.isEnabledFor(logging.DEBUG):
-                assert smtp.protocol is not None  # connect() succeeded
-                # aiosmtplib has no wire hook: its protocol object becomes our subclass, which only records.
                 smtp.protocol.__class__ = _TappedProtocol
                 protocol: _TappedProtocol = smtp.protocol  # type: ignore[assignment]
                 protocol.tap(self._record)
@@ -213,21 +223,39 @@ class SmtpSession:
             email.generator.BytesGenerator(buffer, policy=policy).flatten(envelope.message)
             return buffer.getvalue()
 
-    def _mail_options(self, data: bytes, utf8: bool) -> list[str]:
+    async def _mail_options(self, body: BinaryIO, utf8: bool) -> list[str]:
+        # RFC 1870: octets as transmitted, CRLF included; counted in one pass, nothing copied.
+        size, is_ascii = await asyncio.to_thread(measure, body)
         options = []
         if self._smtp.supports_extension("size"):
-            # RFC 1870: octets as transmitted, CRLF included.
-            options.append(f"SIZE={len(normalize_message_line_endings(data))}")
-        if self._smtp.supports_extension("8bitmime") and not data.isascii():
+            options.append(f"SIZE={size}")
+        if self._smtp.supports_extension("8bitmime") and not is_ascii:
             options.append("BODY=8BITMIME")
         if utf8:
             options.append("SMTPUTF8")
         return options
 
-    async def transmit(self, envelope: Envelope) -> TransactionResult:
+    async def _data(self, body: BinaryIO) -> aiosmtplib.SMTPResponse:
+        """DATA with ``body`` streamed in chunks (``smtp_stream``), as ``SMTP.data`` would send it."""
+        protocol = self._smtp.protocol
+        if not isinstance(protocol, StreamingProtocol):
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        try:
+            return await protocol.execute_data_stream(encoded_chunks(body), timeout=self._smtp.timeout)
+        except aiosmtplib.SMTPResponseException:
+            raise  # the server's reply: the dialogue is still in step
+        except BaseException:
+            # Cut off mid-message (server gone, timeout, the file unreadable): the server still
+            # waits for the final dot, so the connection is out of step. SMTP.data closes too.
+            self._smtp.close()
+            raise
+
+    async def transmit(self, envelope: Envelope, body: BinaryIO | None = None) -> TransactionResult:
         """One mail transaction (MAIL, RCPT..., DATA). Some recipients refused is a result, not an error.
 
-        Raises DeliveryError; after a refusal the envelope is reset (RSET) so the session stays usable.
+        The content is ``body`` from its current position when given (a seekable binary file; it is
+        read in chunks, never whole), else the envelope's message. Raises DeliveryError; after a
+        refusal the envelope is reset (RSET) so the session stays usable.
         """
         smtp = self._smtp
         self.content_sent = False
@@ -238,18 +266,20 @@ class SmtpSession:
                 context=self._context,
             )
         encoding = "utf-8" if utf8 else "ascii"
-        data = self._encode(envelope, utf8)
+        if body is None:
+            body = io.BytesIO(self._encode(envelope, utf8))  # shares the bytes, no copy
+        options = await self._mail_options(body, utf8)  # OSError (unreadable file) is not the server's
         stage = Stage.MAIL
         refused: dict[str, tuple[int, str]] = {}
         reply: aiosmtplib.SMTPResponse | None = None
         try:
-            await smtp.mail(envelope.sender, options=self._mail_options(data, utf8), encoding=encoding)
+            await smtp.mail(envelope.sender, options=options, encoding=encoding)
             stage = Stage.RCPT
             refused = await self._recipients(envelope.recipients, encoding)
             if len(refused) < len(envelope.recipients):
                 stage = Stage.DATA
                 self.content_sent = True
-                reply = await smtp.data(data)
+                reply = await self._data(body)
         except _SMTP_FAILURES as exc:
             await self._reset()
             subject = f"<{envelope.sender}>" if stage is Stage.MAIL else None

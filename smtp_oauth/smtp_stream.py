@@ -1,0 +1,151 @@
+"""The message after DATA as a stream: bounded chunks, each encoded and drained before the next.
+
+aiosmtplib's ``SMTP.data`` takes the whole message as one bytes object, copies it twice (line
+ends, then dot-stuffing) and writes it in one go, so the TLS transport ends up holding all of its
+ciphertext too: about four copies of a 35 MiB message. Here the message is read from a binary file
+(the relay's spool file, or a ``BytesIO`` over bytes, which shares them) ``CHUNK_SIZE`` bytes at a
+time, encoded exactly as aiosmtplib would encode the whole (lone CR or LF -> CRLF, a CRLF at the
+end, RFC 5321 4.5.2 dot-stuffing), written, and drained before the next chunk is read.
+
+``measure`` gives RFC 1870's SIZE (octets as transmitted, CRLF included, stuffing dots not) and
+whether the message is 7-bit, in one pass over the file without holding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
+from aiosmtplib import SMTPDataError, SMTPResponse, SMTPServerDisconnected, SMTPStatus, SMTPTimeoutError
+from aiosmtplib.protocol import SMTPProtocol
+
+__all__ = ["CHUNK_SIZE", "DataEncoder", "StreamingProtocol", "encoded_chunks", "measure"]
+
+CHUNK_SIZE = 256 * 1024
+# aiosmtplib.protocol's LINE_ENDINGS_REGEX without the look-ahead: a CR at a chunk's end is held back.
+_LINE_ENDING = re.compile(rb"\r\n|\n|\r")
+_DOT_AT_LINE_START = re.compile(rb"\n\.")
+
+
+class DataEncoder:
+    """What aiosmtplib sends for a whole message, produced chunk by chunk.
+
+    ``b"".join(map(encoder.encode, chunks)) + encoder.finish()`` equals
+    ``PERIOD_REGEX.sub(b"..", normalize_message_line_endings(b"".join(chunks))) + b".\\r\\n"``
+    however the message is cut into chunks (a CRLF or a leading dot may straddle two).
+    """
+
+    def __init__(self) -> None:
+        self._held_cr = False  # the previous chunk ended in CR: a line end, whatever follows
+        self._at_line_start = True  # the next byte starts a line (dot-stuffing applies)
+        self._sent_anything = False
+
+    def encode(self, chunk: bytes) -> bytes:
+        """The wire form of the next piece of the message (possibly empty: a CR held back)."""
+        if self._held_cr:
+            chunk = b"\r" + chunk
+            self._held_cr = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]  # CR then LF in the next chunk must become one CRLF, not two
+            self._held_cr = True
+        if not chunk:
+            return b""
+        text = _DOT_AT_LINE_START.sub(b"\n..", _LINE_ENDING.sub(b"\r\n", chunk))
+        if self._at_line_start and text.startswith(b"."):
+            text = b"." + text
+        self._at_line_start = text.endswith(b"\n")
+        self._sent_anything = True
+        return text
+
+    def finish(self) -> bytes:
+        """The end: the last line's CRLF if it lacked one, then the lone dot."""
+        if self._held_cr or not self._sent_anything or not self._at_line_start:
+            return b"\r\n.\r\n"
+        return b".\r\n"
+
+
+def measure(file: BinaryIO) -> tuple[int, bool]:
+    """(SIZE as transmitted, all 7-bit) of the rest of ``file``, which is left where it was.
+
+    Blocking: call it in a thread. Each lone CR or LF becomes CRLF on the wire (one octet more), and
+    a message not ending in a line end gets one (two octets).
+    """
+    start = file.tell()
+    size = crlf = lf = cr = 0
+    is_ascii = True
+    previous_cr = False
+    last = b""
+    while chunk := file.read(CHUNK_SIZE):
+        size += len(chunk)
+        lf += chunk.count(b"\n")
+        cr += chunk.count(b"\r")
+        crlf += chunk.count(b"\r\n") + (previous_cr and chunk.startswith(b"\n"))
+        is_ascii = is_ascii and chunk.isascii()
+        previous_cr = chunk.endswith(b"\r")
+        last = chunk[-1:]
+    file.seek(start)
+    transmitted = size + (lf - crlf) + (cr - crlf)
+    if last not in (b"\r", b"\n"):
+        transmitted += 2
+    return transmitted, is_ascii
+
+
+async def encoded_chunks(file: BinaryIO) -> AsyncIterator[bytes]:
+    """The rest of ``file`` as DATA content, the final dot included; reads and encodes in a thread."""
+    encoder = DataEncoder()
+
+    def next_piece() -> bytes | None:
+        chunk = file.read(CHUNK_SIZE)
+        return encoder.encode(chunk) if chunk else None
+
+    while (piece := await asyncio.to_thread(next_piece)) is not None:
+        if piece:
+            yield piece
+    yield encoder.finish()
+
+
+class StreamingProtocol(SMTPProtocol):
+    """aiosmtplib's protocol plus a DATA command whose content is written chunk by chunk.
+
+    ``SmtpSession`` sets this class on the protocol object ``aiosmtplib.SMTP`` creates (aiosmtplib
+    has no factory hook). The method mirrors ``SMTPProtocol.execute_data_command``, with a drain
+    after each chunk so that no more than a chunk and the transport's high-water mark are buffered.
+    """
+
+    async def execute_data_stream(
+        self,
+        chunks: AsyncIterator[bytes],
+        timeout: float | None = None,  # noqa: ASYNC109  # per reply and per drain, as aiosmtplib's
+    ) -> SMTPResponse:
+        """DATA, the chunks (already encoded, final dot included), and the server's final reply.
+
+        Raises SMTPDataError for a reply other than 354 / 250, SMTPTimeoutError when the server
+        stops reading for ``timeout`` seconds, SMTPServerDisconnected or OSError when it goes away.
+        """
+        if self._command_lock is None:
+            raise SMTPServerDisconnected("Server not connected")
+        async with self._command_lock:
+            self._response_pending = True
+            self.write(b"DATA\r\n")
+            start = await self.read_response(timeout=timeout)
+            if start.code != SMTPStatus.start_input:
+                raise SMTPDataError(start.code, start.message)
+            # Armed while writing, so a reply the server sends early (a 5xx mid-message) is kept.
+            self._response_pending = True
+            async for chunk in chunks:
+                self.write(chunk)
+                await self._drain(timeout)
+            response = await self.read_response(timeout=timeout)
+            if response.code != SMTPStatus.completed:
+                raise SMTPDataError(response.code, response.message)
+        return response
+
+    async def _drain(self, timeout: float | None) -> None:  # noqa: ASYNC109  # raises aiosmtplib's error
+        """Wait until the transport's buffer is below its low-water mark (asyncio flow control)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drain_helper()  # what StreamWriter.drain() awaits; see FlowControlMixin
+        except TimeoutError as exc:
+            raise SMTPTimeoutError("Timed out writing the message to the server") from exc
