@@ -10,8 +10,15 @@
     smtp_oauth.send_message(message, settings=settings)     # from synchronous code
 
 Importing this package loads neither msal (only once a token is needed) nor aiosmtpd, the relay
-or the sandbox.
+or the sandbox. The public names are loaded on first use (PEP 562): ``send-mail`` runs once per
+message, and ``import smtp_oauth.cli.send_mail`` must not pay for the logging handler or, before it
+needs them, for pydantic and aiosmtplib.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 from smtp_oauth.errors import (
     AuthenticationError,
@@ -23,10 +30,12 @@ from smtp_oauth.errors import (
     TemporaryDeliveryError,
     TokenError,
 )
-from smtp_oauth.log_handler import OAuthSMTPHandler
-from smtp_oauth.sender import Mailer, SendResult, send_message
-from smtp_oauth.settings import Settings, load_settings
-from smtp_oauth.tokens import TokenProvider
+
+if TYPE_CHECKING:
+    from smtp_oauth.log_handler import OAuthSMTPHandler
+    from smtp_oauth.sender import Mailer, SendResult, send_message
+    from smtp_oauth.settings import Settings, load_settings
+    from smtp_oauth.tokens import TokenProvider
 
 __version__ = "0.1.0"  # the project's version in pyproject.toml (a test keeps them equal)
 
@@ -48,3 +57,29 @@ __all__ = [
     "load_settings",
     "send_message",
 ]
+
+# Public name -> the module that defines it. The errors are imported above: they are light, and
+# `except smtp_oauth.TokenError` must not import anything.
+_LAZY = {
+    "Mailer": "smtp_oauth.sender",
+    "SendResult": "smtp_oauth.sender",
+    "send_message": "smtp_oauth.sender",
+    "Settings": "smtp_oauth.settings",
+    "load_settings": "smtp_oauth.settings",
+    "OAuthSMTPHandler": "smtp_oauth.log_handler",
+    "TokenProvider": "smtp_oauth.tokens",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import the module behind a public name on first use, then keep the name here."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later look-ups no longer come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -28,12 +28,14 @@ Every failure is one of smtp_oauth.errors (TokenError from the token provider pa
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
 import os
 import re
 import ssl
+import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -53,7 +55,7 @@ if TYPE_CHECKING:
     from smtp_oauth.settings import Settings
     from smtp_oauth.tokens import TokenProvider
 
-__all__ = ["Mailer", "SendResult", "Transcript", "send_message"]
+__all__ = ["Mailer", "SendResult", "Transcript", "preload_tls_context", "send_message"]
 
 logger = logging.getLogger("smtp_oauth.sender")
 
@@ -75,9 +77,37 @@ class SendResult:
     reply: str = ""  # the final reply to DATA, e.g. "250 2.6.0 <...> Queued mail for delivery"
 
 
+# At most one context whose CAs are being loaded ahead of time (preload_tls_context); taken once.
+_preloaded: list[concurrent.futures.Future[ssl.SSLContext]] = []
+
+
+def preload_tls_context() -> None:
+    """Start loading the system's trusted CAs on a thread; the next Mailer to connect takes them.
+
+    For a program that sends one message and exits (``send-mail``): ``ssl.create_default_context``
+    parses the whole CA bundle, tens of milliseconds, and OpenSSL releases the GIL meanwhile, so
+    started before the program's remaining imports it is ready by the time the connection needs it.
+    """
+    if _preloaded:
+        return
+    future: concurrent.futures.Future[ssl.SSLContext] = concurrent.futures.Future()
+
+    def load() -> None:
+        try:
+            future.set_result(ssl.create_default_context())
+        except BaseException as exc:  # handed to the Mailer that takes it, raised there
+            future.set_exception(exc)
+
+    threading.Thread(target=load, name="smtp-oauth-tls-preload", daemon=True).start()
+    _preloaded.append(future)
+
+
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:
     """The system's trusted CAs, plus ``smtp.ca_file`` for private servers (and the sandbox)."""
-    context = ssl.create_default_context()
+    try:
+        context = _preloaded.pop().result()  # list.pop is atomic: two Mailers never share it
+    except IndexError:
+        context = ssl.create_default_context()
     if ca_file is not None:
         try:
             context.load_verify_locations(cafile=ca_file)

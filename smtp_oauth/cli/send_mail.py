@@ -245,6 +245,11 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
             f"{', '.join(args.compose_options)} cannot be used in sendmail mode "
             "(-t, -i/-oi, or when called as sendmail): the message on stdin is sent as it is"
         )
+    if not args.dry_run:
+        from smtp_oauth.sender import preload_tls_context
+
+        # The CA bundle loads on another core while pydantic is imported and the message built.
+        preload_tls_context()
     explicit_sender = bool(args.envelope_from or args.sender)
     settings = None if args.dry_run and explicit_sender else _load_settings(args)
     envelope, header_from = _sender_addresses(args, settings)

@@ -1,0 +1,57 @@
+"""What keeps ``send-mail`` quick to start: lazy package names, CAs loaded ahead, no DNS for EHLO.
+
+The figures themselves are in bench/bench_send_mail.py; these tests pin the mechanisms.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from email.message import EmailMessage
+
+import pytest
+
+import smtp_oauth
+from smtp_oauth.sandbox import Sandbox
+from smtp_oauth.sender import Mailer, preload_tls_context
+
+
+def _modules_after(statement: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``statement``."""
+    probe = f"import sys; {statement}; print(' '.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
+
+
+def test_importing_send_mail_loads_neither_pydantic_nor_aiosmtplib() -> None:
+    """`import smtp_oauth.cli.send_mail` defers pydantic, aiosmtplib and asyncio until a send needs them."""
+    loaded = _modules_after("import smtp_oauth.cli.send_mail")
+    heavy = {"pydantic", "pydantic_settings", "aiosmtplib", "asyncio", "msal", "smtp_oauth.log_handler"}
+    assert loaded & heavy == set()
+
+
+def test_public_names_load_on_first_use() -> None:
+    """smtp_oauth.Mailer imports the sender module when first asked for, and is the same class."""
+    loaded = _modules_after("import smtp_oauth; smtp_oauth.Mailer")
+    assert "smtp_oauth.sender" in loaded
+    assert "smtp_oauth.log_handler" not in loaded
+    assert smtp_oauth.Mailer is Mailer
+
+
+def test_unknown_package_attribute_is_an_attribute_error() -> None:
+    """A name the package does not export raises AttributeError, as for any module."""
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = smtp_oauth.no_such_name  # type: ignore[attr-defined]
+
+
+async def test_preloaded_context_still_trusts_smtp_ca_file(smtp_oauth_sandbox: Sandbox) -> None:
+    """A Mailer that takes the preloaded CAs adds smtp.ca_file to them: the sandbox's certificate verifies."""
+    preload_tls_context()
+    message = EmailMessage()
+    message["To"] = "alice@example.test"
+    message["Subject"] = "preloaded"
+    message.set_content("CAs loaded ahead of time.\n")
+    async with Mailer(smtp_oauth_sandbox.settings()) as mailer:
+        result = await mailer.send(message)
+    assert result.accepted == ["alice@example.test"]
+    assert len(smtp_oauth_sandbox.delivered()) == 1
