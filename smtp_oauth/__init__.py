@@ -71,14 +71,16 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """Import the module behind a public name on first use, then keep the name here."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # later look-ups no longer come here
-    return value
+if not TYPE_CHECKING:  # type checkers see the imports above; a module __getattr__ would hide typos
+
+    def __getattr__(name: str) -> object:
+        """Import the module behind a public name on first use, then keep the name here."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(import_module(module), name)
+        globals()[name] = value  # later look-ups no longer come here
+        return value
 
 
 def __dir__() -> list[str]:
