@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from smtp_oauth.relay.backoff import BACKOFF_BASE, BACKOFF_CAP, Pacer
@@ -54,7 +55,9 @@ class Receipt(Protocol):
 class Session(Protocol):
     """An authenticated upstream SMTP session (``smtp_oauth.sender.Mailer`` fits)."""
 
-    async def send(self, message: bytes, /, *, sender: str, recipients: Sequence[str]) -> Receipt: ...
+    async def send(self, message: bytes | Path, /, *, sender: str, recipients: Sequence[str]) -> Receipt:
+        """Send ``message``: bytes, or the path of a file holding it (streamed, not read whole)."""
+        ...
 
 
 SessionFactory = Callable[[str], AbstractAsyncContextManager[Session]]

@@ -2,7 +2,8 @@
 
 A worker claims a due message, waits for the mailbox's pacing slot, sends it, and records the
 outcome (see ``delivery.py`` for the rules). Workers start when the pool is first woken and
-keep running; an idle worker closes its session after ``idle_timeout``.
+keep running; an idle worker closes its session after ``idle_timeout``. A body stored in a file is
+handed to the session as its path (the Mailer streams it); a report reads only its start.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from smtp_oauth.errors import (
@@ -25,7 +27,7 @@ from smtp_oauth.errors import (
     TokenError,
 )
 from smtp_oauth.relay.backoff import Pacer, next_attempt_at
-from smtp_oauth.relay.bounce import BOUNCE_USER, build_report, should_bounce
+from smtp_oauth.relay.bounce import BOUNCE_USER, MAX_ORIGINAL_HEADERS, build_report, should_bounce
 from smtp_oauth.relay.spool import NewMessage, Spool, SpooledMessage
 
 if TYPE_CHECKING:
@@ -35,6 +37,18 @@ __all__ = ["MailboxPool"]
 
 logger = logging.getLogger("smtp_oauth.relay")
 SESSION_CLOSE_TIMEOUT = 10.0
+Body = bytes | Path  # as ``Spool.read_body`` gives it
+
+
+def _report_original(body: Body) -> bytes:
+    """What a report quotes of the original (its header, at most 64 KiB): a file's start only.
+
+    Blocking for a file: call it in a thread.
+    """
+    if isinstance(body, bytes):
+        return body
+    with body.open("rb") as file:
+        return file.read(MAX_ORIGINAL_HEADERS + 4)  # + the blank line that may end the header there
 
 
 def _reply_of(error: BaseException) -> str:
@@ -155,7 +169,7 @@ class MailboxPool:
         """Send one claimed message; returns the session to keep (None: open a new one next time)."""
         try:
             try:
-                data = await self.spool.read_data(entry.id)
+                data = await self.spool.read_body(entry.id)
             except FileNotFoundError:
                 await self._dead(entry, b"", "the message's body is missing from the spool", None)
                 return session
@@ -181,7 +195,9 @@ class MailboxPool:
         await self._close(stack)  # after a failure start afresh: new connection, new token
         return None
 
-    async def _delivered(self, entry: SpooledMessage, data: bytes, receipt: Receipt) -> None:
+    async def _delivered(self, entry: SpooledMessage, data: Body, receipt: Receipt) -> None:
+        if receipt.refused:
+            data = await self._original(data)  # before mark_delivered drops the body file
         await self.spool.mark_delivered(entry.id, reply=receipt.reply, refused=receipt.refused)
         self.results["delivered"] += 1
         _log(
@@ -232,14 +248,14 @@ class MailboxPool:
         )
         self.on_change()
 
-    async def _read_or_empty(self, queue_id: str) -> bytes:
+    async def _read_or_empty(self, queue_id: str) -> Body:
         try:
-            return await self.spool.read_data(queue_id)
+            return await self.spool.read_body(queue_id)
         except FileNotFoundError:
             return b""
 
     async def _dead(
-        self, entry: SpooledMessage, data: bytes, reason: str, error: BaseException | None
+        self, entry: SpooledMessage, data: Body, reason: str, error: BaseException | None
     ) -> None:
         await self.spool.mark_dead(entry.id, reply=reason)
         self.results["dead"] += 1
@@ -257,13 +273,25 @@ class MailboxPool:
             failed = {addr: f"{code} {text}" for addr, (code, text) in error.recipients.items()}
         await self._bounce(entry, data, failed, reason, hint)
 
+    async def _original(self, data: Body) -> bytes:
+        """``_report_original`` off the loop; a body deleted meanwhile gives a report without it."""
+        try:
+            return await asyncio.to_thread(_report_original, data)
+        except FileNotFoundError:
+            return b""
+
     async def _bounce(
-        self, entry: SpooledMessage, data: bytes, failed: dict[str, str], reason: str, hint: str | None
+        self, entry: SpooledMessage, data: Body, failed: dict[str, str], reason: str, hint: str | None
     ) -> None:
         if not (self.config.bounce and should_bounce(entry)):
             return
         report = build_report(
-            entry, data, failed=failed, reason=reason, hint=hint, upstream_host=self.config.upstream_host
+            entry,
+            await self._original(data),
+            failed=failed,
+            reason=reason,
+            hint=hint,
+            upstream_host=self.config.upstream_host,
         )
         ndr = NewMessage(BOUNCE_USER, entry.mailbox, entry.mailbox, [entry.mail_from], report)
         report_id = await self.spool.enqueue(ndr)

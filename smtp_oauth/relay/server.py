@@ -11,17 +11,23 @@ open relay (``policy.check_not_open_relay``).
 
 The 250 after DATA is sent only when ``store`` has returned, i.e. the message is durably committed
 (the spool's commit); ``store`` runs shielded, so a client hanging up mid-commit cannot cancel it.
+
+With ``incoming_dir`` (the spool's ``incoming/``), a body bigger than ``incoming.SPILL_AT`` is
+written there while it arrives and ``store`` gets its path: the spool takes the file over by a
+rename. Once ``store`` has finished, the listener removes whatever file is left (a failed store).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.relay.policy import RelayPolicy, check_not_open_relay
@@ -75,9 +81,11 @@ class RelayListener:
         default_mailbox: str,
         store: Callable[[AcceptedMessage], Awaitable[str]],
         tuning: ListenerTuning | None = None,
+        incoming_dir: Path | None = None,
     ) -> None:
         self._default_mailbox = default_mailbox
         self._store = store
+        self.incoming_dir = incoming_dir  # None: bodies stay in memory (a listener without a spool)
         self._tuning = tuning or ListenerTuning()
         self._config = self._load(relay)
         self._handler = RelayHandler(self, self._tuning)
@@ -153,13 +161,15 @@ class RelayListener:
         """Run ``store`` shielded: once started, a commit finishes even if the client hangs up."""
         task = asyncio.ensure_future(self._store(message))
         self._stores.add(task)
-        task.add_done_callback(self._store_done)
+        task.add_done_callback(functools.partial(self._store_done, message.data))
         return await asyncio.shield(task)
 
-    def _store_done(self, task: asyncio.Task[str]) -> None:
+    def _store_done(self, body: bytes | Path, task: asyncio.Task[str]) -> None:
         self._stores.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved here too, in case the session that awaited it is gone
+        if isinstance(body, Path):  # the spool renamed it away, unless the store failed
+            asyncio.get_running_loop().run_in_executor(None, functools.partial(body.unlink, missing_ok=True))
 
     def session_opened(self, session: RelaySession) -> None:
         self._sessions.add(session)

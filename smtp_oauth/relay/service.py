@@ -20,7 +20,7 @@ from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.relay.delivery import DeliveryConfig, DeliveryManager, SessionFactory
 from smtp_oauth.relay.metrics import MetricsServer, render_metrics
 from smtp_oauth.relay.server import AcceptedMessage, ListenerTuning, RelayListener
-from smtp_oauth.relay.spool_sqlite import SqliteSpool
+from smtp_oauth.relay.spool_sqlite import SqliteSpool, incoming_directory
 from smtp_oauth.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ class RelayService:
             default_mailbox=settings.smtp.username,
             store=self._store,
             tuning=listener_tuning or ListenerTuning(shutdown_grace=self._grace),
+            incoming_dir=incoming_directory(settings.spool_path),  # big bodies stream to the spool
         )
         self._sessions = sessions
         self._config = DeliveryConfig.from_relay(
@@ -146,7 +147,7 @@ class RelayService:
                 "message_id": message.message_id,
                 "sender": message.mail_from,
                 "recipients": len(message.rcpt_tos),
-                "size": len(message.data),
+                "size": message.size,
                 "user": message.local_user,
                 "peer": message.peer,
                 "mailbox": message.mailbox,

@@ -4,9 +4,11 @@ Each hook returns aiosmtpd's full status line. The hooks consult the listener's 
 (``ListenerState.policy``), so a SIGHUP reload applies to the next command; what a transaction was
 accepted for at MAIL FROM (its local user) stays with its envelope until DATA.
 
-What aiosmtpd already does here: RFC 5321 line limits (512-octet commands, 1000-octet text lines),
-only CRLF.CRLF ends DATA (1.4.5, CVE-2024-27305: a bare-LF "smuggled" second message stays data),
-STARTTLS enforced (1.4.6), SIZE advertised and enforced (552), the idle timeout.
+What aiosmtpd already does here: RFC 5321 command limits (512 octets), STARTTLS enforced (1.4.6),
+SIZE advertised and checked at MAIL FROM (552), the idle timeout. DATA is read by our
+``smtp_DATA`` (``incoming.py``), aiosmtpd 1.4.6's loop and rules streamed to the spool instead of
+collected in memory: 1000-octet text lines (500), only CRLF.CRLF ends DATA (CVE-2024-27305: a
+bare-LF "smuggled" second message stays data), the size limit (552 after the final dot).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException
 
+from smtp_oauth.relay.incoming import SPILL_AT, BodyWriter, DataState, read_file_headers, receive_data
 from smtp_oauth.relay.passwords import parse_hash, verify_password
 from smtp_oauth.relay.policy import NULL_SENDER, LocalUser, RelayPolicy, cleartext_auth_allowed, read_headers
 from smtp_oauth.relay.sasl import SaslCredentials, read_login, read_plain
@@ -41,8 +45,8 @@ REPLY_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
 REPLY_LOCAL_ERROR = "451 4.3.0 Requested action aborted: local error in processing"
 REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing connection"
 
-# Parsing the header of a huge message without a blank line is the one slow step; off the loop then.
-_HEADER_PARSE_INLINE_LIMIT = 1024 * 1024
+# Parsing the header of a big message without a blank line is the one slow step; off the loop then.
+_HEADER_PARSE_INLINE_LIMIT = SPILL_AT
 # A hash of random bytes nobody knows: unknown users cost as much as known ones (no user probing).
 _DUMMY_HASH = parse_hash(
     "$scrypt$ln=14,r=8,p=1$q49z2m8Osc8C5QrAMW89nw$FPSXa/sQwlXbRSL/OWRjbwYVi6nUBZZw2WVz2V5Cw/8"
@@ -57,15 +61,24 @@ class AcceptedMessage:
     mailbox: str  # the upstream mailbox (XOAUTH2 user) it goes out through
     mail_from: str
     rcpt_tos: list[str]
-    data: bytes  # exactly as received, dot-unstuffed; never rewritten
+    # Exactly as received, dot-unstuffed, never rewritten: in memory, or (a big one) the file in the
+    # spool's incoming/ directory that store() takes over; the listener removes it after store().
+    data: bytes | Path
     peer: str  # the client's IP address
     message_id: str | None  # from the Message-ID: header, for logs only
+    size: int = -1  # of ``data``; worked out for bytes, required for a path
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            if isinstance(self.data, Path):
+                raise ValueError("AcceptedMessage with a body file needs its size")
+            object.__setattr__(self, "size", len(self.data))  # frozen: set once, here
 
     def __repr__(self) -> str:
         # Bodies never go into logs or tracebacks.
         return (
             f"AcceptedMessage(local_user={self.local_user!r}, mailbox={self.mailbox!r}, "
-            f"mail_from={self.mail_from!r}, rcpt_tos=<{len(self.rcpt_tos)}>, data=<{len(self.data)} bytes>, "
+            f"mail_from={self.mail_from!r}, rcpt_tos=<{len(self.rcpt_tos)}>, data=<{self.size} bytes>, "
             f"peer={self.peer!r}, message_id={self.message_id!r})"
         )
 
@@ -91,6 +104,11 @@ class ListenerState(Protocol):
 
     @property
     def stopping(self) -> bool: ...
+
+    @property
+    def incoming_dir(self) -> Path | None:
+        """Where big bodies are written while they arrive (None: kept in memory)."""
+        ...
 
     async def store(self, message: AcceptedMessage) -> str: ...
 
@@ -125,6 +143,9 @@ class _RelayEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.user: LocalUser | None = None
+        self.body: bytes | Path | None = None  # set at the final dot, instead of original_content
+        self.body_size = 0
+        self.body_stored = False  # handed to store(): from then on the listener cleans up the file
 
 
 class RelaySession(SMTP):
@@ -162,6 +183,47 @@ class RelaySession(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
         self.listener.session_closed(self)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA, streamed: aiosmtpd 1.4.6's ``smtp_DATA`` with its checks and replies, but the lines
+        go to a ``BodyWriter`` (memory, then a file in the spool) instead of a list joined at the end.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert isinstance(envelope, _RelayEnvelope)  # _create_envelope
+        if not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        body = BodyWriter(self.listener.incoming_dir)
+        try:
+            try:
+                state = await receive_data(
+                    self._reader,
+                    body,
+                    size_limit=self.data_size_limit,
+                    line_length_limit=self.line_length_limit,
+                )
+            except asyncio.CancelledError:
+                log.info("connection lost during DATA")
+                self._writer.close()
+                raise
+            if state is not DataState.COMPLETE:
+                self._set_post_data_state()  # type: ignore[no-untyped-call]  # unannotated in aiosmtpd
+                await self.push(state.value)
+                return
+            envelope.body = await body.finish()
+            envelope.body_size = body.size
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]  # unannotated in aiosmtpd
+            await self.push("250 OK" if status is MISSING else status)
+        finally:
+            if not envelope.body_stored:
+                body.discard()  # refused, failed or cut off: nothing of it stays on disk
 
     def hang_up(self, *replies: str) -> None:
         """Write ``replies`` (if any), then close once they have been flushed."""
@@ -267,10 +329,12 @@ class RelayHandler:
 
     async def handle_DATA(self, server: RelaySession, session: Any, envelope: _RelayEnvelope) -> str:
         """End of DATA: check the From: header(s), store durably, and only then say 250."""
-        user, data, mail_from = envelope.user, envelope.original_content, envelope.mail_from
-        if user is None or data is None or mail_from is None:  # handle_MAIL and aiosmtpd set all three
+        user, data, mail_from = envelope.user, envelope.body, envelope.mail_from
+        if user is None or data is None or mail_from is None:  # handle_MAIL and smtp_DATA set all three
             raise RuntimeError("DATA without an accepted MAIL FROM")
-        if len(data) > _HEADER_PARSE_INLINE_LIMIT:
+        if isinstance(data, Path):
+            headers = await asyncio.to_thread(read_file_headers, data)
+        elif len(data) > _HEADER_PARSE_INLINE_LIMIT:
             headers = await asyncio.to_thread(read_headers, data)
         else:
             headers = read_headers(data)
@@ -283,9 +347,11 @@ class RelayHandler:
             mail_from="" if mail_from == NULL_SENDER else mail_from,
             rcpt_tos=list(envelope.rcpt_tos),
             data=data,
+            size=envelope.body_size,
             peer=server.peer_host,
             message_id=headers.message_id,
         )
+        envelope.body_stored = True
         try:
             queue_id = await self._listener.store(message)
         except Exception:
@@ -302,7 +368,7 @@ class RelayHandler:
                 "message_id": headers.message_id,
                 "sender": message.mail_from,
                 "recipients": len(message.rcpt_tos),
-                "size": len(data),
+                "size": message.size,
                 "user": user.name,
                 "peer": server.peer_host,
             },

@@ -14,6 +14,11 @@ A PostgreSQL backend (several relays sharing one queue) can follow behind the sa
 ``claim_due`` becomes ``SELECT ... FOR UPDATE SKIP LOCKED`` and ``recover`` a lease expiry instead
 of a blanket reset.
 
+A body crosses the interface as bytes or, when big, as a file: the listener writes a message it
+receives into the spool's ``incoming/`` directory and ``enqueue`` takes that file over (a rename,
+no copy); ``read_body`` hands delivery the path of a stored file rather than its bytes, and the
+Mailer streams it. A 35 MiB message is thus never held whole in the relay's memory.
+
 This module holds the interface and the types that cross it; it imports nothing of smtp_oauth.
 """
 
@@ -23,6 +28,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 __all__ = [
@@ -51,7 +57,12 @@ class IncomingMessage(Protocol):
     @property
     def rcpt_tos(self) -> list[str]: ...
     @property
-    def data(self) -> bytes: ...
+    def data(self) -> bytes | Path:
+        """The body; a path is a file on the spool's file system that ``enqueue`` takes over."""
+        ...
+
+    @property
+    def size(self) -> int: ...
     @property
     def peer(self) -> str: ...
     @property
@@ -69,6 +80,10 @@ class NewMessage:
     data: bytes
     peer: str = ""
     message_id: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,10 @@ class Spool(Protocol):
 
     async def read_data(self, queue_id: str) -> bytes:
         """The raw message; FileNotFoundError if its body is gone."""
+        ...
+
+    async def read_body(self, queue_id: str) -> bytes | Path:
+        """The raw message, or the path of the file holding it (not read); FileNotFoundError if gone."""
         ...
 
     async def mark_delivered(

@@ -5,6 +5,10 @@ SQLite runs on its own thread with group commit (``sqlite_db.py``). Bodies up to
 row commits, so a 35 MiB message is never copied through SQLite's page cache and never held twice
 in memory by the spool. Delivered messages lose their body at once and keep their row (for
 ``smtp-oauth queue``) until ``prune``.
+
+The listener streams big bodies into ``incoming/`` as they arrive; ``enqueue`` fsyncs such a file
+and renames it to ``data/<id>.eml`` before the row commits (no copy: same file system). Files left
+in ``incoming/`` by a relay killed mid-receive are removed by ``recover``.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.relay.spool import STATES, IncomingMessage, QueueState, SpooledMessage, new_queue_id
 from smtp_oauth.relay.sqlite_db import SqliteDatabase
 
-__all__ = ["SqliteSpool"]
+__all__ = ["SqliteSpool", "incoming_directory"]
 
 INLINE_LIMIT = 256 * 1024  # bodies above this go to data/<id>.eml
+INCOMING = "incoming"  # bodies being received, not yet enqueued
 SCHEMA_VERSION = 1
 _INSERT = (
     "INSERT INTO messages (id, state, local_user, mailbox, mail_from, rcpt_tos, message_id, peer, "
@@ -93,6 +98,22 @@ def _fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def incoming_directory(spool_dir: Path) -> Path:
+    """Where the listener writes big bodies while they arrive (``RelayListener(incoming_dir=...)``)."""
+    return spool_dir / INCOMING
+
+
+def _take_over(source: Path, path: Path) -> None:
+    """Make the received file ``source`` durable and move it to ``path``: a rename, not a copy."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    source.replace(path)  # same file system: incoming/ and data/ are both in the spool directory
+    _fsync_directory(path.parent)
+
+
 def _write_durably(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("wb") as handle:
@@ -145,9 +166,12 @@ class SqliteSpool:
     async def enqueue(self, message: IncomingMessage) -> str:
         queue_id = new_queue_id()
         data = message.data
-        in_file = len(data) > self.inline_limit
-        if in_file:
-            await asyncio.to_thread(_write_durably, self.data_dir / f"{queue_id}.eml", data)
+        path = self.data_dir / f"{queue_id}.eml"
+        in_file = isinstance(data, Path) or len(data) > self.inline_limit
+        if isinstance(data, Path):
+            await asyncio.to_thread(_take_over, data, path)
+        elif in_file:
+            await asyncio.to_thread(_write_durably, path, data)
         now = time.time()
         values = (
             queue_id,
@@ -158,7 +182,7 @@ class SqliteSpool:
             json.dumps(list(message.rcpt_tos)),
             message.message_id,
             message.peer,
-            len(data),
+            message.size,
             None if in_file else data,
             int(in_file),
             now,
@@ -184,9 +208,14 @@ class SqliteSpool:
         return count
 
     def _remove_orphan_files(self, known: set[str]) -> None:
-        """Bodies whose row never committed (killed between fsync and COMMIT) or was deleted."""
+        """Bodies whose row never committed (killed between fsync and COMMIT) or was deleted, and
+        bodies a killed relay was still receiving (never acknowledged)."""
         for path in self.data_dir.iterdir():
             if path.suffix == ".tmp" or (path.suffix == ".eml" and path.stem not in known):
+                path.unlink(missing_ok=True)
+        incoming = incoming_directory(self.directory)
+        if incoming.is_dir():
+            for path in incoming.iterdir():
                 path.unlink(missing_ok=True)
 
     async def pending_by_mailbox(self) -> dict[str, float]:
@@ -209,11 +238,20 @@ class SqliteSpool:
         return sorted((_row_to_message(row) for row in rows), key=lambda m: m.next_attempt_at)
 
     async def read_data(self, queue_id: str) -> bytes:
+        body = await self.read_body(queue_id)
+        if isinstance(body, Path):
+            return await asyncio.to_thread(body.read_bytes)
+        return body
+
+    async def read_body(self, queue_id: str) -> bytes | Path:
         rows = await self._db.query("SELECT body, body_in_file FROM messages WHERE id = ?", (queue_id,))
         if not rows:
             raise FileNotFoundError(f"queue entry {queue_id} does not exist")
         if rows[0]["body_in_file"]:
-            return await asyncio.to_thread((self.data_dir / f"{queue_id}.eml").read_bytes)
+            path = self.data_dir / f"{queue_id}.eml"
+            if not await asyncio.to_thread(path.exists):
+                raise FileNotFoundError(f"queue entry {queue_id} has lost its body file {path.name}")
+            return path
         if rows[0]["body"] is None:
             raise FileNotFoundError(f"queue entry {queue_id} has no body any more")
         return bytes(rows[0]["body"])
