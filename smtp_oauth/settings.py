@@ -284,9 +284,11 @@ class RelaySettings(_Section):
     retention: Duration = timedelta(days=7)
     bounce: bool = False
     shutdown_timeout: Duration = timedelta(seconds=30)
-    allow_networks: list[AllowNetwork] = Field(default_factory=list)
+    # Plain [] (pydantic copies a mutable default per instance): default_factory=list would make
+    # pydantic call inspect.signature(list), which compiles tokenize's regexes at every start-up.
+    allow_networks: list[AllowNetwork] = []
     metrics_listen: str = ""
-    users: list[RelayUser] = Field(default_factory=list)
+    users: list[RelayUser] = []
 
     @field_validator("listen")
     @classmethod

@@ -17,6 +17,7 @@ import email.generator
 import email.policy
 import io
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,18 @@ _XOAUTH2_HINT = (
     "The server does not offer AUTH XOAUTH2 on this connection. Exchange Online offers it after "
     "STARTTLS on smtp.office365.com:587; check smtp.host, smtp.port and smtp.security."
 )
+
+
+def ehlo_name() -> str:
+    """This host's name for EHLO, taken as Postfix takes ``myhostname``: gethostname(), no DNS.
+
+    aiosmtplib's default, ``socket.getfqdn()``, asks DNS, which takes seconds where reverse DNS is
+    broken. Exchange Online does not check the name (RFC 5321 4.1.4: a server may not refuse mail
+    because it fails to verify); a name that would not fit on the EHLO line becomes "localhost".
+    """
+    name = socket.gethostname()
+    fits = 0 < len(name) <= 253 and name.isascii() and all(c.isalnum() or c in ".-" for c in name)
+    return name if fits else "localhost"
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,7 @@ class SmtpSession:
             start_tls=False,
             tls_context=tls_context,
             timeout=timeout,
+            local_hostname=ehlo_name(),
         )
         self.content_sent = False  # True once DATA began: resending after that could duplicate mail
 

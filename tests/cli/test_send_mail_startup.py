@@ -5,6 +5,7 @@ The figures themselves are in bench/bench_send_mail.py; these tests pin the mech
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from email.message import EmailMessage
@@ -44,14 +45,38 @@ def test_unknown_package_attribute_is_an_attribute_error() -> None:
         _ = smtp_oauth.no_such_name  # type: ignore[attr-defined]
 
 
+def _note() -> EmailMessage:
+    message = EmailMessage()
+    message["To"] = "alice@example.test"
+    message["Subject"] = "start-up"
+    message.set_content("Sent by a start-up test.\n")
+    return message
+
+
 async def test_preloaded_context_still_trusts_smtp_ca_file(smtp_oauth_sandbox: Sandbox) -> None:
     """A Mailer that takes the preloaded CAs adds smtp.ca_file to them: the sandbox's certificate verifies."""
     preload_tls_context()
-    message = EmailMessage()
-    message["To"] = "alice@example.test"
-    message["Subject"] = "preloaded"
-    message.set_content("CAs loaded ahead of time.\n")
     async with Mailer(smtp_oauth_sandbox.settings()) as mailer:
-        result = await mailer.send(message)
+        result = await mailer.send(_note())
     assert result.accepted == ["alice@example.test"]
     assert len(smtp_oauth_sandbox.delivered()) == 1
+
+
+async def test_ehlo_names_this_host_without_asking_dns(
+    smtp_oauth_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EHLO carries gethostname(), as Postfix's myhostname; socket.getfqdn (a DNS look-up) is never called."""
+
+    def no_dns() -> str:
+        raise AssertionError("socket.getfqdn() was called")
+
+    monkeypatch.setattr(socket, "getfqdn", no_dns)
+    sent: list[str] = []
+
+    def transcript(direction: str, line: str) -> None:
+        if direction == "C":
+            sent.append(line)
+
+    async with Mailer(smtp_oauth_sandbox.settings(), transcript=transcript) as mailer:
+        await mailer.send(_note())
+    assert f"EHLO {socket.gethostname()}" in sent
