@@ -151,9 +151,9 @@ async def receive_data(
 def read_file_headers(path: Path, *, chunk_size: int = HEADER_CHUNK) -> MessageHeaders:
     """``read_headers`` of the message in ``path``, reading its header section a chunk at a time.
 
-    Blocking: call it in a thread. Each piece handed to ``read_headers`` ends after an LF that is
-    followed by the start of a new field (not by folding white space), so no field is split; the
-    reading stops at the piece holding the empty line that ends the header section.
+    Blocking: call it in a thread. Each piece handed to ``read_headers`` ends just before a line that
+    starts a new field (or is empty), so no field is split; the reading stops at the piece holding
+    the empty line that ends the header section. Memory: a chunk, plus one field however folded.
     """
     addresses: list[str] = []
     message_id: str | None = None
@@ -173,10 +173,17 @@ def read_file_headers(path: Path, *, chunk_size: int = HEADER_CHUNK) -> MessageH
 
 
 def _field_boundary(data: bytes) -> int:
-    """The last offset just after an LF whose next byte does not continue a folded field (0: none)."""
-    end = len(data) - 1  # the byte after the LF must be in ``data``
+    """The last offset just after an LF that starts a new field or the empty line (0: none).
+
+    ``read_headers`` appends a folded line to the last *field*, across lines that are no field (no
+    colon), so a piece may only begin with a field (no leading white space, a colon) or the end.
+    """
+    end = len(data)
     while (lf := data.rfind(b"\n", 0, end)) >= 0:
-        if data[lf + 1 : lf + 2] not in (b" ", b"\t"):
-            return lf + 1
+        next_end = data.find(b"\n", lf + 1)
+        if next_end >= 0:  # the next line is complete: it can be judged
+            line = data[lf + 1 : next_end].removesuffix(b"\r")
+            if not line or (line[:1] not in (b" ", b"\t") and b":" in line):
+                return lf + 1
         end = lf
     return 0
