@@ -17,7 +17,6 @@ What a mail user agent is expected to do, and this module does (RFC 5322, RFC 20
 
 from __future__ import annotations
 
-import mimetypes
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,6 +61,8 @@ class Attachment:
     @property
     def mime_type(self) -> tuple[str, str]:
         """(maintype, subtype): the given type, else guessed from the name, else octet-stream."""
+        import mimetypes  # only messages with attachments need it (send-mail's start-up)
+
         guessed = self.content_type or mimetypes.guess_type(self.filename, strict=False)[0] or ""
         maintype, _, subtype = guessed.lower().partition("/")
         if not (maintype and subtype) or maintype in _NOT_BASE64_TYPES:

@@ -321,6 +321,9 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         hide_input_in_errors=False,
+        # load_settings validates through a subclass (_settings_class) that builds its own
+        # validator: building this one at import would be wasted on every command's start-up.
+        defer_build=True,
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

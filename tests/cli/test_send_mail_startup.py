@@ -5,6 +5,7 @@ The figures themselves are in bench/bench_send_mail.py; these tests pin the mech
 
 from __future__ import annotations
 
+import gc
 import socket
 import subprocess
 import sys
@@ -80,3 +81,14 @@ async def test_ehlo_names_this_host_without_asking_dns(
     async with Mailer(smtp_oauth_sandbox.settings(), transcript=transcript) as mailer:
         await mailer.send(_note())
     assert f"EHLO {socket.gethostname()}" in sent
+
+
+def test_main_leaves_the_garbage_collector_as_it_found_it(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    """send-mail runs without cyclic GC, and an in-process caller gets the collector back enabled."""
+    from smtp_oauth.cli.send_mail import main
+
+    assert gc.isenabled()
+    code = main(["--dry-run", "--from", "a@example.test", "--body", "x", "b@example.test"], prog="send-mail")
+    assert code == 0
+    assert b"To: b@example.test" in capsysbinary.readouterr().out
+    assert gc.isenabled()
