@@ -5,6 +5,7 @@ Structured fields go in ``extra={"event": ..., ...}``; the JSON formatter emits 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -14,19 +15,26 @@ from typing import Any, TextIO
 
 __all__ = ["JsonFormatter", "RedactingFilter", "configure_logging", "redact"]
 
-# JWTs (three base64url parts), XOAUTH2 blobs after AUTH, and Bearer tokens.
-_SECRET_PATTERNS = [
-    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
-    re.compile(r"(?i)(auth=Bearer\s+)\S+"),
-    re.compile(r"(?i)(\bAUTH\s+(?:XOAUTH2|PLAIN|LOGIN)\s+)\S+"),
-    re.compile(r"(?i)(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
-]
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+@functools.cache
+def _secret_patterns() -> tuple[re.Pattern[str], ...]:
+    """JWTs (three base64url parts), XOAUTH2 blobs after AUTH, and Bearer tokens.
+
+    Compiled on first use, not at import: a quiet ``send-mail`` run never redacts anything.
+    """
+    return (
+        re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
+        re.compile(r"(?i)(auth=Bearer\s+)\S+"),
+        re.compile(r"(?i)(\bAUTH\s+(?:XOAUTH2|PLAIN|LOGIN)\s+)\S+"),
+        re.compile(r"(?i)(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    )
 
 
 def redact(text: str) -> str:
     """``text`` with anything that looks like an access token or SASL blob replaced by [redacted]."""
-    for pattern in _SECRET_PATTERNS:
+    for pattern in _secret_patterns():
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[redacted]", text)
     return text
 
