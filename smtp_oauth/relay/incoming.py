@@ -17,7 +17,7 @@ file there and goes on appending in ``SPILL_AT`` pieces, off the event loop. The
 the file over by a rename (``SqliteSpool.enqueue``); whatever is not taken is removed.
 
 ``read_file_headers`` is ``policy.read_headers`` for a message in a file: it reads the header
-section 64 KiB at a time, so a huge header costs no more memory than a small one.
+section 64 KiB at a time, one field in memory, so a huge header costs no more than a small one.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import asyncio
 import enum
 import io
 import os
-import re
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,8 +38,6 @@ __all__ = ["SPILL_AT", "BodyWriter", "DataState", "read_file_headers", "receive_
 SPILL_AT = 256 * 1024  # the spool's inline limit: smaller bodies never touch a file here
 HEADER_CHUNK = 64 * 1024
 _END_OF_DATA = b".\r\n"
-# An empty line ("" or a lone CR before an LF) ends the header section, as policy._header_lines reads it.
-_EMPTY_LINE = re.compile(rb"(?:^|\n)\r?\n")
 
 
 class DataState(enum.Enum):
@@ -72,17 +70,18 @@ class BodyWriter:
 
     async def flush(self) -> None:
         """Move what is in memory to the file (created on the first flush), in a thread."""
+        if self.path is None:
+            assert self._directory is not None  # add() asks for a flush only with a directory
+            # Named here, before the thread runs, so that discard() can always remove it.
+            self.path = self._directory / f"{secrets.token_hex(8)}.tmp"
         data = self._buffer.getvalue()  # the BytesIO's own bytes: no copy
         self._buffer = io.BytesIO()
-        await asyncio.to_thread(self._write, data)
+        await asyncio.to_thread(self._write, self.path, data)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, path: Path, data: bytes) -> None:
         if self._file is None:
-            assert self._directory is not None  # add() asks for a flush only with a directory
-            self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path = self._directory / f"{secrets.token_hex(8)}.tmp"
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            self.path = path
             self._file = os.fdopen(fd, "wb")
         self._file.write(data)
 
@@ -92,7 +91,7 @@ class BodyWriter:
             return self._buffer.getvalue()
         await self.flush()
         await asyncio.to_thread(self._file.close)
-        assert self.path is not None
+        assert self.path is not None  # named by the first flush
         return self.path
 
     def discard(self) -> None:
@@ -101,14 +100,13 @@ class BodyWriter:
         Not awaited, so that it also runs while the session's task is being cancelled.
         """
         self._buffer = io.BytesIO()
-        file, path = self._file, self.path
-        if path is not None and file is not None:
-            asyncio.get_running_loop().run_in_executor(None, _remove, file, path)
+        if self.path is not None:
+            asyncio.get_running_loop().run_in_executor(None, self._remove, self.path)
 
-
-def _remove(file: BinaryIO, path: Path) -> None:
-    file.close()
-    path.unlink(missing_ok=True)
+    def _remove(self, path: Path) -> None:
+        if self._file is not None:
+            self._file.close()
+        path.unlink(missing_ok=True)
 
 
 async def receive_data(
@@ -149,41 +147,48 @@ async def receive_data(
 
 
 def read_file_headers(path: Path, *, chunk_size: int = HEADER_CHUNK) -> MessageHeaders:
-    """``read_headers`` of the message in ``path``, reading its header section a chunk at a time.
+    """``read_headers`` of the message in ``path``, reading only its header section, in chunks.
 
-    Blocking: call it in a thread. Each piece handed to ``read_headers`` ends just before a line that
-    starts a new field (or is empty), so no field is split; the reading stops at the piece holding
-    the empty line that ends the header section. Memory: a chunk, plus one field however folded.
+    Blocking: call it in a thread. Lines are split and grouped exactly as ``read_headers`` does
+    (split at LF, a line empty once one trailing CR is dropped ends the header, a line starting
+    with white space folds into the last field, a line without a colon is no field), and each field
+    is handed to ``read_headers`` on its own: memory is a chunk plus one field, time linear.
     """
     addresses: list[str] = []
     message_id: str | None = None
+    message_id_seen = False
+    field: list[bytes] = []  # the lines of the field being read, as they are in the file
+
+    def field_done() -> None:
+        nonlocal message_id, message_id_seen
+        if not field:
+            return
+        found = read_headers(b"\n".join(field))
+        addresses.extend(found.from_addresses)
+        if not message_id_seen and field[0].partition(b":")[0].strip().lower() == b"message-id":
+            message_id, message_id_seen = found.message_id, True  # the first one counts, as there
+        field.clear()
+
+    for line in _lines(path, chunk_size):
+        if not line.removesuffix(b"\r"):
+            break
+        if line[:1] in (b" ", b"\t") and field:
+            field.append(line)
+        elif b":" in line:
+            field_done()
+            field.append(line)
+        # else: no field (no colon); it does not end the one being folded either
+    field_done()
+    return MessageHeaders(from_addresses=tuple(addresses), message_id=message_id)
+
+
+def _lines(path: Path, chunk_size: int) -> Iterator[bytes]:
+    """The lines of the file split at LF (the LF dropped), read ``chunk_size`` bytes at a time."""
     with path.open("rb") as file:
-        pending = b""
-        while True:
-            chunk = file.read(chunk_size)
-            data = pending + chunk
-            cut = len(data) if not chunk else _field_boundary(data)
-            piece, pending = data[:cut], data[cut:]
-            if piece:
-                found = read_headers(piece)
-                addresses.extend(found.from_addresses)
-                message_id = message_id or found.message_id
-            if not chunk or _EMPTY_LINE.search(piece):
-                return MessageHeaders(from_addresses=tuple(addresses), message_id=message_id)
-
-
-def _field_boundary(data: bytes) -> int:
-    """The last offset just after an LF that starts a new field or the empty line (0: none).
-
-    ``read_headers`` appends a folded line to the last *field*, across lines that are no field (no
-    colon), so a piece may only begin with a field (no leading white space, a colon) or the end.
-    """
-    end = len(data)
-    while (lf := data.rfind(b"\n", 0, end)) >= 0:
-        next_end = data.find(b"\n", lf + 1)
-        if next_end >= 0:  # the next line is complete: it can be judged
-            line = data[lf + 1 : next_end].removesuffix(b"\r")
-            if not line or (line[:1] not in (b" ", b"\t") and b":" in line):
-                return lf + 1
-        end = lf
-    return 0
+        partial = b""
+        while chunk := file.read(chunk_size):
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            yield from lines
+        if partial:
+            yield partial

@@ -6,6 +6,7 @@ import asyncio
 import smtplib
 import socket
 import tempfile
+import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -195,24 +196,40 @@ async def test_recover_removes_bodies_a_killed_relay_was_receiving(tmp_path: Pat
 header_lines = st.lists(
     st.sampled_from(
         [b"From: a@x.test", b"From: b@y.test, c@z.test", b"Subject: s", b" folded", b"\tFrom: no",
-         b"from : d@w.test", b"", b"\r", b"junk", b"X: " + b"v" * 40]
+         b"from : d@w.test", b"", b"\r", b"\r\r", b"junk", b"Message-ID: <m1@x>", b"message-id:",
+         b"X: " + b"v" * 40]
     ),
     max_size=25,
 )  # fmt: skip
 
 
-@settings(max_examples=200)
+@settings(max_examples=300)
 @given(lines=header_lines, ending=st.sampled_from([b"\r\n", b"\n"]), chunk_size=st.integers(1, 64))
 def test_file_headers_read_in_chunks_equal_read_headers(
     lines: list[bytes], ending: bytes, chunk_size: int
 ) -> None:
-    """read_file_headers finds exactly the From: addresses read_headers finds in the whole message."""
+    """read_file_headers finds exactly the From: addresses and Message-ID read_headers finds."""
     data = ending.join(lines) + ending + b"body\r\nFrom: body@not.header\r\n"
     with tempfile.NamedTemporaryFile() as file:
         file.write(data)
         file.flush()
         found = read_file_headers(Path(file.name), chunk_size=chunk_size)
-    assert found.from_addresses == read_headers(data).from_addresses
+    assert found == read_headers(data)
+
+
+@pytest.mark.parametrize("blank_line", [b"\r\n", b""], ids=["header-then-body", "no-blank-line"])
+def test_reading_a_big_files_header_holds_a_chunk_not_the_message(tmp_path: Path, blank_line: bytes) -> None:
+    """8 MiB of colon-free lines, after the header or as the header: read with < 1 MiB allocated."""
+    path = tmp_path / "big.eml"
+    path.write_bytes(HEAD.removesuffix(b"\r\n") + blank_line + (b"0123456789" * 7 + b"\r\n") * 120_000)
+    tracemalloc.start()
+    try:
+        found = read_file_headers(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found.from_addresses == ("fern@contoso.com",)
+    assert peak < 1024 * 1024
 
 
 @pytest.fixture
