@@ -80,6 +80,30 @@ async def test_a_message_file_larger_than_a_chunk_arrives_byte_for_byte(
     assert result.message_id == "<big@test>"
 
 
+def straddling_message() -> bytes:
+    """A message whose first chunk ends in the CR of a CRLF, the next line starting with a dot."""
+    head = b"From: " + MAILBOX.encode() + b"\r\nTo: alice@example.test\r\n\r\n"
+    filler_line = b"y" * 98 + b"\r\n"
+    room = CHUNK_SIZE - len(head)
+    filler = filler_line * (room // len(filler_line) - 1)
+    last = b"z" * (room - len(filler) - 1) + b"\r"  # its LF is the next chunk's first byte
+    message = head + filler + last + b"\n.dot at a chunk boundary\r\n.\r\nend\r\n"
+    assert message[CHUNK_SIZE - 1 : CHUNK_SIZE + 2] == b"\r\n."
+    return message
+
+
+async def test_crlf_and_dot_across_a_chunk_boundary_arrive_intact(
+    settings: Settings, tokens: SigningTokenProvider, exchange: FakeExchange, tmp_path: Path
+) -> None:
+    """A CRLF split by the chunking is one line end; the dot-led lines after it arrive unchanged."""
+    raw = straddling_message()
+    path = tmp_path / "straddle.eml"
+    path.write_bytes(raw)
+    async with Mailer(settings, token_provider=tokens) as mailer:
+        await mailer.send(path, recipients=["alice@example.test"])
+    assert exchange.delivered()[0].data == raw
+
+
 async def test_size_parameter_of_a_file_is_what_goes_on_the_wire(
     settings: Settings, tokens: SigningTokenProvider, exchange: FakeExchange, tmp_path: Path
 ) -> None:

@@ -1,0 +1,44 @@
+"""Delivery of bodies the spool keeps in files: the session gets the path, reports quote the header."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smtp_oauth.relay.spool import NewMessage
+from smtp_oauth.relay.spool_sqlite import INLINE_LIMIT, SqliteSpool
+from tests.relay.test_delivery import MAILBOX, FakeUpstream, running, wait_for_state
+from tests.relay.test_delivery import spool  # noqa: F401  # a fixture: pytest finds it by name
+
+HEADER = b"From: app@example.com\r\nSubject: big scan\r\nMessage-ID: <big@example.com>\r\n\r\n"
+
+
+def big_incoming(rcpts: list[str]) -> NewMessage:
+    body = HEADER + b"scan data line\r\n" * (2 * INLINE_LIMIT // 16)
+    return NewMessage("fern", MAILBOX, "app@example.com", rcpts, body, "127.0.0.1", "<big@example.com>")
+
+
+async def test_a_body_in_a_file_reaches_the_session_as_its_path(spool: SqliteSpool) -> None:
+    """The worker hands the session the spool file's path (streamed by the Mailer), not its bytes."""
+    upstream = FakeUpstream()
+    message = big_incoming(["to@example.net"])
+    queue_id = await spool.enqueue(message)
+    async with running(spool, upstream):
+        await wait_for_state(spool, queue_id, "delivered")
+    [(_, _, _, sent)] = upstream.sent
+    assert isinstance(sent, Path)
+    assert sent.name == f"{queue_id}.eml"
+
+
+async def test_report_for_a_body_in_a_file_quotes_its_header(spool: SqliteSpool) -> None:
+    """A partly refused big message: the report quotes its header, read before the body is dropped."""
+    upstream = FakeUpstream(refuse={"gone@example.net": (550, "5.1.1 unknown")})
+    queue_id = await spool.enqueue(big_incoming(["ok@example.net", "gone@example.net"]))
+    async with running(spool, upstream, bounce=True):
+        await wait_for_state(spool, queue_id, "delivered")
+        [report_entry] = [e for e in await spool.list() if e.id != queue_id]
+        await wait_for_state(spool, report_entry.id, "delivered")
+    [_, (_, _, recipients, report)] = upstream.sent
+    assert recipients == ["app@example.com"]
+    assert isinstance(report, bytes)
+    assert b"Subject: big scan" in report
+    assert b"scan data line" not in report
