@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from smtp_oauth.relay.spool import NewMessage
 from smtp_oauth.relay.spool_sqlite import INLINE_LIMIT, SqliteSpool
 from tests.relay.test_delivery import MAILBOX, FakeUpstream, running, wait_for_state
-from tests.relay.test_delivery import spool  # noqa: F401  # a fixture: pytest finds it by name
 
 HEADER = b"From: app@example.com\r\nSubject: big scan\r\nMessage-ID: <big@example.com>\r\n\r\n"
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[SqliteSpool]:
+    opened = await SqliteSpool.open(tmp_path / "spool", exclusive=True)
+    yield opened
+    await opened.close()
 
 
 def big_incoming(rcpts: list[str]) -> NewMessage:
