@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import logging
-import os
-import re
 import ssl
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from types import TracebackType
@@ -50,6 +47,7 @@ from smtp_oauth.errors import (
     TemporaryDeliveryError,
 )
 from smtp_oauth.smtp_session import SmtpSession, TransactionResult, Transcript
+from smtp_oauth.smtp_stream import MessageFile, open_message_file, read_header_block
 
 if TYPE_CHECKING:
     from smtp_oauth.settings import Settings
@@ -58,12 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["Mailer", "SendResult", "Transcript", "preload_tls_context", "send_message"]
 
 logger = logging.getLogger("smtp_oauth.sender")
-
-MessageFile = BinaryIO | os.PathLike[str]
-"""A raw RFC 5322 message in a file: its path, or a seekable binary file (sent from its position)."""
-
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-_HEADER_READ_LIMIT = 1024 * 1024  # the Message-ID is looked for this far; a header is rarely 1 KiB
 
 
 @dataclass(frozen=True)
@@ -238,9 +230,9 @@ class Mailer:
         """
         if isinstance(message, EmailMessage | bytes | bytearray):
             return await self._send(message, None, sender, recipients, timeout)
-        async with _opened(message) as file:
+        async with open_message_file(message) as file:
             start = await asyncio.to_thread(file.tell)
-            head = await asyncio.to_thread(_read_header_block, file)
+            head = await asyncio.to_thread(read_header_block, file)
             return await self._send(head, (file, start), sender, recipients, timeout)
 
     async def _send(
@@ -304,41 +296,6 @@ class Mailer:
             session, self._session = self._session, None
             if session is not None:
                 await session.close()
-
-
-@contextlib.asynccontextmanager
-async def _opened(message: MessageFile) -> AsyncIterator[BinaryIO]:
-    """The message file: a path is opened (and closed again), a file object is used as it is."""
-    if not isinstance(message, os.PathLike):
-        seekable = getattr(message, "seekable", None)
-        if not (hasattr(message, "read") and callable(seekable) and seekable()):
-            raise TypeError(
-                "message must be an EmailMessage, bytes, a path or a seekable binary file, "
-                f"not {type(message).__name__}"
-            )
-        yield message
-        return
-    file = await asyncio.to_thread(open, message, "rb")
-    try:
-        yield file
-    finally:
-        await asyncio.to_thread(file.close)
-
-
-def _read_header_block(file: BinaryIO) -> bytes:
-    """The start of the message, up to its first empty line (at most 1 MiB); the file is left as it was.
-
-    Only the envelope's checks and the Message-ID need it; the message itself is streamed later.
-    """
-    start = file.tell()
-    head = b""
-    while len(head) < _HEADER_READ_LIMIT and not _HEADER_END.search(head):
-        chunk = file.read(64 * 1024)
-        if not chunk:
-            break
-        head += chunk
-    file.seek(start)
-    return head
 
 
 async def _rewound(file: tuple[BinaryIO, int] | None) -> BinaryIO | None:

@@ -8,12 +8,15 @@ time, encoded exactly as aiosmtplib would encode the whole (lone CR or LF -> CRL
 end, RFC 5321 4.5.2 dot-stuffing), written, and drained before the next chunk is read.
 
 ``measure`` gives RFC 1870's SIZE (octets as transmitted, CRLF included, stuffing dots not) and
-whether the message is 7-bit, in one pass over the file without holding it.
+whether the message is 7-bit, in one pass over the file without holding it. ``open_message_file``
+and ``read_header_block`` are how ``Mailer.send`` takes a message given as a path or a file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 from collections.abc import AsyncIterator
 from typing import BinaryIO
@@ -21,9 +24,23 @@ from typing import BinaryIO
 from aiosmtplib import SMTPDataError, SMTPResponse, SMTPServerDisconnected, SMTPStatus, SMTPTimeoutError
 from aiosmtplib.protocol import SMTPProtocol
 
-__all__ = ["CHUNK_SIZE", "DataEncoder", "StreamingProtocol", "encoded_chunks", "measure"]
+__all__ = [
+    "CHUNK_SIZE",
+    "DataEncoder",
+    "MessageFile",
+    "StreamingProtocol",
+    "encoded_chunks",
+    "measure",
+    "open_message_file",
+    "read_header_block",
+]
+
+MessageFile = BinaryIO | os.PathLike[str]
+"""A raw RFC 5322 message in a file: its path, or a seekable binary file (sent from its position)."""
 
 CHUNK_SIZE = 256 * 1024
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_HEADER_READ_LIMIT = 1024 * 1024  # the Message-ID is looked for this far; a header is rarely 1 KiB
 # aiosmtplib.protocol's LINE_ENDINGS_REGEX without the look-ahead: a CR at a chunk's end is held back.
 _LINE_ENDING = re.compile(rb"\r\n|\n|\r")
 _DOT_AT_LINE_START = re.compile(rb"\n\.")
@@ -104,6 +121,41 @@ async def encoded_chunks(file: BinaryIO) -> AsyncIterator[bytes]:
         if piece:
             yield piece
     yield encoder.finish()
+
+
+@contextlib.asynccontextmanager
+async def open_message_file(message: MessageFile) -> AsyncIterator[BinaryIO]:
+    """The message file: a path is opened (and closed again), a file object is used as it is."""
+    if not isinstance(message, os.PathLike):
+        seekable = getattr(message, "seekable", None)
+        if not (hasattr(message, "read") and callable(seekable) and seekable()):
+            raise TypeError(
+                "message must be an EmailMessage, bytes, a path or a seekable binary file, "
+                f"not {type(message).__name__}"
+            )
+        yield message
+        return
+    file = await asyncio.to_thread(open, message, "rb")
+    try:
+        yield file
+    finally:
+        await asyncio.to_thread(file.close)
+
+
+def read_header_block(file: BinaryIO) -> bytes:
+    """The start of the message, up to its first empty line (at most 1 MiB); the file is left as it was.
+
+    Only the envelope's checks and the Message-ID need it; the message itself is streamed later.
+    """
+    start = file.tell()
+    head = b""
+    while len(head) < _HEADER_READ_LIMIT and not _HEADER_END.search(head):
+        chunk = file.read(64 * 1024)
+        if not chunk:
+            break
+        head += chunk
+    file.seek(start)
+    return head
 
 
 class StreamingProtocol(SMTPProtocol):
