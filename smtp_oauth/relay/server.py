@@ -30,14 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.relay.handler import RelayHandler
 from smtp_oauth.relay.policy import RelayPolicy, check_not_open_relay
-from smtp_oauth.relay.session import (
-    REPLY_SHUTTING_DOWN,
-    AcceptedMessage,
-    ListenerTuning,
-    RelayHandler,
-    RelaySession,
-)
+from smtp_oauth.relay.session import REPLY_SHUTTING_DOWN, AcceptedMessage, ListenerTuning, RelaySession
 from smtp_oauth.settings import RelaySettings, parse_listen
 
 __all__ = ["AcceptedMessage", "ListenerTuning", "RelayListener", "build_tls_context"]
