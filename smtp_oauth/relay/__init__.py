@@ -3,6 +3,7 @@
 How the modules fit together::
 
     server.py / session.py / sasl.py   the SMTP listener (aiosmtpd): AUTH, sender policy, limits
+    handler.py / incoming.py           its hooks and replies; DATA streamed to spool_dir/incoming/
     policy.py / passwords.py           local users, allowed senders, allow_networks; scrypt hashes
             | store(AcceptedMessage) -> queue id, after a durable commit
             v
