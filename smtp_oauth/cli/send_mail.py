@@ -6,9 +6,10 @@ the cause and a hint.
 
 Legacy software runs this once per message, so start-up time matters: msal is imported only when
 the token cache cannot serve a valid token (``tokens.cached_access_token`` reads the cache without
-it), and nothing of the relay, the sandbox or aiosmtpd ever is. Settings (pydantic) and the
-Mailer (aiosmtplib) are needed for every send; they dominate the start-up (see
-bench/bench_send_mail.py).
+it), and nothing of the relay, the sandbox or aiosmtpd ever is. The system's CA bundle loads on a
+thread while pydantic is imported (``sender.preload_tls_context``), EHLO needs no DNS look-up, and
+the cyclic garbage collector stays off for the run. What remains is mostly importing pydantic and
+pydantic-settings, which every send needs to read the settings (see bench/bench_send_mail.py).
 """
 
 from __future__ import annotations
