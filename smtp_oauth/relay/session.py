@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 
 from smtp_oauth.relay.incoming import BodyWriter, DataState, receive_data
 from smtp_oauth.relay.policy import LocalUser, RelayPolicy, cleartext_auth_allowed
@@ -127,6 +127,13 @@ class RelaySession(SMTP):
     def busy(self) -> bool:
         """Inside a mail transaction (between MAIL FROM and the reply to DATA)."""
         return self.envelope is not None and self.envelope.mail_from is not None
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        # SASL mechanism names are case-insensitive (RFC 4422 section 3.1); aiosmtpd looks them up
+        # exactly, which would answer "AUTH plain" from an old client with 504.
+        mechanism, separator, rest = (arg or "").partition(" ")
+        await super().smtp_AUTH(mechanism.upper() + separator + rest)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None

@@ -7,6 +7,7 @@ two local users, and a running listener on 127.0.0.1 with a random port.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import smtplib
 import socket
@@ -181,6 +182,20 @@ async def test_auth_login_mechanism_works() -> None:
             with connect(listener) as client:
                 client.user, client.password = "fern", FERN_PASSWORD
                 return client.auth("LOGIN", client.auth_login, initial_response_ok=False)
+
+        reply = await in_thread(conversation)
+    assert reply[0] == 235
+
+
+async def test_auth_mechanism_names_are_case_insensitive() -> None:
+    """'AUTH plain <b64>' from an old client works like 'AUTH PLAIN' (RFC 4422 section 3.1)."""
+    async with running_listener() as (listener, _):
+
+        def conversation() -> tuple[int, bytes]:
+            with connect(listener) as client:
+                client.ehlo()
+                blob = base64.b64encode(f"\0fern\0{FERN_PASSWORD}".encode()).decode()
+                return client.docmd("AUTH", f"plain {blob}")
 
         reply = await in_thread(conversation)
     assert reply[0] == 235
