@@ -147,7 +147,7 @@ class SqliteSpool:
             raise FileNotFoundError(str(database))
         lock_fd = None
         try:
-            await asyncio.to_thread((directory / "data").mkdir, parents=True, exist_ok=True, mode=0o700)
+            await asyncio.to_thread(_make_private, directory, database)
             if exclusive:
                 lock_fd = await asyncio.to_thread(_take_lock, directory)
             db = await SqliteDatabase.open(database, schema=_SCHEMA, user_version=SCHEMA_VERSION)
@@ -159,8 +159,6 @@ class SqliteSpool:
                 key="relay.spool_dir",
                 hint="Check that relay.spool_dir exists and is writable by the relay's user.",
             ) from exc
-        with contextlib.suppress(OSError):
-            database.chmod(0o600)
         return cls(directory, db, lock_fd)
 
     async def enqueue(self, message: IncomingMessage) -> str:
@@ -355,6 +353,26 @@ class SqliteSpool:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _make_private(directory: Path, database: Path) -> None:
+    """Create the spool directories 0700 and the database file 0600 before SQLite opens it.
+
+    The ``-wal`` and ``-shm`` files hold message bodies too, and SQLite creates them with the mode of
+    the database file at that moment: a database made under the usual umask (0644) and tightened
+    afterwards would leave a world-readable WAL in a world-readable directory.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (directory / "data").mkdir(mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for path in (
+        database,
+        database.with_name(f"{database.name}-wal"),
+        database.with_name(f"{database.name}-shm"),
+    ):
+        with contextlib.suppress(OSError):  # absent, or owned by another user (`sudo smtp-oauth queue`)
+            path.chmod(0o600)
 
 
 def _take_lock(directory: Path) -> int:

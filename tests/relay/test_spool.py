@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -185,3 +187,23 @@ async def test_open_without_create_fails_when_absent(tmp_path: Path) -> None:
     """The queue command does not create a spool that is not there."""
     with pytest.raises(FileNotFoundError):
         await SqliteSpool.open(tmp_path / "none", create=False)
+
+
+async def test_spool_files_holding_bodies_are_private_under_a_loose_umask(tmp_path: Path) -> None:
+    """A new spool is 0700 and its database, WAL and shared-memory files 0600, whatever the umask."""
+    previous = os.umask(0o022)
+    try:
+        opened = await SqliteSpool.open(tmp_path / "spool", exclusive=True)
+    finally:
+        os.umask(previous)
+    try:
+        await opened.enqueue(message(b"Subject: private\r\n\r\nbody\r\n"))
+        directory = opened.directory
+        modes = {
+            path.name: stat.S_IMODE(path.stat().st_mode)
+            for path in (directory, directory / "queue.sqlite3", directory / "queue.sqlite3-wal")
+        }
+        assert modes == {"spool": 0o700, "queue.sqlite3": 0o600, "queue.sqlite3-wal": 0o600}
+        assert stat.S_IMODE((directory / "queue.sqlite3-shm").stat().st_mode) == 0o600
+    finally:
+        await opened.close()
