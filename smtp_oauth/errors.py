@@ -205,6 +205,12 @@ class TokenError(SmtpOAuthError):
     def explain(self) -> str | None:
         if self.aadsts_code in _AADSTS_HINTS:
             return _fill(_AADSTS_HINTS[self.aadsts_code], self.context)
+        if self.error == "untrusted_certificate":
+            return (
+                "The identity provider's TLS certificate is not trusted. Behind a TLS-inspecting proxy, "
+                "or for a private or test identity provider, set identity.ca_file to the PEM bundle of "
+                "the CA that signed it."
+            )
         if self.temporary:
             return "The identity provider could not be reached or is busy; try again later."
         if self.error == "invalid_grant":

@@ -47,7 +47,11 @@ def _network_reason(exc: BaseException) -> str:
     if isinstance(exc, requests.Timeout):
         return "timed out"
     text = str(exc)
-    for pattern in (r"(certificate verify failed[^'\")\]]*)", r"\[Errno -?\d+\] ([^'\")]+)"):
+    # OpenSSL's reason ends with its source position, "... certificate (_ssl.c:1006)": not for people.
+    for pattern in (
+        r"(certificate verify failed.*?)\s*(?:\(_ssl\.c:\d+\)|['\")\]]|$)",
+        r"\[Errno -?\d+\] ([^'\")]+)",
+    ):
         if match := re.search(pattern, text):
             return match.group(1).strip()
     return type(exc).__name__
@@ -144,9 +148,13 @@ class ErrorMapper:
         except SmtpOAuthError:
             raise
         except requests.RequestException as exc:
+            reason = _network_reason(exc)
             raise self.token_error(
-                f"cannot reach the identity provider {self._authority}: {_network_reason(exc)}",
-                error="network_error",
+                f"cannot reach the identity provider {self._authority}: {reason}",
+                # A certificate that does not verify is not a busy server: explain() names the fix.
+                error="untrusted_certificate"
+                if reason.startswith("certificate verify failed")
+                else "network_error",
                 temporary=True,
             ) from exc
         except msal.exceptions.MsalServiceError as exc:  # MSAL's raise_for_status() on HTTP >= 500

@@ -535,6 +535,23 @@ async def test_untrusted_idp_certificate_is_reported(smtp_oauth_sandbox: Sandbox
         await create_token_provider(settings).access_token()
 
 
+async def test_untrusted_idp_certificate_hint_names_identity_ca_file(
+    smtp_oauth_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """An untrusted IdP certificate: the whole reason, and a hint naming identity.ca_file."""
+    other_ca = tmp_path / "other-ca.pem"
+    other_ca.write_text(
+        smtp_oauth_sandbox.tenant.certificate_path.read_text().split("-----END PRIVATE KEY-----")[1]
+    )
+    settings = settings_for(smtp_oauth_sandbox, ca_file=str(other_ca))
+    with pytest.raises(TokenError) as caught:
+        await create_token_provider(settings).access_token()
+    assert str(caught.value).endswith("certificate verify failed: unable to get local issuer certificate")
+    hint = caught.value.explain() or ""
+    assert "identity.ca_file" in hint
+    assert "try again later" not in hint
+
+
 async def test_ca_file_beats_requests_ca_bundle(
     smtp_oauth_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
