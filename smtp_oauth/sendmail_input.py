@@ -14,10 +14,14 @@ Conventions followed (Postfix sendmail(1), msmtp; see ../shared/reference/exchan
   headers (it is being forwarded), in Resent-To, Resent-Cc and Resent-Bcc; plus the command-line
   recipients (Postfix >= 2.1).
 - Bcc and Resent-Bcc are always removed; From, Date and Message-ID are added when missing.
+- A From header naming only a local user (cron's ``From: "(Cron Daemon)" <root>``) is replaced by
+  the sender's address with the same name: Postfix would append its own domain, but Exchange
+  Online sends only as the mailbox (or one it may SendAs), so the unqualified name cannot go out.
 """
 
 from __future__ import annotations
 
+import email.utils
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +54,7 @@ _FIELD_START = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _RECIPIENT_FIELDS = ("to", "cc", "bcc")
 _RESENT_RECIPIENT_FIELDS = ("resent-to", "resent-cc", "resent-bcc")
 _BLIND_FIELDS = frozenset({"bcc", "resent-bcc"})
+_LOCAL_PART = re.compile(r"[A-Za-z0-9._+-]+")  # a Unix user name, as cron and at(1) put in From
 
 
 def read_message(lines: Iterable[bytes], *, ignore_dots: bool) -> bytes:
@@ -121,6 +126,20 @@ def header_recipients(fields: Sequence[bytes]) -> list[Address]:
     return addresses
 
 
+def _local_from(fields: Sequence[bytes]) -> str | None:
+    """The display name of a single From header naming only a local user (no domain), else None."""
+    values = [_field_value(f) for f in fields if _field_name(f) == "from"]
+    if len(values) != 1:
+        return None
+    addresses = email.utils.getaddresses(values)
+    if len(addresses) != 1:
+        return None
+    name, address = addresses[0]
+    if not address or "@" in address or not _LOCAL_PART.fullmatch(address):
+        return None
+    return " ".join(name.split())  # one line: a name is never a place for a second header
+
+
 def _render_fields(values: Sequence[tuple[str, str | Address]]) -> bytes:
     """Header fields as CRLF-terminated bytes, RFC 2047-encoded or UTF-8 as the addresses need."""
     addresses = [v for _, v in values if isinstance(v, Address)]
@@ -162,10 +181,15 @@ def prepare_message(
         envelope += header_recipients(fields)
     envelope += recipients
 
+    author = from_address or envelope_sender
+    local_from = _local_from(fields)
+    if local_from is not None:
+        fields = [f for f in fields if _field_name(f) != "from"]
+        author = Address(local_from or author.display_name, author.username, author.domain)
     names = {_field_name(f) for f in fields}
     missing: list[tuple[str, str | Address]] = []
     if "from" not in names:
-        missing.append(("From", from_address or envelope_sender))
+        missing.append(("From", author))
     if "date" not in names:
         missing.append(("Date", message_date()))
     if "message-id" not in names:

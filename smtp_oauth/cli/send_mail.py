@@ -104,8 +104,11 @@ def _sender_addresses(args: SendMailArgs, settings: Settings | None) -> tuple[Ad
     from smtp_oauth.message import parse_address
 
     header_from = parse_address(args.sender, what="--from") if args.sender else None
-    if args.envelope_from:
-        envelope = parse_address(args.envelope_from, what="envelope sender (-f)")
+    # A bare local name (cron's `-f root`) is a local user, not an address Exchange can send as:
+    # Postfix would qualify it with its own domain; here the configured mailbox sends instead.
+    envelope_from = args.envelope_from if args.envelope_from and "@" in args.envelope_from else None
+    if envelope_from:
+        envelope = parse_address(envelope_from, what="envelope sender (-f)")
     elif header_from is not None:
         envelope = header_from
     elif settings is not None:
@@ -252,7 +255,7 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
 
         # The CA bundle loads on another core while pydantic is imported and the message built.
         preload_tls_context()
-    explicit_sender = bool(args.envelope_from or args.sender)
+    explicit_sender = bool(args.sender or (args.envelope_from and "@" in args.envelope_from))
     settings = None if args.dry_run and explicit_sender else _load_settings(args)
     envelope, header_from = _sender_addresses(args, settings)
     build = _sendmail if sendmail_mode else _compose

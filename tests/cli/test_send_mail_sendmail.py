@@ -212,3 +212,33 @@ async def test_sendmail_name_reports_as_sendmail(env: dict[str, str], tmp_path: 
     run = await run_send_mail("-s", "subject", "a@example.com", env=env, program=link)
     assert run.returncode == ExitCode.USAGE
     assert run.stderr.startswith("sendmail: --subject cannot be used in sendmail mode")
+
+
+# What cronie pipes into "$MAILCMD -FCronDaemon -i -odi -oem -oi -t -f <user>" (do_command.c).
+CRON_MESSAGE = (
+    b'From: "(Cron Daemon)" <root>\nTo: ops@example.com\nSubject: Cron <root@host> backup\n'
+    b"MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nX-Cron-Env: <SHELL=/bin/sh>\n\n"
+    b"backup done\n"
+)
+
+
+async def test_cron_mail_with_local_sender_is_delivered(sandbox: Sandbox, env: dict[str, str]) -> None:
+    """cron's `-f root` and `From: <root>` (no domain) are sent as the configured mailbox, not refused."""
+    run = await run_send_mail(
+        "--config", sandbox.config_path, "-FCronDaemon", "-i", "-odi", "-oem", "-oi", "-t", "-f", "root",
+        env=env, stdin=CRON_MESSAGE,
+    )  # fmt: skip
+    assert run.returncode == ExitCode.OK, run.stderr
+    (delivered,) = sandbox.delivered()
+    assert delivered.mail_from == mailbox_of(sandbox)
+    (author,) = delivered.message["From"].addresses
+    assert (author.display_name, author.addr_spec) == ("(Cron Daemon)", mailbox_of(sandbox))
+    assert delivered.message["Subject"] == "Cron <root@host> backup"
+
+
+async def test_qualified_from_header_is_kept(sandbox: Sandbox, env: dict[str, str]) -> None:
+    """A From header with a domain is left as written; only a bare local name is replaced."""
+    stdin = b"From: Someone <someone@example.org>\nTo: a@example.com\n\nx\n"
+    run = await run_send_mail("--config", sandbox.config_path, "--dry-run", "-ti", env=env, stdin=stdin)
+    assert run.returncode == ExitCode.OK, run.stderr
+    assert run.stdout.startswith(b"From: Someone <someone@example.org>\n")
