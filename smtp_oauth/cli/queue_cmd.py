@@ -17,10 +17,12 @@ from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
 
-from smtp_oauth.cli.common import add_config_option, load_settings_from_args
+from smtp_oauth.cli.common import add_config_option
 from smtp_oauth.errors import ExitCode
+from smtp_oauth.logs import configure_logging
 from smtp_oauth.relay.spool import STATES, SpooledMessage
 from smtp_oauth.relay.spool_sqlite import SqliteSpool
+from smtp_oauth.settings import Settings, load_settings
 
 __all__ = ["add_arguments", "run"]
 
@@ -171,8 +173,20 @@ async def _run(directory: Path, args: argparse.Namespace) -> int | None:
         await spool.close()
 
 
+def _queue_settings(args: argparse.Namespace) -> Settings:
+    """The settings (spool_dir, logging), without requiring the identity's credential.
+
+    The queue command never signs in, and under the shipped systemd unit the client secret reaches
+    only the relay (``LoadCredential``): an operator running ``smtp-oauth queue list`` must not be
+    told to supply a secret. A delegated flow needs no credential in the configuration.
+    """
+    settings = load_settings(getattr(args, "config", None), identity={"flow": "device_code"})
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings_from_args(args)
+    settings = _queue_settings(args)
     directory = settings.spool_path
     result = asyncio.run(_run(directory, args))
     if result is not None:

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from smtp_oauth.relay.spool import NewMessage
+from smtp_oauth.relay.spool_sqlite import SqliteSpool
 from smtp_oauth.sandbox import Sandbox
 from tests.relay.relay_harness import (
     RelayProcess,
@@ -121,3 +123,31 @@ async def test_unknown_id_exits_1(sandbox: Sandbox, tmp_path: Path) -> None:
         code, _, err = await queue(sandbox, tmp_path, action, "ffffffffffffffff")
         assert code == 1
         assert "ffffffffffffffff" in err
+
+
+async def test_queue_works_without_the_credential_only_the_relay_gets(tmp_path: Path) -> None:
+    """`queue list` needs no client secret: under systemd only the relay gets it (LoadCredential)."""
+    spool = await SqliteSpool.open(tmp_path / "spool")
+    try:
+        queue_id = await spool.enqueue(
+            NewMessage(
+                "fern", "box@contoso.com", "fern@contoso.com", ["a@example.net"], b"Subject: x\r\n\r\nx\r\n"
+            )
+        )
+    finally:
+        await spool.close()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[identity]\ntenant_id = "contoso.onmicrosoft.com"\n'
+        'client_id = "11111111-2222-3333-4444-555555555555"\n'
+        f'[smtp]\nusername = "box@contoso.com"\n[relay]\nspool_dir = "{tmp_path / "spool"}"\n'
+    )
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "smtp_oauth", "--config", str(config), "queue", "list", "--json"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_environment(tmp_path),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    assert [entry["id"] for entry in json.loads(out)] == [queue_id]
