@@ -126,20 +126,25 @@ def _compose(args: SendMailArgs, envelope: Address, header_from: Address) -> Out
     """Build the message from the compose options; body from --body, --body-file or stdin."""
     from smtp_oauth.message import Attachment, build_message, dedupe_addresses, parse_addresses
 
-    to = parse_addresses([*args.to, *args.recipients], what="To")
-    cc = parse_addresses(args.cc, what="Cc")
-    bcc = parse_addresses(args.bcc, what="Bcc")
-    recipients = dedupe_addresses([*to, *cc, *bcc])
-    if not recipients:
-        raise MessageError("no recipients", hint="Give addresses as arguments or with --to, --cc or --bcc.")
     headers = []
+    # "--header 'Cc: x'" means --cc x: written as a plain header, x would be named but never sent to.
+    by_header: dict[str, list[str]] = {"to": [], "cc": [], "bcc": []}
     for header in args.header:
         name, colon, value = header.partition(":")
         name = name.strip()
         # RFC 5322 3.6.8: a field name is printable ASCII without ':' or spaces.
         if not colon or not name or not all("!" <= char <= "~" for char in name):
             raise UsageError(f"--header expects 'Name: value', got {header!r}")
-        headers.append((name, value.strip()))
+        if name.lower() in by_header:
+            by_header[name.lower()].append(value.strip())
+        else:
+            headers.append((name, value.strip()))
+    to = parse_addresses([*args.to, *args.recipients, *by_header["to"]], what="To")
+    cc = parse_addresses([*args.cc, *by_header["cc"]], what="Cc")
+    bcc = parse_addresses([*args.bcc, *by_header["bcc"]], what="Bcc")
+    recipients = dedupe_addresses([*to, *cc, *bcc])
+    if not recipients:
+        raise MessageError("no recipients", hint="Give addresses as arguments or with --to, --cc or --bcc.")
     html = _decode_text(_read_file(args.html, "HTML file")) if args.html else None
     attachments = [Attachment(Path(path).name, _read_file(path, "attachment")) for path in args.attach]
     if args.body is not None:

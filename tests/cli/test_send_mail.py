@@ -167,6 +167,21 @@ async def test_bcc_gets_the_mail_but_no_header(sandbox: Sandbox, env: dict[str, 
     assert "Bcc" not in delivered.message
 
 
+async def test_recipient_headers_given_with_header_get_the_mail(
+    sandbox: Sandbox, env: dict[str, str]
+) -> None:
+    """--header "Cc: ..." / "Bcc: ..." work as --cc / --bcc: their addresses receive it, Bcc stays hidden."""
+    run = await run_send_mail(
+        "--config", sandbox.config_path, "--body", "x", "--to", "a@example.com",
+        "--header", "Cc: boss@example.com", "--header", "Bcc: hidden@example.com", env=env,
+    )  # fmt: skip
+    assert run.returncode == ExitCode.OK, run.stderr
+    (delivered,) = sandbox.delivered()
+    assert sorted(delivered.rcpt_tos) == ["a@example.com", "boss@example.com", "hidden@example.com"]
+    assert delivered.message["Cc"] == "boss@example.com"
+    assert b"hidden@example.com" not in delivered.data
+
+
 async def test_extra_headers_and_reply_to_arrive(sandbox: Sandbox, env: dict[str, str]) -> None:
     """--header adds a header, --reply-to sets Reply-To, --from sets a display name."""
     mailbox = mailbox_of(sandbox)
