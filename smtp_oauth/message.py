@@ -17,6 +17,7 @@ What a mail user agent is expected to do, and this module does (RFC 5322, RFC 20
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +48,13 @@ _FORBIDDEN_IN_ADDRESS = set(' \t\r\n<>()[],;:"\\')
 _ADDRESS_HINT = (
     "An address is name@domain, optionally with a display name: Jane Doe <jane@example.com>. "
     'A display name holding a comma or other punctuation needs quotes: "Doe, Jane" <jane@example.com>.'
+)
+
+# cron mails a job's output to the bare user name when MAILTO is not set.
+_USER_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_LOCAL_USER_HINT = (
+    "Mail goes out through Exchange Online, which has no local users: give a full address "
+    "(name@domain). For cron, set MAILTO=you@example.com in the crontab."
 )
 
 
@@ -107,7 +115,9 @@ def parse_addresses(values: Iterable[str], *, what: str = "recipient") -> list[A
         ]
         invalid = [a for a in parsed if not _valid_addr_spec(a.addr_spec)]
         if repaired or invalid or (not parsed and ":" not in value):
-            raise MessageError(f"invalid {what} address: {value.strip()!r}", hint=_ADDRESS_HINT)
+            local = bool(parsed) and all(not a.domain and _USER_NAME.fullmatch(a.username) for a in parsed)
+            hint = _LOCAL_USER_HINT if local else _ADDRESS_HINT
+            raise MessageError(f"invalid {what} address: {value.strip()!r}", hint=hint)
         addresses.extend(parsed)
     return addresses
 

@@ -66,6 +66,15 @@ def test_parse_addresses_rejects_non_addresses(bad: str) -> None:
     assert "To" in str(caught.value)
 
 
+def test_local_user_name_gets_a_hint_about_full_addresses() -> None:
+    """A bare user name (cron's default MAILTO) is refused with a hint to give a full address."""
+    with pytest.raises(MessageError) as caught:
+        parse_addresses(["root"], what="To header")
+    hint = caught.value.explain() or ""
+    assert "no local users" in hint
+    assert "MAILTO" in hint
+
+
 def test_parse_addresses_accepts_non_ascii_addresses() -> None:
     """Internationalised addresses (RFC 6531) are kept as they are."""
     (found,) = parse_addresses(["jörg@bücher.example"])
