@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from smtp_oauth.relay.policy import MessageHeaders, read_headers
+from smtp_oauth.relay.policy import LINE_END, MessageHeaders, read_headers
 
 __all__ = ["SPILL_AT", "BodyWriter", "DataState", "read_file_headers", "receive_data"]
 
@@ -150,7 +150,7 @@ def read_file_headers(path: Path, *, chunk_size: int = HEADER_CHUNK) -> MessageH
     """``read_headers`` of the message in ``path``, reading only its header section, in chunks.
 
     Blocking: call it in a thread. Lines are split and grouped exactly as ``read_headers`` does
-    (split at LF, a line empty once one trailing CR is dropped ends the header, a line starting
+    (split at CRLF, LF or a lone CR, an empty line ends the header, a line starting
     with white space folds into the last field, a line without a colon is no field), and each field
     is handed to ``read_headers`` on its own: memory is a chunk plus one field, time linear.
     """
@@ -170,7 +170,7 @@ def read_file_headers(path: Path, *, chunk_size: int = HEADER_CHUNK) -> MessageH
         field.clear()
 
     for line in _lines(path, chunk_size):
-        if not line.removesuffix(b"\r"):
+        if not line:
             break
         if line[:1] in (b" ", b"\t") and field:
             field.append(line)
@@ -183,12 +183,16 @@ def read_file_headers(path: Path, *, chunk_size: int = HEADER_CHUNK) -> MessageH
 
 
 def _lines(path: Path, chunk_size: int) -> Iterator[bytes]:
-    """The lines of the file split at LF (the LF dropped), read ``chunk_size`` bytes at a time."""
+    """The lines of the file split at CRLF, LF or a lone CR (``policy.LINE_END``, dropped), read
+    ``chunk_size`` bytes at a time. A CR that ends a chunk waits for the next: it may start a CRLF.
+    """
     with path.open("rb") as file:
         partial = b""
         while chunk := file.read(chunk_size):
-            lines = (partial + chunk).split(b"\n")
-            partial = lines.pop()
+            text = partial + chunk
+            held = b"\r" if text.endswith(b"\r") else b""
+            lines = LINE_END.split(text[: len(text) - len(held)])
+            partial = lines.pop() + held
             yield from lines
         if partial:
-            yield partial
+            yield from LINE_END.split(partial)

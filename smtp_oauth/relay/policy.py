@@ -17,6 +17,7 @@ running policy instead of locking every sender out.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from email.utils import getaddresses
 
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 NULL_SENDER = "<>"  # the empty reverse-path of bounces (RFC 5321 4.5.5), as written in allowed_senders
+# What ends a line of a message on its way upstream: CRLF, a bare LF or a lone CR (each sent as CRLF).
+LINE_END = re.compile(rb"\r\n|\n|\r")
 MAX_MESSAGE_ID_LENGTH = 998  # RFC 5322 line limit; a longer "Message-ID" is junk, not an id for logs
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -215,21 +218,20 @@ class MessageHeaders:
 def _header_lines(data: bytes) -> list[bytes]:
     """The header section's lines, up to the first empty one.
 
-    Bare LF counts as a line end here (CRLF-only is the wire rule, but parsers downstream are lenient):
-    reading more lines as header fields can only make the From: check stricter.
+    A bare LF and a lone CR end a line here as CRLF does (CRLF-only is the wire rule): delivery
+    sends each of them upstream as CRLF (``smtp_stream.DataEncoder``), so Exchange sees exactly these
+    lines. Not splitting at a lone CR would let ``X: y<CR>From: someone@else`` past the From: check.
     """
     lines: list[bytes] = []
     start = 0
-    while start < len(data):
-        end = data.find(b"\n", start)
-        line = data[start:] if end < 0 else data[start:end]
-        line = line.removesuffix(b"\r")
+    for end in LINE_END.finditer(data):
+        line = data[start : end.start()]
         if not line:
-            break
+            return lines
         lines.append(line)
-        if end < 0:
-            break
-        start = end + 1
+        start = end.end()
+    if start < len(data):
+        lines.append(data[start:])
     return lines
 
 

@@ -300,6 +300,24 @@ async def test_from_header_of_someone_else_gets_550() -> None:
     assert store.messages == []
 
 
+async def test_from_header_hidden_behind_a_lone_cr_gets_550() -> None:
+    """'X: y<CR>From: ceo' is two header lines upstream (a lone CR is sent as CRLF): refused at DATA."""
+    plain = base64.b64encode(b"\0fern\0" + FERN_PASSWORD.encode()).decode()
+    lines = [
+        b"EHLO legacy.example\r\n",
+        f"AUTH PLAIN {plain}\r\n".encode(),
+        b"MAIL FROM:<fern@contoso.com>\r\n",
+        b"RCPT TO:<alice@example.com>\r\n",
+        b"DATA\r\n",
+        b"X-Legacy: y\rFrom: CEO <ceo@contoso.com>\r\nSubject: hi\r\n\r\nbody\r\n.\r\n",
+        b"QUIT\r\n",
+    ]
+    async with running_listener() as (listener, store):
+        transcript = await in_thread(lambda: raw_conversation(listener.addresses[0], lines))
+    assert b"550 5.7.1 Sender <ceo@contoso.com> not allowed for user <fern>" in transcript
+    assert store.messages == []
+
+
 async def test_sender_rules_ignore_case() -> None:
     """Addresses match allowed_senders case-insensitively, in MAIL FROM and in From:."""
     shouting = MESSAGE.replace(b"fern@contoso.com", b"Fern@Contoso.COM")

@@ -197,7 +197,7 @@ header_lines = st.lists(
     st.sampled_from(
         [b"From: a@x.test", b"From: b@y.test, c@z.test", b"Subject: s", b" folded", b"\tFrom: no",
          b"from : d@w.test", b"", b"\r", b"\r\r", b"junk", b"Message-ID: <m1@x>", b"message-id:",
-         b"X: " + b"v" * 40]
+         b"X: " + b"v" * 40, b"X: y\rFrom: e@v.test", b"\rFrom: f@u.test"]
     ),
     max_size=25,
 )  # fmt: skip
