@@ -196,9 +196,27 @@ class MailboxPool:
         return None
 
     async def _delivered(self, entry: SpooledMessage, data: Body, receipt: Receipt) -> None:
-        if receipt.refused:
+        # Recipients refused with a 4xx are tried again (the entry stays, for them alone); the
+        # others got the message and are never sent it twice. 5xx refusals are final.
+        temporary = [address for address, (code, _) in receipt.refused.items() if code < 500]
+        retry_at = self._retry_at(entry) if temporary else None
+        if retry_at is None:
+            temporary = []  # none, or too old to try again: final like a 5xx
+        permanent = {addr: reply for addr, reply in receipt.refused.items() if addr not in temporary}
+        if permanent:
             data = await self._original(data)  # before mark_delivered drops the body file
-        await self.spool.mark_delivered(entry.id, reply=receipt.reply, refused=receipt.refused)
+        refused = {**entry.refused, **permanent}
+        if retry_at is None:
+            await self.spool.mark_delivered(entry.id, reply=receipt.reply, refused=refused)
+        else:
+            code, text = receipt.refused[temporary[0]]
+            await self.spool.mark_partly_delivered(
+                entry.id,
+                remaining=temporary,
+                next_attempt_at=retry_at,
+                reply=f"{code} {text}",
+                refused=refused,
+            )
         self.results["delivered"] += 1
         _log(
             logging.INFO,
@@ -208,22 +226,39 @@ class MailboxPool:
             attempts=entry.attempts + 1,
             refused=len(receipt.refused),
         )
-        if receipt.refused:
-            failed = {addr: f"{code} {text}" for addr, (code, text) in receipt.refused.items()}
+        if retry_at is not None:
+            self.results["deferred"] += 1
+            _log(
+                logging.WARNING,
+                entry,
+                "deferred",
+                f"{len(temporary)} recipient(s) refused for now, to be tried again: {code} {text}",
+                upstream_reply=f"{code} {text}",
+                attempts=entry.attempts + 1,
+                retry_in_s=round(retry_at - time.time(), 1),
+                remaining=len(temporary),
+            )
+            self.on_change()
+        if permanent:
+            failed = {addr: f"{code} {text}" for addr, (code, text) in permanent.items()}
             _log(logging.WARNING, entry, "refused", "some recipients were refused", refused=failed)
             await self._bounce(entry, data, failed, "the server refused these recipients", None)
 
-    async def _deferred(self, entry: SpooledMessage, error: BaseException) -> None:
-        now = time.time()
-        attempts = entry.attempts + 1
-        retry_at = next_attempt_at(
-            now=now,
+    def _retry_at(self, entry: SpooledMessage) -> float | None:
+        """When to try ``entry`` again after this failed attempt; None once it is too old."""
+        return next_attempt_at(
+            now=time.time(),
             created_at=entry.created_at,
-            attempts=attempts,
+            attempts=entry.attempts + 1,
             max_queue_age=self.config.max_queue_age,
             base=self.config.backoff_base,
             cap=self.config.backoff_cap,
         )
+
+    async def _deferred(self, entry: SpooledMessage, error: BaseException) -> None:
+        now = time.time()
+        attempts = entry.attempts + 1
+        retry_at = self._retry_at(entry)
         reply = _reply_of(error)
         hint = error.explain() if isinstance(error, SmtpOAuthError) else None
         if retry_at is None:

@@ -160,6 +160,18 @@ class Spool(Protocol):
 
     async def mark_deferred(self, queue_id: str, *, next_attempt_at: float, reply: str) -> None: ...
 
+    async def mark_partly_delivered(
+        self,
+        queue_id: str,
+        *,
+        remaining: list[str],
+        next_attempt_at: float,
+        reply: str,
+        refused: dict[str, tuple[int, str]],
+    ) -> None:
+        """The others got it; ``remaining`` were refused for now (4xx): ``deferred`` for them alone."""
+        ...
+
     async def mark_dead(self, queue_id: str, *, reply: str) -> None: ...
 
     async def release(self, queue_id: str) -> None:

@@ -273,6 +273,23 @@ class SqliteSpool:
             (reply, next_attempt_at),
         )
 
+    async def mark_partly_delivered(
+        self,
+        queue_id: str,
+        *,
+        remaining: list[str],
+        next_attempt_at: float,
+        reply: str,
+        refused: dict[str, tuple[int, str]],
+    ) -> None:
+        # One UPDATE: the recipients that took the message never get it twice, whenever a crash comes.
+        await self._finish(
+            queue_id,
+            "state = 'deferred', attempts = attempts + 1, rcpt_tos = ?, last_reply = ?, refused = ?, "
+            "next_attempt_at = ?",
+            (json.dumps(remaining), reply, json.dumps(refused), next_attempt_at),
+        )
+
     async def mark_dead(self, queue_id: str, *, reply: str) -> None:
         await self._finish(queue_id, "state = 'dead', attempts = attempts + 1, last_reply = ?", (reply,))
 

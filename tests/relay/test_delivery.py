@@ -312,3 +312,18 @@ async def test_refused_recipients_are_reported_to_the_sender(spool: SqliteSpool)
     assert recipients == ["app@example.com"]
     assert b"Final-Recipient: rfc822; gone@example.net" in report
     assert b"Final-Recipient: rfc822; ok@example.net" not in report
+
+
+async def test_recipients_refused_for_now_are_retried_alone(spool: SqliteSpool) -> None:
+    """A 4xx for one recipient defers the message for that recipient only; the others get it once."""
+    upstream = FakeUpstream(refuse={"busy@example.net": (452, "4.2.2 mailbox busy")})
+    queue_id = await spool.enqueue(incoming(1, rcpts=["ok@example.net", "busy@example.net"]))
+    async with running(spool, upstream):
+        entry = await wait_for_state(spool, queue_id, "deferred")
+        assert (entry.rcpt_tos, entry.last_reply) == (["busy@example.net"], "452 4.2.2 mailbox busy")
+        upstream.refuse.clear()
+        await wait_for_state(spool, queue_id, "delivered")
+    assert [recipients for _, _, recipients, _ in upstream.sent] == [
+        ["ok@example.net", "busy@example.net"],
+        ["busy@example.net"],
+    ]
