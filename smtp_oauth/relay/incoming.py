@@ -27,7 +27,7 @@ import enum
 import io
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,6 +37,7 @@ __all__ = ["SPILL_AT", "BodyWriter", "DataState", "read_file_headers", "receive_
 
 SPILL_AT = 256 * 1024  # the spool's inline limit: smaller bodies never touch a file here
 HEADER_CHUNK = 64 * 1024
+PROGRESS_EVERY = 8 * 1024  # DATA octets between two restarts of the idle timer
 _END_OF_DATA = b".\r\n"
 
 
@@ -110,15 +111,23 @@ class BodyWriter:
 
 
 async def receive_data(
-    reader: asyncio.StreamReader, body: BodyWriter, *, size_limit: int | None, line_length_limit: int
+    reader: asyncio.StreamReader,
+    body: BodyWriter,
+    *,
+    size_limit: int | None,
+    line_length_limit: int,
+    progress: Callable[[], None] | None = None,
 ) -> DataState:
     """Read DATA up to the lone dot, dot-unstuffed lines into ``body`` (aiosmtpd 1.4.6's loop).
 
     ``reader``'s limit is the line limit: a longer line raises LimitOverrunError, and is drained.
     After a 500 or 552 condition ``body`` gets nothing more; the caller discards it. A client that
     goes away raises (IncompleteReadError, or the task is cancelled): nothing is stored then either.
+    ``progress`` is called each ``PROGRESS_EVERY`` octets: the session's idle timer restarts, so a
+    big message on a slow link is not cut off while it is still arriving (RFC 5321 4.5.3.2.6).
     """
     received = 0
+    progress_at = PROGRESS_EVERY
     state = DataState.COMPLETE
     fragments: list[bytes] = []
     while True:
@@ -131,6 +140,9 @@ async def receive_data(
         if not fragments and line == _END_OF_DATA:
             return state
         received += len(line)
+        if progress is not None and received >= progress_at:
+            progress()
+            progress_at = received + PROGRESS_EVERY
         if state is DataState.COMPLETE and size_limit and received > size_limit:
             state = DataState.TOO_MUCH
         fragments.append(line)

@@ -174,6 +174,8 @@ class RelaySession(SMTP):
                     body,
                     size_limit=self.data_size_limit,
                     line_length_limit=self.line_length_limit,
+                    # aiosmtpd times the whole command: idle must mean no data, not a long message.
+                    progress=self._reset_timeout,
                 )
             except asyncio.CancelledError:
                 log.info("connection lost during DATA")

@@ -6,6 +6,7 @@ import asyncio
 import smtplib
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,6 +18,7 @@ from tests.relay.test_listener import (
     connect,
     in_thread,
     raw_conversation,
+    read_reply,
     relay_settings,
     running_listener,
     send,
@@ -197,3 +199,32 @@ async def test_idle_session_is_closed_after_the_timeout() -> None:
         transcript = await in_thread(conversation)
     assert transcript.startswith(b"220 ")
     assert transcript.count(b"\r\n") == 1  # the greeting, then EOF
+
+
+async def test_a_message_arriving_slowly_outlasts_the_idle_timeout() -> None:
+    """DATA still arriving is not idle: a message taking 3x the idle timeout to arrive is accepted."""
+    async with running_listener(tuning=ListenerTuning(idle_timeout=0.6)) as (listener, store):
+
+        def conversation() -> bytes:
+            with socket.create_connection(listener.addresses[0], timeout=10) as sock:
+                transcript = read_reply(sock)
+                for command in (
+                    b"EHLO legacy.example\r\n",
+                    f"AUTH PLAIN {PLAIN_FERN}\r\n".encode(),
+                    b"MAIL FROM:<fern@contoso.com>\r\n",
+                    b"RCPT TO:<alice@example.com>\r\n",
+                    b"DATA\r\n",
+                ):
+                    sock.sendall(command)
+                    transcript += read_reply(sock)
+                sock.sendall(MESSAGE)
+                for _ in range(18):  # 18 x 0.1 s, 4000 octets each (the size limit is 100000)
+                    time.sleep(0.1)
+                    sock.sendall((b"y" * 998 + b"\r\n") * 4)
+                sock.sendall(b".\r\n")
+                transcript += read_reply(sock)
+            return transcript
+
+        transcript = await in_thread(conversation)
+    assert b"250 2.0.0 Ok: queued as" in transcript
+    assert len(store.messages) == 1
