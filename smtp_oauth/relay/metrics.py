@@ -11,10 +11,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
+from smtp_oauth.claims import decode_claims, expires_at
 from smtp_oauth.settings import parse_listen
 
-__all__ = ["MetricsServer", "render_metrics"]
+if TYPE_CHECKING:
+    from smtp_oauth.tokens import TokenProvider
+
+__all__ = ["MetricsServer", "TokenWatch", "render_metrics"]
 
 log = logging.getLogger("smtp_oauth.relay")
 REQUEST_TIMEOUT = 5.0
@@ -22,10 +27,36 @@ MAX_REQUEST_BYTES = 8192
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
+class TokenWatch:
+    """Wraps the relay's token provider and notes when the token it last handed out expires.
+
+    That is ``smtp_oauth_relay_token_expiry_timestamp_seconds``: a value that stops moving ahead
+    means tokens are no longer being renewed (a secret expired, consent revoked).
+    """
+
+    def __init__(self, provider: TokenProvider) -> None:
+        self._provider = provider
+        self.expires_at: float | None = None  # Unix time; None before the first token
+
+    async def access_token(self, *, force_refresh: bool = False) -> str:
+        token = await self._provider.access_token(force_refresh=force_refresh)
+        try:
+            expiry = expires_at(decode_claims(token))
+        except ValueError:  # not a JWT: nothing to show, the token still works
+            expiry = None
+        self.expires_at = expiry.timestamp() if expiry is not None else None
+        return token
+
+
 def render_metrics(
-    *, queue: Mapping[str, int], deliveries: Mapping[str, int], accepted: int, up: bool
+    *,
+    queue: Mapping[str, int],
+    deliveries: Mapping[str, int],
+    accepted: int,
+    up: bool,
+    token_expires_at: float | None = None,
 ) -> str:
-    """Prometheus exposition text for the relay's queue depth and delivery outcomes."""
+    """Prometheus exposition text for the relay's queue depth, delivery outcomes and token expiry."""
     lines = [
         "# HELP smtp_oauth_relay_up 1 when the listener and the spool are working.",
         "# TYPE smtp_oauth_relay_up gauge",
@@ -42,7 +73,11 @@ def render_metrics(
             f'smtp_oauth_relay_deliveries_total{{result="{result}"}} {deliveries.get(result, 0)}'
             for result in ("delivered", "deferred", "dead", "bounced")
         ),
+        "# HELP smtp_oauth_relay_token_expiry_timestamp_seconds When the access token last used expires.",
+        "# TYPE smtp_oauth_relay_token_expiry_timestamp_seconds gauge",
     ]
+    if token_expires_at is not None:  # no sample before the first token (nothing sent yet)
+        lines.append(f"smtp_oauth_relay_token_expiry_timestamp_seconds {token_expires_at:.0f}")
     return "\n".join(lines) + "\n"
 
 

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.relay.delivery import DeliveryConfig, DeliveryManager, SessionFactory
-from smtp_oauth.relay.metrics import MetricsServer, render_metrics
+from smtp_oauth.relay.metrics import MetricsServer, TokenWatch, render_metrics
 from smtp_oauth.relay.server import AcceptedMessage, ListenerTuning, RelayListener
 from smtp_oauth.relay.spool_sqlite import SqliteSpool, incoming_directory
 from smtp_oauth.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from smtp_oauth.relay.spool import Spool
+    from smtp_oauth.tokens import TokenProvider
 
 __all__ = ["RelayService", "mailer_sessions", "run_relay"]
 
@@ -33,12 +34,19 @@ Ready = Callable[[list[tuple[str, int]]], None]
 LISTENER_SHARE = 0.8  # of shutdown_timeout for sessions and sends to finish; the rest is for closing
 
 
-def mailer_sessions(settings: Settings) -> SessionFactory:
-    """Upstream sessions: a ``Mailer`` per worker, all sharing one token provider (one token)."""
+def mailer_sessions(
+    settings: Settings, *, watch: Callable[[TokenProvider], TokenProvider] | None = None
+) -> SessionFactory:
+    """Upstream sessions: a ``Mailer`` per worker, all sharing one token provider (one token).
+
+    ``watch`` wraps that provider (``TokenWatch``: the token expiry in /metrics).
+    """
     from smtp_oauth.sender import Mailer
     from smtp_oauth.tokens import create_token_provider
 
-    provider = create_token_provider(settings)
+    provider: TokenProvider = create_token_provider(settings)
+    if watch is not None:
+        provider = watch(provider)
 
     def open_session(mailbox: str) -> Mailer:
         return Mailer(settings, token_provider=provider, mailbox=mailbox)
@@ -75,8 +83,13 @@ class RelayService:
         self.delivery: DeliveryManager | None = None
         self.metrics_server: MetricsServer | None = None
         self.accepted = 0
+        self.tokens: TokenWatch | None = None  # the upstream sessions' token provider, once made
         self._stop = asyncio.Event()
         self._listening = False
+
+    def _watch_tokens(self, provider: TokenProvider) -> TokenProvider:
+        self.tokens = TokenWatch(provider)
+        return self.tokens
 
     def stop(self) -> None:
         """Begin a graceful stop (what SIGTERM does)."""
@@ -93,7 +106,7 @@ class RelayService:
                 log.warning(
                     "%d messages were being sent when the relay stopped; sending them again", recovered
                 )
-            sessions = self._sessions or mailer_sessions(self.settings)
+            sessions = self._sessions or mailer_sessions(self.settings, watch=self._watch_tokens)
             self.delivery = DeliveryManager(spool, sessions, self._config)
             await self.listener.start()
             self._listening = True
@@ -214,6 +227,7 @@ class RelayService:
             deliveries=delivery.results,
             accepted=self.accepted,
             up=await self.healthy(),
+            token_expires_at=self.tokens.expires_at if self.tokens is not None else None,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -125,6 +126,19 @@ async def test_metrics_and_health(sandbox: Sandbox) -> None:
     assert 'smtp_oauth_relay_queue_messages{state="delivered"} 1' in text
     assert 'smtp_oauth_relay_deliveries_total{result="delivered"} 1' in text
     assert "smtp_oauth_relay_accepted_total 1" in text
+
+
+async def test_metrics_show_when_the_token_in_use_expires(sandbox: Sandbox) -> None:
+    """After a delivery, /metrics has the expiry (Unix time, in the future) of the token it used."""
+    sandbox.write_config(relay=relay_section(metrics_listen="127.0.0.1:0"))
+    async with running_relay(sandbox) as (service, port):
+        await asyncio.to_thread(send_legacy, port, [make_message(sandbox.tenant.mailbox, 1)])
+        await wait_for_count(service, "delivered", 1)
+        assert service.metrics_server is not None
+        text = await http_get(service.metrics_server.addresses[0][1], "/metrics")
+    [sample] = [line for line in text.splitlines() if line.startswith("smtp_oauth_relay_token_expiry_")]
+    expiry = float(sample.split()[1])
+    assert time.time() < expiry < time.time() + 86400
 
 
 async def test_reload_adds_a_user_without_restart(sandbox: Sandbox) -> None:
