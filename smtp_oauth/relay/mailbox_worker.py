@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -320,13 +321,18 @@ class MailboxPool:
     ) -> None:
         if not (self.config.bounce and should_bounce(entry)):
             return
-        report = build_report(
-            entry,
-            await self._original(data),
-            failed=failed,
-            reason=reason,
-            hint=hint,
-            upstream_host=self.config.upstream_host,
+        # In a thread: the report names this host, and socket.getfqdn() is a DNS look-up that can
+        # take the resolver's whole timeout, which would freeze every session of the relay.
+        report = await asyncio.to_thread(
+            functools.partial(
+                build_report,
+                entry,
+                await self._original(data),
+                failed=failed,
+                reason=reason,
+                hint=hint,
+                upstream_host=self.config.upstream_host,
+            )
         )
         ndr = NewMessage(BOUNCE_USER, entry.mailbox, entry.mailbox, [entry.mail_from], report)
         report_id = await self.spool.enqueue(ndr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -327,3 +328,40 @@ async def test_recipients_refused_for_now_are_retried_alone(spool: SqliteSpool) 
         ["ok@example.net", "busy@example.net"],
         ["busy@example.net"],
     ]
+
+
+async def test_a_slow_host_name_lookup_for_a_report_does_not_freeze_the_relay(
+    spool: SqliteSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report's host name look-up (DNS, possibly slow) runs off the event loop."""
+    real_getfqdn = socket.getfqdn
+
+    def slow_getfqdn(name: str = "") -> str:
+        time.sleep(0.5)  # a resolver waiting for an unreachable DNS server
+        return real_getfqdn(name)
+
+    monkeypatch.setattr(socket, "getfqdn", slow_getfqdn)
+    upstream = FakeUpstream(refuse={"gone@example.net": (550, "5.1.1 unknown")})
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            gaps.append(time.monotonic() - last)
+            last = time.monotonic()
+
+    ticking = asyncio.create_task(ticker())
+    queue_id = await spool.enqueue(incoming(1, rcpts=["ok@example.net", "gone@example.net"]))
+    async with running(spool, upstream, bounce=True):
+        await wait_for_state(spool, queue_id, "delivered")
+        await wait_until_sent(upstream, 2)
+    ticking.cancel()
+    assert max(gaps) < 0.3
+
+
+async def wait_until_sent(upstream: FakeUpstream, count: int, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while len(upstream.sent) < count:
+        assert time.monotonic() < deadline, f"only {len(upstream.sent)} sent"
+        await asyncio.sleep(0.02)
