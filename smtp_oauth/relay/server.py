@@ -31,7 +31,7 @@ from pathlib import Path
 
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.relay.handler import RelayHandler
-from smtp_oauth.relay.policy import RelayPolicy, check_not_open_relay
+from smtp_oauth.relay.policy import RelayPolicy, check_not_open_relay, is_loopback_address
 from smtp_oauth.relay.session import REPLY_SHUTTING_DOWN, AcceptedMessage, ListenerTuning, RelaySession
 from smtp_oauth.settings import RelaySettings, parse_listen
 
@@ -95,7 +95,17 @@ class RelayListener:
     def _load(self, relay: RelaySettings) -> _Config:
         check_not_open_relay(relay)
         policy = RelayPolicy.from_settings(relay, default_mailbox=self._default_mailbox)
-        return _Config(relay=relay, policy=policy, tls_context=build_tls_context(relay))
+        tls_context = build_tls_context(relay)
+        if tls_context is None and not is_loopback_address(parse_listen(relay.listen)[0]):
+            # Not an error (allow_networks may be all it is for), but otherwise every remote login
+            # fails with 538 and nothing in the log would say why.
+            log.warning(
+                "relay.listen %s accepts other hosts, but without relay.tls_certificate and "
+                "relay.tls_key they cannot log in: AUTH is offered only on loopback or after STARTTLS "
+                "(only relay.allow_networks peers can send from elsewhere)",
+                relay.listen,
+            )
+        return _Config(relay=relay, policy=policy, tls_context=tls_context)
 
     @property
     def policy(self) -> RelayPolicy:

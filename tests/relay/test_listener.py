@@ -389,6 +389,17 @@ async def test_allow_networks_users_keep_their_sender_rules() -> None:
     assert caught.value.smtp_code == 550
 
 
+def test_non_loopback_listen_without_tls_warns_that_remote_logins_cannot_work(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A LAN listen address without a TLS certificate is logged: remote clients will get 538 to AUTH."""
+    with caplog.at_level(logging.WARNING, logger="smtp_oauth.relay.listener"):
+        RelayListener(
+            relay_settings(listen="0.0.0.0:0"), default_mailbox=DEFAULT_MAILBOX, store=RecordingStore()
+        )
+    assert "without relay.tls_certificate and relay.tls_key they cannot log in" in caplog.text
+
+
 def test_non_loopback_listen_without_users_refuses_to_start() -> None:
     """relay.listen on a public address with no relay.users raises before anything is bound."""
     with pytest.raises(ConfigurationError) as caught:
