@@ -465,6 +465,10 @@ def _describe_validation_error(error: ValidationError, source: str) -> Configura
         showable = last not in _SECRET_KEYS and not isinstance(item.get("input"), dict)
         if "input" in item and item["type"] != "missing" and showable:
             shown = f" (got {item['input']!r})"
+        # The environment beats the file: a value set there must not send the reader to the file.
+        variable = ENV_PREFIX + "__".join(str(part) for part in item["loc"]).upper()
+        if item["loc"] and variable in {name.upper() for name in os.environ}:
+            shown += f" (set by {variable})"
         lines.append(f"  {key or '(top level)'}: {message}{shown}")
     text = f"invalid configuration ({source}):\n" + "\n".join(lines)
     return ConfigurationError(

@@ -222,6 +222,14 @@ def test_bad_environment_value_names_the_key(tmp_path: Path, monkeypatch: pytest
     assert "'abc'" in str(error)
 
 
+def test_bad_environment_value_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value that came from the environment names the variable, not only the file it beat."""
+    monkeypatch.setenv("SMTP_OAUTH_SMTP__PORT", "99999")
+    error = config_error(write(tmp_path, MINIMAL))
+    assert "smtp.port" in str(error)
+    assert "SMTP_OAUTH_SMTP__PORT" in str(error)
+
+
 def test_missing_secrets_directory_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SMTP_OAUTH_SECRETS_DIR naming no directory is reported, not silently ignored."""
     monkeypatch.setenv("SMTP_OAUTH_SECRETS_DIR", str(tmp_path / "no-such-dir"))
