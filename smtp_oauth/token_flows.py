@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import random
 import re
 import sys
@@ -111,6 +112,14 @@ class MsalSession:
         self._authority = self._identity.authority
         netloc = None if self._identity.is_microsoft_authority else urlsplit(self._authority).netloc
         ca_file = str(self._identity.ca_file) if self._identity.ca_file else None
+        if ca_file is not None and not (Path(ca_file).is_file() and os.access(ca_file, os.R_OK)):
+            # requests would raise a bare OSError on the first request: a refused token, exit 77.
+            raise ConfigurationError(
+                f"identity.ca_file {ca_file} is not a readable file",
+                key="identity.ca_file",
+                hint="Point identity.ca_file at a readable PEM file of CA certificates, or remove it "
+                "to trust the system's CAs (Entra ID needs nothing else).",
+            )
         self._http = RecordingHttpClient(
             IdpHttpClient(timeout=self._identity.timeout, ca_file=ca_file, authority_netloc=netloc)
         )

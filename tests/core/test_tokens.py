@@ -552,6 +552,17 @@ async def test_untrusted_idp_certificate_hint_names_identity_ca_file(
     assert "try again later" not in hint
 
 
+async def test_missing_identity_ca_file_is_a_configuration_error(
+    smtp_oauth_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """identity.ca_file naming no file: a ConfigurationError (exit 78) naming the key, not exit 77."""
+    settings = settings_for(smtp_oauth_sandbox, ca_file=str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigurationError) as caught:
+        await create_token_provider(settings).access_token()
+    assert caught.value.key == "identity.ca_file"
+    assert "missing.pem" in str(caught.value)
+
+
 async def test_ca_file_beats_requests_ca_bundle(
     smtp_oauth_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
