@@ -38,6 +38,7 @@ __all__ = ["MailboxPool"]
 
 logger = logging.getLogger("smtp_oauth.relay")
 SESSION_CLOSE_TIMEOUT = 10.0
+SHUTDOWN_CLOSE_TIMEOUT = 1.0  # at stop: relay.shutdown_timeout is a promise, QUIT is a courtesy
 Body = bytes | Path  # as ``Spool.read_body`` gives it
 
 
@@ -162,7 +163,8 @@ class MailboxPool:
     async def _close(self, stack: AsyncExitStack) -> None:
         """QUIT the session, but do not let a dead server hold the worker."""
         with contextlib.suppress(Exception, TimeoutError):
-            await asyncio.wait_for(stack.aclose(), timeout=SESSION_CLOSE_TIMEOUT)
+            timeout = SHUTDOWN_CLOSE_TIMEOUT if self._stopping else SESSION_CLOSE_TIMEOUT
+            await asyncio.wait_for(stack.aclose(), timeout=timeout)
 
     async def _attempt(
         self, entry: SpooledMessage, session: Session | None, stack: AsyncExitStack

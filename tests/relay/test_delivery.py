@@ -53,6 +53,7 @@ class FakeUpstream:
     refuse: dict[str, tuple[int, str]] = field(default_factory=dict)
     delay: float = 0.0
     hang_for: set[str] = field(default_factory=set)  # mailboxes whose sends never finish
+    hang_on_close: bool = False  # closing a session (QUIT) never finishes: a dead server
     sent: list[tuple[str, str, list[str], bytes]] = field(default_factory=list)
     sessions_opened: int = 0
     open_now: dict[str, int] = field(default_factory=dict)
@@ -87,6 +88,8 @@ class FakeUpstream:
                 yield _Session(mailbox)
             finally:
                 upstream.open_now[mailbox] -= 1
+                if upstream.hang_on_close:
+                    await asyncio.sleep(3600)
 
         return open_session
 
@@ -273,6 +276,22 @@ async def test_stop_requeues_a_send_in_progress(spool: SqliteSpool) -> None:
     await manager.stop(grace=0.2)
     await asyncio.wait_for(task, 2)
     assert time.monotonic() - started < 1.5
+    entry = await spool.get(queue_id)
+    assert entry is not None
+    assert entry.state == "queued"
+
+
+async def test_stop_does_not_wait_long_for_a_dead_server_to_answer_quit(spool: SqliteSpool) -> None:
+    """At shutdown a hung upstream gets about a second for QUIT, not the usual ten: stop stays bounded."""
+    upstream = FakeUpstream(hang_for={MAILBOX}, hang_on_close=True)
+    queue_id = await spool.enqueue(incoming(1))
+    manager = DeliveryManager(spool, upstream.factory(), fast_config())
+    task = asyncio.create_task(manager.run())
+    await wait_for_state(spool, queue_id, "sending")
+    started = time.monotonic()
+    await manager.stop(grace=0.2)
+    await asyncio.wait_for(task, 5)
+    assert time.monotonic() - started < 2.5
     entry = await spool.get(queue_id)
     assert entry is not None
     assert entry.state == "queued"
