@@ -49,7 +49,7 @@ def _network_reason(exc: BaseException) -> str:
     text = str(exc)
     # OpenSSL's reason ends with its source position, "... certificate (_ssl.c:1006)": not for people.
     for pattern in (
-        r"(certificate verify failed.*?)\s*(?:\(_ssl\.c:\d+\)|['\")\]]|$)",
+        r"(certificate verify failed.*?)\s*(?:\(_ssl\.c:\d+\)|[\"']\)|$)",
         r"\[Errno -?\d+\] ([^'\")]+)",
     ):
         if match := re.search(pattern, text):

@@ -552,6 +552,23 @@ async def test_untrusted_idp_certificate_hint_names_identity_ca_file(
     assert "try again later" not in hint
 
 
+def test_certificate_reason_keeps_quoted_names() -> None:
+    """A hostname mismatch keeps the name it quotes; only OpenSSL's source position is dropped."""
+    import requests
+
+    from smtp_oauth.token_errors import _network_reason
+
+    wrapped = (
+        "HTTPSConnectionPool(host='idp.example', port=443): Max retries exceeded with url: /t "
+        '(Caused by SSLError(SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate '
+        "verify failed: Hostname mismatch, certificate is not valid for 'idp.example'. (_ssl.c:1006)\")))"
+    )
+    reason = _network_reason(requests.exceptions.SSLError(wrapped))
+    assert (
+        reason == "certificate verify failed: Hostname mismatch, certificate is not valid for 'idp.example'."
+    )
+
+
 async def test_missing_identity_ca_file_is_a_configuration_error(
     smtp_oauth_sandbox: Sandbox, tmp_path: Path
 ) -> None:
