@@ -116,20 +116,29 @@ class DeliveryManager:
         """Dispatch until ``stop``: wake the pools whose mailboxes have due messages."""
         while not self._stopping:
             self._wake.clear()
-            now = time.time()
-            if now - self._last_prune >= PRUNE_INTERVAL:
-                self._last_prune = now
-                pruned = await self.spool.prune(older_than=now - self.config.retention)
-                if pruned:
-                    logger.info("pruned %d delivered messages", pruned, extra={"event": "pruned"})
-            timeout = self.config.poll_interval
-            for mailbox, due_at in (await self.spool.pending_by_mailbox()).items():
-                if due_at <= now:
-                    self._pool(mailbox).wake()
-                else:
-                    timeout = min(timeout, due_at - now)
+            try:
+                timeout = await self._dispatch()
+            except Exception:  # the spool failed (locked, disk full): the relay keeps running
+                logger.exception("cannot read the queue; trying again in %.0f s", self.config.poll_interval)
+                timeout = self.config.poll_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.01))
+
+    async def _dispatch(self) -> float:
+        """Prune when due and wake the pools with due messages; seconds until the next due one."""
+        now = time.time()
+        if now - self._last_prune >= PRUNE_INTERVAL:
+            self._last_prune = now
+            pruned = await self.spool.prune(older_than=now - self.config.retention)
+            if pruned:
+                logger.info("pruned %d delivered messages", pruned, extra={"event": "pruned"})
+        timeout = self.config.poll_interval
+        for mailbox, due_at in (await self.spool.pending_by_mailbox()).items():
+            if due_at <= now:
+                self._pool(mailbox).wake()
+            else:
+                timeout = min(timeout, due_at - now)
+        return timeout
 
     def _pool(self, mailbox: str) -> MailboxPool:
         if mailbox not in self._pools:

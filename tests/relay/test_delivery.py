@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -384,3 +385,27 @@ async def wait_until_sent(upstream: FakeUpstream, count: int, within: float = 5.
     while len(upstream.sent) < count:
         assert time.monotonic() < deadline, f"only {len(upstream.sent)} sent"
         await asyncio.sleep(0.02)
+
+
+class FlakySpool(SqliteSpool):
+    """A real spool whose first look at the queue fails, as a locked or full database does."""
+
+    failures = 1
+
+    async def pending_by_mailbox(self) -> dict[str, float]:
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return await super().pending_by_mailbox()
+
+
+async def test_a_failing_queue_read_does_not_stop_delivery(tmp_path: Path) -> None:
+    """The dispatcher logs a spool error and tries again; it does not end (which stopped the relay)."""
+    spool = await FlakySpool.open(tmp_path / "spool", exclusive=True)
+    try:
+        upstream = FakeUpstream()
+        queue_id = await spool.enqueue(incoming(1))
+        async with running(spool, upstream, poll_interval=0.1):
+            await wait_for_state(spool, queue_id, "delivered")
+    finally:
+        await spool.close()
