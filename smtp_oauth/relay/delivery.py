@@ -5,7 +5,8 @@ concurrent submissions per mailbox, exchange-online.md B5), each reused for many
 closed after ``idle_timeout``; sends are paced to ``messages_per_minute``; mailboxes never wait
 for each other. Outcomes:
 
-- accepted (some recipients may be refused): ``delivered``; refused ones get a report.
+- accepted (some recipients may be refused): ``delivered``; recipients refused with a 5xx get a
+  report, those refused with a 4xx keep the entry ``deferred`` for them alone.
 - 5xx (``PermanentDeliveryError``): ``dead`` at once, with a report when ``bounce`` is on.
 - 4xx, network, token endpoint down: ``deferred`` with exponential backoff (``backoff.py``) until
   ``max_queue_age``, then ``dead``.

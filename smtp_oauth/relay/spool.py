@@ -3,7 +3,8 @@
 A message moves through these states::
 
     queued --claim--> sending --ok--> delivered (body dropped; row pruned after relay.retention)
-      ^                 |  \\--4xx/network--> deferred --due--> (claimed again)
+      ^                 |  \\--4xx/network--> deferred --due--> (claimed again; after a partial
+      |                 |                          delivery, for the 4xx-refused recipients only)
       |                 |   \\--5xx or too old--> dead (kept, with its body, until deleted or retried)
       +---- recover() --+   (a relay killed mid-delivery sends again: at-least-once)
 
