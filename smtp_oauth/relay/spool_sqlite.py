@@ -143,7 +143,12 @@ class SqliteSpool:
     async def open(cls, directory: Path, *, exclusive: bool = False, create: bool = True) -> SqliteSpool:
         """Open (and create, unless ``create=False``: FileNotFoundError) the spool in ``directory``."""
         database = directory / "queue.sqlite3"
-        if not create and not database.exists():
+        try:
+            # Path.exists() raises for EACCES: the spool is 0700, and `queue` may run as another user.
+            absent = not create and not database.exists()
+        except OSError as exc:
+            raise _cannot_open(directory, exc) from exc
+        if absent:
             raise FileNotFoundError(str(database))
         lock_fd = None
         try:
@@ -154,11 +159,7 @@ class SqliteSpool:
         except (OSError, sqlite3.Error) as exc:
             if lock_fd is not None:
                 os.close(lock_fd)
-            raise ConfigurationError(
-                f"cannot open the relay spool in {directory}: {getattr(exc, 'strerror', None) or exc}",
-                key="relay.spool_dir",
-                hint="Check that relay.spool_dir exists and is writable by the relay's user.",
-            ) from exc
+            raise _cannot_open(directory, exc) from exc
         return cls(directory, db, lock_fd)
 
     async def enqueue(self, message: IncomingMessage) -> str:
@@ -370,6 +371,15 @@ class SqliteSpool:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _cannot_open(directory: Path, exc: OSError | sqlite3.Error) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot open the relay spool in {directory}: {getattr(exc, 'strerror', None) or exc}",
+        key="relay.spool_dir",
+        hint="Check that relay.spool_dir exists and that this user may read and write it: the spool is "
+        "private to the relay's user, so run `smtp-oauth queue` as that user (e.g. sudo -u smtp-oauth).",
+    )
 
 
 def _make_private(directory: Path, database: Path) -> None:

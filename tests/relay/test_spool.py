@@ -207,3 +207,10 @@ async def test_spool_files_holding_bodies_are_private_under_a_loose_umask(tmp_pa
         assert stat.S_IMODE((directory / "queue.sqlite3-shm").stat().st_mode) == 0o600
     finally:
         await opened.close()
+
+
+async def test_a_spool_that_cannot_be_looked_into_is_a_configuration_error(tmp_path: Path) -> None:
+    """The queue command on a spool it may not stat (EACCES, a name too long) gets exit 78, not a crash."""
+    with pytest.raises(ConfigurationError) as caught:
+        await SqliteSpool.open(tmp_path / ("x" * 300), create=False)
+    assert caught.value.key == "relay.spool_dir"
