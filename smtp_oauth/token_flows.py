@@ -87,11 +87,16 @@ def certificate_credential(identity: IdentitySettings) -> dict[str, str]:
         load_pem_private_key(key_match.group(0).encode(), password.encode() if password else None)
         x509.load_pem_x509_certificate(certificates[0].encode())
     except (ValueError, TypeError) as exc:
-        problem = (
-            "is encrypted: set identity.certificate_password"
-            if "encrypted" in str(exc)
-            else ("cannot be decrypted with identity.certificate_password" if password else "cannot be read")
-        )
+        # With a password set, a wrong one is the cause whatever cryptography says: about 1 wrong
+        # password in 300 decrypts to garbage and reads "... may be encrypted with an unsupported ...".
+        if password and "not encrypted" in str(exc):
+            problem = "is not encrypted: remove identity.certificate_password"
+        elif password:
+            problem = "cannot be decrypted with identity.certificate_password"
+        elif "encrypted" in str(exc):
+            problem = "is encrypted: set identity.certificate_password"
+        else:
+            problem = "cannot be read"
         raise ConfigurationError(
             f"the private key in {path} {problem}", key="identity.certificate_password"
         ) from exc

@@ -153,6 +153,55 @@ async def test_wrong_certificate_password_is_a_configuration_error(
     assert "Not-The-Pem-Pw" not in str(caught.value)
 
 
+def test_wrong_password_that_garbles_the_key_is_not_called_missing(
+    smtp_oauth_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A wrong password whose decryption happens to pass the padding check (about 1 in 300) still
+    says the key cannot be decrypted with it, not "set identity.certificate_password"."""
+    from smtp_oauth.token_flows import certificate_credential
+
+    pem = smtp_oauth_sandbox.tenant.certificate_path.read_text()
+    key = serialization.load_pem_private_key(pem.encode(), None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"right"),
+    )
+    garbling = None
+    for attempt in range(20000):  # about 0.1 ms each
+        try:
+            serialization.load_pem_private_key(encrypted, f"wrong-{attempt}".encode())
+        except ValueError as exc:
+            if "encrypted" in str(exc):
+                garbling = f"wrong-{attempt}"
+                break
+    assert garbling is not None
+    path = tmp_path / "encrypted.pem"
+    path.write_bytes(encrypted + pem[pem.index("-----BEGIN CERTIFICATE-----") :].encode())
+    settings = settings_for(
+        smtp_oauth_sandbox,
+        credential="certificate",
+        certificate_path=str(path),
+        certificate_password=garbling,
+    )
+    with pytest.raises(ConfigurationError, match=r"cannot be decrypted with identity\.certificate_password"):
+        certificate_credential(settings.identity)
+
+
+def test_password_for_an_unencrypted_key_says_to_remove_it(smtp_oauth_sandbox: Sandbox) -> None:
+    """identity.certificate_password set for a key that is not encrypted: the message says so."""
+    from smtp_oauth.token_flows import certificate_credential
+
+    settings = settings_for(
+        smtp_oauth_sandbox,
+        credential="certificate",
+        certificate_path=str(smtp_oauth_sandbox.tenant.certificate_path),
+        certificate_password="not-needed",
+    )
+    with pytest.raises(ConfigurationError, match=r"is not encrypted: remove identity\.certificate_password"):
+        certificate_credential(settings.identity)
+
+
 async def test_certificate_file_without_key_is_a_configuration_error(
     smtp_oauth_sandbox: Sandbox, tmp_path: Path
 ) -> None:
