@@ -4,6 +4,7 @@ This is the one boundary where aiosmtplib's exceptions stop (style: errors of a 
 converted where it is called, ``raise OurError(...) from exc``)::
 
     4xx reply, timeout, network error, disconnect   -> TemporaryDeliveryError
+    5xx reply that Exchange lifts by itself         -> TemporaryDeliveryError (quotas, see below)
     5xx reply                                       -> PermanentDeliveryError
     5xx reply to AUTH                               -> AuthenticationError
     unusable address                                -> MessageError
@@ -84,14 +85,28 @@ def from_reply(
     if not 400 <= code < 600:
         # A reply outside 4xx/5xx where a success was due: the server is confused; later may work.
         message = f"{server} gave an unexpected reply at {stage.value}: {code} {text}"
-    error_class = reply_error_class(code, auth=stage is Stage.AUTH)
+    error_class = reply_error_class(code, auth=stage is Stage.AUTH, text=text)
     return error_class(message, code=code, text=text, recipients=recipients, context=context)
 
 
-def reply_error_class(code: int, *, auth: bool = False) -> type[DeliveryError]:
-    """The class for a negative reply: 4xx temporary, 5xx permanent, 5xx to AUTH an auth failure."""
+# Exchange Online answers quota conditions with 5xx codes although they clear by themselves: the
+# 10,000 recipients/day limit (554 5.2.0 ...SubmissionQuotaExceededException) within 24 hours, a
+# full mailbox (554 5.2.2 ...QuotaExceededException; SMTP AUTH mail is saved in Sent Items) once
+# someone cleans up. Treating them as permanent would throw mail away that goes through tomorrow.
+_SELF_CLEARING_5XX = ("QuotaExceededException",)
+
+
+def reply_error_class(code: int, *, auth: bool = False, text: str = "") -> type[DeliveryError]:
+    """The class for a negative reply: 4xx temporary, 5xx permanent, 5xx to AUTH an auth failure.
+
+    Exchange's quota replies are 5xx but temporary (``_SELF_CLEARING_5XX``).
+    """
     if 500 <= code < 600:
-        return AuthenticationError if auth else PermanentDeliveryError
+        if auth:
+            return AuthenticationError
+        if any(marker.lower() in text.lower() for marker in _SELF_CLEARING_5XX):
+            return TemporaryDeliveryError
+        return PermanentDeliveryError
     return TemporaryDeliveryError
 
 

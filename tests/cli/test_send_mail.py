@@ -348,14 +348,23 @@ async def test_missing_attachment_exits_66(sandbox: Sandbox, env: dict[str, str]
 
 
 async def test_rejected_at_data_exits_69(sandbox: Sandbox, env: dict[str, str]) -> None:
-    """A 5xx to DATA: exit 69, the reply on the first line, then a hint."""
+    """A 5xx to DATA: exit 69, the reply on the first line."""
+    sandbox.inject("DATA", "554 5.6.0 Corrupt message content; STOREDRV.Submission.Exception")
+    run = await run_send_mail("--config", sandbox.config_path, "--body", "x", "to@example.com", env=env)
+    assert run.returncode == ExitCode.UNAVAILABLE
+    first = run.stderr.splitlines()[0]
+    assert first.startswith("send-mail: ")
+    assert "554 5.6.0" in first
+
+
+async def test_daily_quota_exceeded_exits_75_with_hint(sandbox: Sandbox, env: dict[str, str]) -> None:
+    """Exchange's 554 5.2.0 SubmissionQuotaExceeded clears within a day: exit 75 and the quota hint."""
     sandbox.inject(
         "DATA", "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process"
     )
     run = await run_send_mail("--config", sandbox.config_path, "--body", "x", "to@example.com", env=env)
-    assert run.returncode == ExitCode.UNAVAILABLE
+    assert run.returncode == ExitCode.TEMPFAIL
     first, *rest = run.stderr.splitlines()
-    assert first.startswith("send-mail: ")
     assert "554 5.2.0" in first
     assert any(line.startswith("hint: ") and "10,000" in line for line in rest)
 

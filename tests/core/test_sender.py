@@ -182,17 +182,36 @@ async def test_session_stays_usable_after_a_refusal(
     assert exchange.auth_attempts == 1
 
 
-async def test_quota_reply_at_data_is_permanent(
+async def test_rejection_at_data_is_permanent(
     settings: Settings, tokens: SigningTokenProvider, exchange: FakeExchange
 ) -> None:
-    """554 5.2.0 after the content raises PermanentDeliveryError naming the server."""
-    reply = "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException"
+    """A 554 after the content raises PermanentDeliveryError naming the server."""
+    reply = "554 5.6.0 Corrupt message content"
     exchange.inject("DATA", reply)
     async with Mailer(settings, token_provider=tokens) as mailer:
         with pytest.raises(PermanentDeliveryError) as caught:
             await mailer.send(message())
     assert str(caught.value) == f"127.0.0.1:{exchange.port} refused the message: {reply}"
-    assert "10,000 recipients" in (caught.value.explain() or "")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+        "554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException.MapiExceptionShutoff",
+    ],
+)
+async def test_exchange_quota_replies_are_temporary(
+    settings: Settings, tokens: SigningTokenProvider, exchange: FakeExchange, reply: str
+) -> None:
+    """Exchange's 5xx quota replies clear by themselves: TemporaryDeliveryError (retry), with the hint."""
+    exchange.inject("DATA", reply)
+    async with Mailer(settings, token_provider=tokens) as mailer:
+        with pytest.raises(TemporaryDeliveryError) as caught:
+            await mailer.send(message())
+    assert caught.value.code == 554
+    hint = caught.value.explain() or ""
+    assert "10,000 recipients" in hint or "mailbox is full" in hint
 
 
 async def test_dropped_idle_session_reconnects_and_resends(

@@ -66,7 +66,7 @@ async def test_dead_message_is_listed_shown_and_retried(
     sandbox: Sandbox, relay: RelayProcess, tmp_path: Path
 ) -> None:
     """A rejected message shows up as dead with its reply; `retry ID` sends it once the cause is gone."""
-    sandbox.inject("DATA", "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException")
+    sandbox.inject("DATA", "554 5.6.0 Corrupt message content; STOREDRV.Submission.Exception")
     await asyncio.to_thread(send_legacy, relay.port, [make_message(sandbox.tenant.mailbox, 1)])
     entries: list[dict[str, Any]] = []
 
@@ -78,7 +78,7 @@ async def test_dead_message_is_listed_shown_and_retried(
         if await dead():
             break
     [entry] = entries
-    assert entry["last_reply"].startswith("554 5.2.0")
+    assert entry["last_reply"].startswith("554 5.6.0")
     assert (entry["mail_from"], entry["rcpt_tos"], entry["attempts"]) == (
         sandbox.tenant.mailbox,
         ["someone@example.net"],

@@ -74,6 +74,17 @@ async def test_432_is_deferred_and_retried(sandbox: Sandbox) -> None:
     assert service.delivery.results["deferred"] == 2
 
 
+async def test_exchange_daily_quota_is_deferred_not_dead(sandbox: Sandbox) -> None:
+    """554 5.2.0 SubmissionQuotaExceeded clears by itself: the message is deferred, then delivered."""
+    sandbox.inject("DATA", "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException")
+    async with running_relay(sandbox) as (service, port):
+        await asyncio.to_thread(send_legacy, port, [make_message(sandbox.tenant.mailbox, 1)])
+        await wait_for_count(service, "delivered", 1)
+    assert service.delivery is not None
+    assert (service.delivery.results["deferred"], service.delivery.results["dead"]) == (1, 0)
+    assert len(sandbox.delivered()) == 1
+
+
 async def test_burst_of_200_uses_at_most_3_sessions(sandbox: Sandbox) -> None:
     """200 messages from 4 clients at once never open more than 3 upstream sessions for the mailbox."""
     mailbox = sandbox.tenant.mailbox
