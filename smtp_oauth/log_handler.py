@@ -169,7 +169,10 @@ class OAuthSMTPHandler(logging.Handler):
         except Exception:
             if not self._abandoned:
                 for record, _ in batch:
-                    self.handleError(record)
+                    # handleError prints to stderr, which may be closed by now (interpreter exit,
+                    # a test's capture): the worker must outlive that, or later records are lost.
+                    with contextlib.suppress(Exception):
+                        self.handleError(record)
         finally:
             with self._idle:
                 self._pending -= len(batch)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -154,3 +156,25 @@ async def test_handler_uses_msal_on_the_sandbox(
     await asyncio.to_thread(handler.close)
     [delivered] = smtp_oauth_sandbox.delivered()
     assert "from the sandbox" in delivered.message.get_content()
+
+
+async def test_worker_survives_a_failed_send_when_stderr_is_closed(
+    settings: Settings,
+    tokens: SigningTokenProvider,
+    exchange: FakeExchange,
+    app_logger: logging.Logger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failed send whose error report cannot be printed (stderr closed) does not stop later mail."""
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stderr", closed)
+    exchange.inject("MAIL", "554 5.7.1 refused once")
+    handler = OAuthSMTPHandler(settings, to=["ops@example.test"], token_provider=tokens)
+    app_logger.addHandler(handler)
+    app_logger.error("lost: the server refused it")
+    await asyncio.to_thread(handler.flush)
+    app_logger.error("the next one still goes out")
+    await asyncio.to_thread(handler.flush)
+    [delivered] = exchange.delivered()
+    assert "the next one still goes out" in delivered.message.get_content()
