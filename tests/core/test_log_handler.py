@@ -76,21 +76,6 @@ async def test_a_burst_goes_out_in_few_mails_over_one_session(
     assert exchange.auth_attempts == 1
 
 
-@pytest.fixture
-async def silent_port() -> AsyncIterator[int]:
-    """A server that accepts connections and never answers: the slowest SMTP server there is."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    async with server:
-        yield server.sockets[0].getsockname()[1]
-        for writer in held:
-            writer.close()
-
-
 async def test_emit_returns_at_once_when_the_server_is_slow(
     certs: SandboxCertificates,
     silent_port: int,

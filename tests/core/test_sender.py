@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 
 import pytest
@@ -355,28 +354,13 @@ async def test_unreachable_server_is_temporary(clean_env: None, certs: SandboxCe
     assert caught.value.exit_code == 75
 
 
-@pytest.fixture
-async def silent_server() -> AsyncIterator[int]:
-    """Accepts connections and never says a word."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    async with server:
-        yield server.sockets[0].getsockname()[1]
-        for writer in held:
-            writer.close()
-
-
 async def test_send_timeout_bounds_the_whole_send(
-    clean_env: None, certs: SandboxCertificates, silent_server: int, tokens: SigningTokenProvider
+    clean_env: None, certs: SandboxCertificates, silent_port: int, tokens: SigningTokenProvider
 ) -> None:
     """send(timeout=) gives up on a server that never answers, with a temporary error."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with Mailer(make_settings(silent_server, certs.ca_file), token_provider=tokens) as mailer:
+    async with Mailer(make_settings(silent_port, certs.ca_file), token_provider=tokens) as mailer:
         with pytest.raises(TemporaryDeliveryError, match=r"longer than 0\.3s"):
             await mailer.send(message(), timeout=0.3)
     assert loop.time() - started < 3
