@@ -216,7 +216,7 @@ class Sandbox:
 
     def client_tls_context(self) -> ssl.SSLContext:
         """A verifying TLS client context that trusts the sandbox CA (for SMTP clients)."""
-        return ssl.create_default_context(cafile=str(self.ca_file))
+        return self._running()[0].client_context()
 
     @property
     def mail_dir(self) -> Path:
