@@ -22,8 +22,6 @@ from smtp_oauth.relay.server import RelayListener
 from smtp_oauth.relay.spool_sqlite import SqliteSpool, incoming_directory
 from smtp_oauth.sandbox import Sandbox
 from tests.relay.relay_harness import (
-    clean_environment,
-    relay_section,
     running_relay,
     wait_for_count,
     wait_until,
@@ -230,14 +228,6 @@ def test_reading_a_big_files_header_holds_a_chunk_not_the_message(tmp_path: Path
         tracemalloc.stop()
     assert found.from_addresses == ("fern@contoso.com",)
     assert peak < 1024 * 1024
-
-
-@pytest.fixture
-async def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Sandbox]:
-    clean_environment(monkeypatch, tmp_path)
-    async with Sandbox(tmp_path / "sandbox") as running:
-        running.write_config(relay=relay_section())
-        yield running
 
 
 async def test_big_message_is_relayed_to_exchange_byte_for_byte(sandbox: Sandbox) -> None:

@@ -18,20 +18,10 @@ from smtp_oauth.sandbox import Sandbox
 from tests.relay.relay_harness import (
     RelayProcess,
     child_environment,
-    clean_environment,
     make_message,
-    relay_section,
     send_legacy,
     wait_until,
 )
-
-
-@pytest.fixture
-async def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Sandbox]:
-    clean_environment(monkeypatch, tmp_path)
-    async with Sandbox(tmp_path / "sandbox") as running:
-        running.write_config(relay=relay_section())
-        yield running
 
 
 @pytest.fixture

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from smtp_oauth.sandbox import Sandbox
 from tests.relay.relay_harness import (
-    clean_environment,
     make_message,
     relay_section,
     running_relay,
@@ -20,14 +15,6 @@ from tests.relay.relay_harness import (
     wait_for_count,
     wait_until,
 )
-
-
-@pytest.fixture
-async def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Sandbox]:
-    clean_environment(monkeypatch, tmp_path)
-    async with Sandbox(tmp_path / "sandbox") as running:
-        running.write_config(relay=relay_section())
-        yield running
 
 
 async def test_legacy_client_mail_reaches_exchange(sandbox: Sandbox) -> None:
