@@ -11,8 +11,12 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smtp_oauth.errors import ExitCode
+
+if TYPE_CHECKING:
+    from smtp_oauth.sandbox.runner import Sandbox
 
 HELP = "run a local fake Entra ID + Exchange Online, for testing"
 DEFAULT_DIRECTORY = Path("sandbox-data")
@@ -30,11 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smtp-port", type=int, default=0, metavar="P", help="SMTP port (default: random)")
 
 
-def banner(sandbox: object) -> str:
-    """What to tell the person who started the sandbox (a Sandbox, typed loosely for a lazy import)."""
-    from smtp_oauth.sandbox.runner import Sandbox
-
-    assert isinstance(sandbox, Sandbox)
+def banner(sandbox: Sandbox) -> str:
+    """What to tell the person who started the sandbox."""
     config = sandbox.config_path
     tenant = sandbox.tenant
     return f"""\
