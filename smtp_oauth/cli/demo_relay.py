@@ -65,7 +65,6 @@ async def relay_round_trip(
     from smtp_oauth.relay.service import RelayService
 
     password = secrets.token_urlsafe(16)
-    base = sandbox.settings()
     settings = sandbox.settings(
         relay={
             "listen": "127.0.0.1:0",
@@ -92,7 +91,7 @@ async def relay_round_trip(
             raise RelayStepError(f"the relay did not start listening within {READY_TIMEOUT:.0f} s")
         host, port = ready.result()[0][:2]
         message = EmailMessage()
-        message["From"] = base.smtp.username
+        message["From"] = settings.smtp.username
         message["To"] = recipient
         message["Subject"] = subject
         message.set_content("Sent by a legacy program with plain SMTP and a local password.\n")
