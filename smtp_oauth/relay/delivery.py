@@ -154,11 +154,6 @@ class DeliveryManager:
             )
         return self._pools[mailbox]
 
-    @property
-    def in_flight(self) -> int:
-        """Messages being sent right now, across mailboxes."""
-        return sum(pool.in_flight for pool in self._pools.values())
-
     async def stop(self, *, grace: float) -> None:
         """Take no new messages; let sends in progress finish for ``grace`` seconds, then cancel
         them (they go back to ``queued``); close the upstream sessions."""

@@ -97,7 +97,6 @@ class MailboxPool:
         self.pacer = pacer
         self.results = results
         self.on_change = on_change
-        self.in_flight = 0
         self._work = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -143,11 +142,7 @@ class MailboxPool:
                 await self._close(stack)
                 return None
             return session
-        self.in_flight += 1
-        try:
-            return await self._attempt(claimed[0], session, stack)
-        finally:
-            self.in_flight -= 1
+        return await self._attempt(claimed[0], session, stack)
 
     async def _wait_for_work(self, *, idle: bool) -> bool:
         """Wait for a wake-up; False if an open session stayed idle for ``idle_timeout``."""
