@@ -16,6 +16,7 @@ from typing import Any, TextIO
 __all__ = ["JsonFormatter", "RedactingFilter", "configure_logging", "redact"]
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_EXCEPTION_FORMATTER = logging.Formatter()  # formats tracebacks as every Formatter does by default
 
 
 @functools.cache
@@ -40,13 +41,23 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Last line of defence: redact tokens from every record, whoever logged it (msal, aiosmtplib)."""
+    """Last line of defence: redact tokens from every record, whoever logged it (msal, aiosmtplib).
+
+    The traceback too: an exception's message can carry what a log message would not.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            # Formatted here, as Formatter.format would (it reuses exc_text), so it can be redacted.
+            record.exc_text = _EXCEPTION_FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 
@@ -65,7 +76,7 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 payload[key] = value if isinstance(value, str | int | float | bool | None) else str(value)
         if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
+            payload["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(payload, ensure_ascii=False)
 
 
