@@ -89,8 +89,8 @@ def _row_to_message(row: sqlite3.Row) -> SpooledMessage:
     )
 
 
-def _fsync_directory(path: Path) -> None:
-    """Make a new directory entry durable (POSIX: fsync the file is not enough)."""
+def _fsync(path: Path) -> None:
+    """fsync a file, or a directory to make a new entry in it durable (POSIX: the file's is not enough)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -105,13 +105,9 @@ def incoming_directory(spool_dir: Path) -> Path:
 
 def _take_over(source: Path, path: Path) -> None:
     """Make the received file ``source`` durable and move it to ``path``: a rename, not a copy."""
-    fd = os.open(source, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(source)
     source.replace(path)  # same file system: incoming/ and data/ are both in the spool directory
-    _fsync_directory(path.parent)
+    _fsync(path.parent)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -121,7 +117,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     tmp.replace(path)
-    _fsync_directory(path.parent)
+    _fsync(path.parent)
 
 
 class SqliteSpool:
