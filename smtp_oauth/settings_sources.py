@@ -12,7 +12,7 @@ Secrets are never returned in clear: :func:`describe_settings` gives ``*********
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -106,29 +106,23 @@ def _secret_file(path: tuple[str, ...], directory: Path) -> str:
     return str(directory / (ENV_PREFIX + _DELIMITER.join(path).upper()))
 
 
-# Keys whose default is computed from other keys: what to say about them when nothing set them.
-_DERIVED: dict[str, str] = {
-    "identity.authority_host": "from identity.cloud",
-    "identity.scopes": "from identity.flow and identity.cloud",
-    "identity.token_cache": "$XDG_STATE_HOME/smtp-oauth/token-cache",
-    "smtp.host": "from identity.cloud",
-    "smtp.from_address": "same as smtp.username",
-    "relay.spool_dir": "$XDG_STATE_HOME/smtp-oauth/spool",
+# Keys whose default is computed from other keys: what to say about them when nothing set them,
+# and the value actually used.
+_DERIVED: dict[str, tuple[str, Callable[[Settings], Any]]] = {
+    "identity.authority_host": ("from identity.cloud", lambda s: s.identity.effective_authority_host),
+    "identity.scopes": ("from identity.flow and identity.cloud", lambda s: s.identity.effective_scopes),
+    "identity.token_cache": ("$XDG_STATE_HOME/smtp-oauth/token-cache", lambda s: s.token_cache_path),
+    "smtp.host": ("from identity.cloud", lambda s: s.smtp_host),
+    "smtp.from_address": ("same as smtp.username", lambda s: s.smtp.sender),
+    "relay.spool_dir": ("$XDG_STATE_HOME/smtp-oauth/spool", lambda s: s.spool_path),
 }
 
 
 def _effective(settings: Settings, key: str, value: Any) -> Any:
     """The value actually used for keys whose unset default is computed elsewhere."""
-    if value is not None:
-        return value
-    derived: dict[str, Any] = {
-        "identity.authority_host": settings.identity.effective_authority_host,
-        "identity.scopes": settings.identity.effective_scopes,
-        "identity.token_cache": settings.token_cache_path,
-        "smtp.from_address": settings.smtp.sender,
-        "relay.spool_dir": settings.spool_path,
-    }
-    return derived.get(key)
+    if value is None and key in _DERIVED:
+        return _DERIVED[key][1](settings)
+    return value
 
 
 def format_value(value: Any) -> Any:
@@ -188,7 +182,7 @@ def describe_settings(
         elif "file" in sources and _lookup(sources["file"], path):
             source = SettingSource("file", str(Path(str(toml_file)).resolve()))
         elif key in _DERIVED:
-            source = SettingSource("derived", _DERIVED[key])
+            source = SettingSource("derived", _DERIVED[key][0])
         else:
             source = SettingSource("default")
         # relay.users holds password hashes: SecretStr inside the models, redacted by format_value.
