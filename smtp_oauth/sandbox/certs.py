@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["SandboxCertificates", "make_certificates"]
+__all__ = ["SandboxCertificates", "make_certificates", "write_private"]
 
 _VALIDITY = datetime.timedelta(days=30)
 
@@ -51,10 +51,12 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, readable by the owner only (a key, a secret)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
+    path.chmod(0o600)  # O_CREAT's mode does not apply to a file that already existed
 
 
 def make_certificates(directory: Path) -> SandboxCertificates:
@@ -123,7 +125,7 @@ def make_certificates(directory: Path) -> SandboxCertificates:
     )
     paths.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths.server_certificate.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(
+    write_private(
         paths.server_key,
         server_key.private_bytes(
             serialization.Encoding.PEM,

@@ -7,12 +7,12 @@ file holds a client secret or a password, so it is written 0600.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smtp_oauth.sandbox.certs import write_private
 from smtp_oauth.sandbox.tenant import SandboxTenant
 
 __all__ = ["FLOWS", "SandboxEndpoints", "render_toml", "sandbox_sections", "write_private_text"]
@@ -159,7 +159,4 @@ def render_toml(sections: Mapping[str, Any]) -> str:
 def write_private_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path``, readable by the owner only (it holds a secret)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    path.chmod(0o600)  # O_CREAT's mode does not apply to a file that already existed
+    write_private(path, text.encode("utf-8"))

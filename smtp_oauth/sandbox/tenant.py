@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from smtp_oauth.sandbox.certs import write_private
 
 __all__ = ["RegisteredApp", "SandboxTenant", "SandboxUser", "make_tenant"]
 
@@ -119,13 +120,6 @@ def _new_secret() -> str:
     return f"{secrets.token_urlsafe(3)[:3]}8Q~{secrets.token_urlsafe(30)[:37]}"
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    path.chmod(0o600)  # O_CREAT's mode does not apply to a file that already existed
-
-
 def _make_app_certificate(client_id: str, path: Path) -> x509.Certificate:
     """A self-signed certificate credential, as ``New-SelfSignedCertificate`` would make one."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -144,7 +138,7 @@ def _make_app_certificate(client_id: str, path: Path) -> x509.Certificate:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ) + certificate.public_bytes(serialization.Encoding.PEM)
-    _write_private(path, pem)
+    write_private(path, pem)
     return certificate
 
 
