@@ -196,22 +196,7 @@ class RelayHandler:
         except Exception:
             log.exception("could not store a message from user %r (%s)", user.name, server.peer_host)
             return REPLY_LOCAL_ERROR
-        log.info(
-            "accepted message %s from user %r (%s)",
-            queue_id,
-            user.name,
-            server.peer_host,
-            extra={
-                "event": "accepted",
-                "queue_id": queue_id,
-                "message_id": headers.message_id,
-                "sender": message.mail_from,
-                "recipients": len(message.rcpt_tos),
-                "size": message.size,
-                "user": user.name,
-                "peer": server.peer_host,
-            },
-        )
+        # No log line here: the store (RelayService._store) logs the "queued" event with these fields.
         return REPLY_QUEUED.format(queue_id=queue_id)
 
     async def handle_exception(self, error: Exception) -> str:
