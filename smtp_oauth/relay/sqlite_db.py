@@ -31,7 +31,7 @@ BUSY_TIMEOUT_MS = 10_000  # another process (`smtp-oauth queue`) may hold the wr
 @dataclass
 class _PendingInsert:
     sql: str
-    values: tuple[Any, ...]
+    values: tuple[Any, ...] = field(repr=False)  # a message body among them: never in a repr
     future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop = field(repr=False)
 
