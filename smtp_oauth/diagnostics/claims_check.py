@@ -200,8 +200,9 @@ def check_claims(claims: Mapping[str, Any], settings: Settings, *, now: datetime
     expiry = _timestamp(claims.get("exp"))
     if expiry is not None:
         facts["expires_at"] = expiry.isoformat(timespec="seconds")
-    if signed_in_user(claims):
-        facts["user"] = signed_in_user(claims)
+    user = signed_in_user(claims)
+    if user:
+        facts["user"] = user
     for find in _PROBLEMS:
         problem = find(claims, settings, now)
         if problem is not None:
