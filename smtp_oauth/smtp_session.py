@@ -103,7 +103,7 @@ class _TappedProtocol(StreamingProtocol):
             self._record("C", f"[message: {self._body_bytes} bytes]")
             self._body_bytes = 0
         response = await super().read_response(timeout=timeout)
-        lines = response.message.split("\n") or [""]
+        lines = response.message.split("\n")  # [""] for an empty message: one line still
         for index, line in enumerate(lines):
             separator = "-" if index < len(lines) - 1 else " "
             self._record("S", redact(f"{response.code}{separator}{line}".rstrip()))
