@@ -6,112 +6,17 @@ Exchange serves on this test's event loop).
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from smtp_oauth.errors import ExitCode
 from smtp_oauth.sandbox import Sandbox
 from smtp_oauth.xoauth2 import encode
+from tests.cli.send_mail_harness import mailbox_of, run_send_mail
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-SEND_MAIL = Path(sys.executable).parent / "send-mail"
-_FOREIGN_ENV = {"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "MSAL_FORCE_REGION", "SMTP_OAUTH_CONFIG"}
-
-
-@dataclass(frozen=True)
-class Run:
-    """What a finished ``send-mail`` process left behind."""
-
-    returncode: int
-    stdout: bytes
-    stderr: str
-
-
-def clean_env(tmp_path: Path) -> dict[str, str]:
-    """This machine's environment without anything that would steer smtp-oauth or MSAL."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_OAUTH_") and k not in _FOREIGN_ENV}
-    env["XDG_STATE_HOME"] = str(tmp_path / "state")
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    return env
-
-
-async def run_send_mail(
-    *args: str | Path,
-    env: dict[str, str],
-    stdin: bytes = b"",
-    program: Path = SEND_MAIL,
-    python_flags: tuple[str, ...] = (),
-) -> Run:
-    """Run the command (or ``python <flags> -m smtp_oauth.cli.send_mail``) off the event loop."""
-    if python_flags:
-        command = [sys.executable, *python_flags, "-m", "smtp_oauth.cli.send_mail"]
-    else:
-        command = [str(program)]
-    command += [str(arg) for arg in args]
-    done = await asyncio.to_thread(
-        subprocess.run,
-        command,
-        input=stdin,
-        capture_output=True,
-        env=env,
-        cwd=env["XDG_STATE_HOME"].rsplit("/", 1)[0],  # a directory without a stray smtp-oauth.toml
-        timeout=60,
-        check=False,
-    )
-    return Run(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """A clean environment for the subprocess, state and config under tmp_path."""
-    return clean_env(tmp_path)
-
-
-@asynccontextmanager
-async def warm_sandbox(directory: Path) -> AsyncIterator[Sandbox]:
-    """A running sandbox whose config's token cache holds a token, as after the day's first send.
-
-    Shared by a module's tests: starting a sandbox and fetching the first token cost more than
-    the send-mail run a test is about.
-    """
-    from smtp_oauth.tokens import create_token_provider
-
-    async with Sandbox(directory) as sandbox:
-        with pytest.MonkeyPatch.context() as patch:  # module fixtures run before conftest's cleaning
-            for name in [*_FOREIGN_ENV, *(n for n in os.environ if n.startswith("SMTP_OAUTH_"))]:
-                patch.delenv(name, raising=False)
-            await create_token_provider(sandbox.settings()).access_token()
-        yield sandbox
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared_sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sandbox]:
-    """One warm sandbox for this module."""
-    async with warm_sandbox(tmp_path_factory.mktemp("send-mail-sandbox")) as started:
-        yield started
-
-
-@pytest.fixture
-def sandbox(shared_sandbox: Sandbox) -> Sandbox:
-    """The shared sandbox with no delivered mail and no pending injected replies."""
-    shared_sandbox.exchange.clear()
-    shared_sandbox.exchange.clear_injections()
-    return shared_sandbox
-
-
-def mailbox_of(sandbox: Sandbox) -> str:
-    """The sandbox mailbox the configuration authenticates as."""
-    return sandbox.settings().smtp.username
 
 
 async def test_sends_a_composed_message(sandbox: Sandbox, env: dict[str, str]) -> None:

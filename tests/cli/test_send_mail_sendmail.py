@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import pytest_asyncio
 
 from smtp_oauth.errors import ExitCode
-from tests.cli.test_send_mail import SEND_MAIL, clean_env, mailbox_of, run_send_mail, warm_sandbox
+from tests.cli.send_mail_harness import SEND_MAIL, mailbox_of, run_send_mail
 
 if TYPE_CHECKING:
     from smtp_oauth.sandbox import Sandbox
@@ -19,27 +17,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MESSAGE = b"To: a@example.com\nCc: b@example.com\nBcc: hidden@example.com\nSubject: report\n\nline one\n"
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """A clean environment for the subprocess, state and config under tmp_path."""
-    return clean_env(tmp_path)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared_sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sandbox]:
-    """One warm sandbox for this module."""
-    async with warm_sandbox(tmp_path_factory.mktemp("sendmail-sandbox")) as started:
-        yield started
-
-
-@pytest.fixture
-def sandbox(shared_sandbox: Sandbox) -> Sandbox:
-    """The shared sandbox with no delivered mail and no pending injected replies."""
-    shared_sandbox.exchange.clear()
-    shared_sandbox.exchange.clear_injections()
-    return shared_sandbox
 
 
 async def test_t_reads_recipients_and_strips_bcc(sandbox: Sandbox, env: dict[str, str]) -> None:

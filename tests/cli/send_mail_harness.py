@@ -1,0 +1,84 @@
+"""Running the installed ``send-mail`` against a warm sandbox: shared by the send-mail test modules."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from smtp_oauth.sandbox import Sandbox
+
+SEND_MAIL = Path(sys.executable).parent / "send-mail"
+_FOREIGN_ENV = {"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "MSAL_FORCE_REGION", "SMTP_OAUTH_CONFIG"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a finished ``send-mail`` process left behind."""
+
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """This machine's environment without anything that would steer smtp-oauth or MSAL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_OAUTH_") and k not in _FOREIGN_ENV}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    return env
+
+
+async def run_send_mail(
+    *args: str | Path,
+    env: dict[str, str],
+    stdin: bytes = b"",
+    program: Path = SEND_MAIL,
+    python_flags: tuple[str, ...] = (),
+) -> Run:
+    """Run the command (or ``python <flags> -m smtp_oauth.cli.send_mail``) off the event loop."""
+    if python_flags:
+        command = [sys.executable, *python_flags, "-m", "smtp_oauth.cli.send_mail"]
+    else:
+        command = [str(program)]
+    command += [str(arg) for arg in args]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=env["XDG_STATE_HOME"].rsplit("/", 1)[0],  # a directory without a stray smtp-oauth.toml
+        timeout=60,
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))
+
+
+@asynccontextmanager
+async def warm_sandbox(directory: Path) -> AsyncIterator[Sandbox]:
+    """A running sandbox whose config's token cache holds a token, as after the day's first send.
+
+    Shared by a module's tests: starting a sandbox and fetching the first token cost more than
+    the send-mail run a test is about.
+    """
+    from smtp_oauth.tokens import create_token_provider
+
+    async with Sandbox(directory) as sandbox:
+        with pytest.MonkeyPatch.context() as patch:  # module fixtures run before conftest's cleaning
+            for name in [*_FOREIGN_ENV, *(n for n in os.environ if n.startswith("SMTP_OAUTH_"))]:
+                patch.delenv(name, raising=False)
+            await create_token_provider(sandbox.settings()).access_token()
+        yield sandbox
+
+
+def mailbox_of(sandbox: Sandbox) -> str:
+    """The sandbox mailbox the configuration authenticates as."""
+    return sandbox.settings().smtp.username
