@@ -1,7 +1,8 @@
 """``smtp-oauth``: the administrator's command. A thin shell: parse, call the library, map errors.
 
-Each subcommand lives in its own module exposing ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int``; only the chosen one is imported, so a typo costs no msal import.
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``
+(or ``add_arguments_for``/``run_for`` when one module serves two commands); its one-line help is in
+``COMMANDS``, so only the chosen module is imported and a typo costs no msal import.
 """
 
 from __future__ import annotations

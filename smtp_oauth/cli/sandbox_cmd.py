@@ -18,7 +18,6 @@ from smtp_oauth.errors import ExitCode
 if TYPE_CHECKING:
     from smtp_oauth.sandbox.runner import Sandbox
 
-HELP = "run a local fake Entra ID + Exchange Online, for testing"
 DEFAULT_DIRECTORY = Path("sandbox-data")
 
 
