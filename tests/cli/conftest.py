@@ -9,12 +9,13 @@ import pytest
 import pytest_asyncio
 
 from smtp_oauth.sandbox import Sandbox
-from tests.cli.send_mail_harness import clean_env, warm_sandbox
+from tests.cli.admin_cli import clean_env
+from tests.cli.send_mail_harness import warm_sandbox
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """A clean environment for the subprocess, state and config under tmp_path."""
+    """A clean environment for the subprocess, HOME and XDG dirs under tmp_path."""
     return clean_env(tmp_path)
 
 

@@ -16,7 +16,7 @@ import pytest
 from smtp_oauth.sandbox import Sandbox
 
 SEND_MAIL = Path(sys.executable).parent / "send-mail"
-_FOREIGN_ENV = {"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "MSAL_FORCE_REGION", "SMTP_OAUTH_CONFIG"}
+_FOREIGN_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "MSAL_FORCE_REGION", "SSL_CERT_FILE")
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,6 @@ class Run:
     returncode: int
     stdout: bytes
     stderr: str
-
-
-def clean_env(tmp_path: Path) -> dict[str, str]:
-    """This machine's environment without anything that would steer smtp-oauth or MSAL."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_OAUTH_") and k not in _FOREIGN_ENV}
-    env["XDG_STATE_HOME"] = str(tmp_path / "state")
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    return env
 
 
 async def run_send_mail(
