@@ -14,12 +14,18 @@ if not any(ep.value == "smtp_oauth.testing" for ep in entry_points(group="pytest
     pytest_plugins = ["smtp_oauth.testing"]
 
 # Variables of this machine that would change what the code under test does.
-_FOREIGN_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "MSAL_FORCE_REGION", "SSL_CERT_FILE")
+_FOREIGN_VARIABLES = (
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "MSAL_FORCE_REGION",
+    "SSL_CERT_FILE",
+    "CREDENTIALS_DIRECTORY",  # systemd's LoadCredential= directory: smtp-oauth reads secrets from it
+)
 
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """No test sees this machine's CA overrides, MSAL region, SMTP_OAUTH_* settings or XDG dirs."""
+    """No test sees this machine's CA overrides, MSAL region, credentials, SMTP_OAUTH_* or XDG dirs."""
     for name in _FOREIGN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for name in list(os.environ):

@@ -11,8 +11,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from smtp_oauth.relay.passwords import hash_password
 from smtp_oauth.relay.service import RelayService
 from smtp_oauth.relay.spool import QueueState
@@ -21,19 +19,6 @@ from smtp_oauth.sandbox import Sandbox
 USER, PASSWORD = "legacy-app", "correct horse battery staple"
 PASSWORD_HASH = hash_password(PASSWORD, log2_n=4)  # cheap on purpose: tests log in hundreds of times
 FAST_DELIVERY = {"backoff_base": 0.1, "backoff_cap": 0.3, "poll_interval": 0.3}
-ENV_VARS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "MSAL_FORCE_REGION", "SSL_CERT_FILE")
-
-
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No proxy, CA or smtp-oauth variables of this machine leak into a test."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("SMTP_OAUTH_") or name in ENV_VARS:
-            monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
 
 
 def relay_section(**extra: Any) -> dict[str, Any]:
@@ -144,17 +129,3 @@ class RelayProcess:
     async def wait(self, within: float = 20) -> int:
         assert self.process is not None
         return await asyncio.wait_for(self.process.wait(), within)
-
-
-def child_environment(tmp_path: Path) -> dict[str, str]:
-    """The environment of a child smtp-oauth: this one minus smtp-oauth/CA variables, tmp XDG dirs."""
-    import os
-
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("SMTP_OAUTH_") and name not in {*ENV_VARS, "CREDENTIALS_DIRECTORY"}
-    }
-    env["XDG_STATE_HOME"] = str(tmp_path / "state")
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    return env

@@ -15,12 +15,12 @@ import pytest
 
 from smtp_oauth.relay.spool_sqlite import SqliteSpool
 from smtp_oauth.sandbox import Sandbox
+from tests.cli.admin_cli import clean_env
 from tests.relay.relay_harness import (
     PASSWORD,
     PASSWORD_HASH,
     USER,
     RelayProcess,
-    child_environment,
     make_message,
     relay_section,
     send_legacy,
@@ -30,7 +30,7 @@ from tests.relay.relay_harness import (
 
 @pytest.fixture
 async def relay(sandbox: Sandbox, tmp_path: Path) -> AsyncIterator[RelayProcess]:
-    process = RelayProcess(sandbox.config_path, tmp_path / "relay.log", child_environment(tmp_path))
+    process = RelayProcess(sandbox.config_path, tmp_path / "relay.log", clean_env(tmp_path))
     yield process
     if process.process is not None and process.process.returncode is None:
         process.kill(signal.SIGKILL)
@@ -146,7 +146,7 @@ async def test_open_relay_refuses_to_start(sandbox: Sandbox, tmp_path: Path) -> 
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "smtp_oauth", "--config", str(sandbox.config_path), "relay"),
         stderr=asyncio.subprocess.PIPE,
-        env=child_environment(tmp_path),
+        env=clean_env(tmp_path),
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 78

@@ -15,9 +15,9 @@ import pytest
 from smtp_oauth.relay.spool import NewMessage
 from smtp_oauth.relay.spool_sqlite import SqliteSpool
 from smtp_oauth.sandbox import Sandbox
+from tests.cli.admin_cli import clean_env
 from tests.relay.relay_harness import (
     RelayProcess,
-    child_environment,
     make_message,
     send_legacy,
     wait_until,
@@ -26,7 +26,7 @@ from tests.relay.relay_harness import (
 
 @pytest.fixture
 async def relay(sandbox: Sandbox, tmp_path: Path) -> AsyncIterator[RelayProcess]:
-    process = RelayProcess(sandbox.config_path, tmp_path / "relay.log", child_environment(tmp_path))
+    process = RelayProcess(sandbox.config_path, tmp_path / "relay.log", clean_env(tmp_path))
     await process.start()
     yield process
     process.kill(signal.SIGTERM)
@@ -38,7 +38,7 @@ async def queue(sandbox: Sandbox, tmp_path: Path, *args: str) -> tuple[int, str,
         *(sys.executable, "-m", "smtp_oauth", "--config", str(sandbox.config_path), "queue", *args),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=child_environment(tmp_path),
+        env=clean_env(tmp_path),
     )
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode is not None
@@ -136,7 +136,7 @@ async def test_queue_works_without_the_credential_only_the_relay_gets(tmp_path: 
         *(sys.executable, "-m", "smtp_oauth", "--config", str(config), "queue", "list", "--json"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=child_environment(tmp_path),
+        env=clean_env(tmp_path),
     )
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, err.decode()
