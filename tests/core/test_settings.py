@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,10 +25,7 @@ username = "sender@contoso.com"
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No SMTP_OAUTH_* of this machine, no stray config files: cwd and XDG dirs are tmp."""
-    for name in list(os.environ):
-        if name.startswith("SMTP_OAUTH_") or name == "CREDENTIALS_DIRECTORY":
-            monkeypatch.delenv(name)
+    """No stray config files: cwd and XDG dirs are in tmp_path (the root conftest cleans the rest)."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.chdir(tmp_path)
