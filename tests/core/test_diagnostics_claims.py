@@ -18,9 +18,7 @@ MAILBOX = "sender@contoso.com"
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
-def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, flow: str, extra: str = "") -> Settings:
-    for name in ("SMTP_OAUTH_CONFIG", "SMTP_OAUTH_SECRETS_DIR", "CREDENTIALS_DIRECTORY"):
-        monkeypatch.delenv(name, raising=False)
+def _settings(tmp_path: Path, *, flow: str, extra: str = "") -> Settings:
     secret = 'client_secret = "x"' if flow == "client_credentials" else ""
     path = tmp_path / "c.toml"
     path.write_text(
@@ -31,13 +29,13 @@ def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, flow: str, ext
 
 
 @pytest.fixture
-def app_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    return _settings(tmp_path, monkeypatch, flow="client_credentials")
+def app_only(tmp_path: Path) -> Settings:
+    return _settings(tmp_path, flow="client_credentials")
 
 
 @pytest.fixture
-def delegated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    return _settings(tmp_path, monkeypatch, flow="device_code")
+def delegated(tmp_path: Path) -> Settings:
+    return _settings(tmp_path, flow="device_code")
 
 
 def _app_claims(**changes: Any) -> dict[str, Any]:
@@ -153,9 +151,9 @@ def test_token_of_another_tenant_fails(app_only: Settings) -> None:
     assert TENANT in result.detail
 
 
-def test_tenant_given_as_domain_is_not_compared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tenant_given_as_domain_is_not_compared(tmp_path: Path) -> None:
     """A tenant configured by domain name cannot be compared with the token's GUID: no failure."""
-    settings = _settings(tmp_path, monkeypatch, flow="client_credentials")
+    settings = _settings(tmp_path, flow="client_credentials")
     settings.identity.tenant_id = "contoso.onmicrosoft.com"
     assert check_claims(_app_claims(), settings, now=NOW).status is Status.PASS
 
@@ -183,9 +181,9 @@ def test_facts_carry_the_service_principal_and_expiry(app_only: Settings) -> Non
     assert result.facts["expires_at"].startswith("2026-01-01T13:00:00")
 
 
-def test_usgov_cloud_expects_its_own_audience(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_usgov_cloud_expects_its_own_audience(tmp_path: Path) -> None:
     """With cloud = usgov, a token for the global Exchange audience is the wrong one."""
-    settings = _settings(tmp_path, monkeypatch, flow="client_credentials", extra='cloud = "usgov"')
+    settings = _settings(tmp_path, flow="client_credentials", extra='cloud = "usgov"')
     assert check_claims(_app_claims(), settings, now=NOW).status is Status.FAIL
     us = _app_claims(aud="https://outlook.office365.us")
     assert check_claims(us, settings, now=NOW).status is Status.PASS
