@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiosmtplib
@@ -22,23 +20,10 @@ from tests.sandbox.exchange_helpers import (
     app_only_token,
     client,
     delegated_token,
-    make_kit,
     message,
-    running_exchange,
 )
 
 REFUSED = f"5.7.3 Authentication unsuccessful [{DEFAULT_HOSTNAME}]"
-
-
-@pytest.fixture(scope="module")
-def kit(tmp_path_factory: pytest.TempPathFactory) -> ExchangeKit:
-    return make_kit(tmp_path_factory.mktemp("exchange-auth"))
-
-
-@pytest.fixture
-async def exchange(kit: ExchangeKit, tmp_path: Path) -> AsyncIterator[FakeExchange]:
-    async with running_exchange(kit, tmp_path / "mail") as running:
-        yield running
 
 
 async def refusal(kit: ExchangeKit, exchange: FakeExchange, token: str, *, username: str = MAILBOX) -> Any:

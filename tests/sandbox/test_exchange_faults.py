@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosmtplib
@@ -16,9 +15,7 @@ from tests.sandbox.exchange_helpers import (
     ExchangeKit,
     app_only_token,
     client,
-    make_kit,
     message,
-    running_exchange,
 )
 
 TENANT_DISABLED = (
@@ -28,17 +25,6 @@ TENANT_DISABLED = (
 THREAD_LIMIT = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"
 QUOTA = "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message"
 SHUTTING_DOWN = "421 4.3.2 Service not available, closing transmission channel"
-
-
-@pytest.fixture(scope="module")
-def kit(tmp_path_factory: pytest.TempPathFactory) -> ExchangeKit:
-    return make_kit(tmp_path_factory.mktemp("exchange-faults"))
-
-
-@pytest.fixture
-async def exchange(kit: ExchangeKit, tmp_path: Path) -> AsyncIterator[FakeExchange]:
-    async with running_exchange(kit, tmp_path / "mail") as running:
-        yield running
 
 
 async def test_injected_auth_reply_is_sent_once(kit: ExchangeKit, exchange: FakeExchange) -> None:

@@ -15,15 +15,9 @@ from tests.sandbox.exchange_helpers import (
     app_only_token,
     client,
     delegated_token,
-    make_kit,
     message,
     running_exchange,
 )
-
-
-@pytest.fixture(scope="module")
-def kit(tmp_path_factory: pytest.TempPathFactory) -> ExchangeKit:
-    return make_kit(tmp_path_factory.mktemp("exchange-limits"))
 
 
 async def test_fourth_concurrent_session_gets_432_at_mail(kit: ExchangeKit, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosmtplib
@@ -17,21 +16,9 @@ from tests.sandbox.exchange_helpers import (
     ExchangeKit,
     app_only_token,
     client,
-    make_kit,
     message,
     running_exchange,
 )
-
-
-@pytest.fixture(scope="module")
-def kit(tmp_path_factory: pytest.TempPathFactory) -> ExchangeKit:
-    return make_kit(tmp_path_factory.mktemp("exchange-submission"))
-
-
-@pytest.fixture
-async def exchange(kit: ExchangeKit, tmp_path: Path) -> AsyncIterator[FakeExchange]:
-    async with running_exchange(kit, tmp_path / "mail") as running:
-        yield running
 
 
 async def test_delivered_message_lands_on_disk_with_its_envelope(
