@@ -4,30 +4,20 @@ from __future__ import annotations
 
 import threading
 import webbrowser
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 import requests
 
-from smtp_oauth.testing import SandboxKeys
 from tests.sandbox.idp_helpers import (
     LOOPBACK_REDIRECT,
     USER_SCOPE,
     RunningIdp,
     browser_redirect,
     read_form_post,
-    running_idp,
     sign_in,
 )
-
-
-@pytest.fixture
-def sandbox_idp(tmp_path: Path, smtp_oauth_sandbox_keys: SandboxKeys) -> Iterator[RunningIdp]:
-    with running_idp(tmp_path, smtp_oauth_sandbox_keys) as running:
-        yield running
 
 
 def _code_flow(running: RunningIdp) -> tuple[Any, dict[str, Any], dict[str, str]]:

@@ -17,12 +17,6 @@ OFFICE = "https://outlook.office.com"
 
 
 @pytest.fixture
-def sandbox_idp(tmp_path: Path, smtp_oauth_sandbox_keys: SandboxKeys) -> Iterator[RunningIdp]:
-    with running_idp(tmp_path, smtp_oauth_sandbox_keys) as running:
-        yield running
-
-
-@pytest.fixture
 def strict_idp(tmp_path: Path, smtp_oauth_sandbox_keys: SandboxKeys) -> Iterator[RunningIdp]:
     with running_idp(tmp_path, smtp_oauth_sandbox_keys, strict_refresh_rotation=True) as running:
         yield running

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import msal
 import pytest
 
 from smtp_oauth.sandbox.tenant import make_tenant
-from smtp_oauth.testing import SandboxKeys
-from tests.sandbox.idp_helpers import APP_SCOPE, USER_SCOPE, RunningIdp, running_idp
-
-
-@pytest.fixture
-def sandbox_idp(tmp_path: Path, smtp_oauth_sandbox_keys: SandboxKeys) -> Iterator[RunningIdp]:
-    with running_idp(tmp_path, smtp_oauth_sandbox_keys) as running:
-        yield running
+from tests.sandbox.idp_helpers import APP_SCOPE, USER_SCOPE, RunningIdp
 
 
 def _token(running: RunningIdp, **form: str) -> tuple[int, dict[str, object]]:
