@@ -145,16 +145,6 @@ def parse_listen(value: str, *, default_port: int = 2525) -> tuple[str, int]:
     return host, port
 
 
-def is_loopback_host(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and 'localhost'."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class _Section(BaseModel):
     # Typos inside a section are errors, not silently ignored keys.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=False)

@@ -193,7 +193,7 @@ class RelayService:
 
     def _on_sighup(self) -> None:
         task = asyncio.create_task(self.reload())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        task.add_done_callback(_log_reload_failure)
 
     async def reload(self) -> bool:
         """Re-read the configuration file; new users and sender rules for new sessions."""
@@ -245,3 +245,9 @@ async def run_relay(
     ``{"backoff_base": 0.1}``) exist for tests.
     """
     await RelayService(settings, sessions=sessions, delivery_tuning=delivery_tuning).run(ready=ready)
+
+
+def _log_reload_failure(task: asyncio.Task[bool]) -> None:
+    """reload() logs configuration errors itself; anything else (a bug) must not vanish silently."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("reload failed unexpectedly, keeping the running configuration", exc_info=error)
