@@ -78,10 +78,10 @@ def serve_sink(directory: Path) -> None:
 
 
 def serve_relay(directory: Path) -> None:
+    from smtp_oauth.relay.listener.server import RelayListener
     from smtp_oauth.relay.passwords import hash_password
-    from smtp_oauth.relay.server import RelayListener
-    from smtp_oauth.relay.spool_sqlite import SqliteSpool
-    from smtp_oauth.settings import RelaySettings
+    from smtp_oauth.relay.spool.sqlite import SqliteSpool
+    from smtp_oauth.settings.models import RelaySettings
 
     relay = RelaySettings(
         listen="127.0.0.1:0",

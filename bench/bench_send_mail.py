@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from smtp_oauth.sandbox import Sandbox
-from smtp_oauth.tokens import cached_access_token
+from smtp_oauth.tokens.provider import cached_access_token
 
 TARGET_RATIO = 1.5
 RECIPIENT = "bench@example.com"

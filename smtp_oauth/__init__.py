@@ -33,9 +33,9 @@ from smtp_oauth.errors import (
 
 if TYPE_CHECKING:
     from smtp_oauth.log_handler import OAuthSMTPHandler
-    from smtp_oauth.sender import Mailer, SendResult, send_message
-    from smtp_oauth.settings import Settings, load_settings
-    from smtp_oauth.tokens import TokenProvider
+    from smtp_oauth.settings.models import Settings, load_settings
+    from smtp_oauth.smtp.mailer import Mailer, SendResult, send_message
+    from smtp_oauth.tokens.types import TokenProvider
 
 __version__ = "0.1.0"  # the project's version in pyproject.toml (a test keeps them equal)
 
@@ -61,13 +61,13 @@ __all__ = [
 # Public name -> the module that defines it. The errors are imported above: they are light, and
 # `except smtp_oauth.TokenError` must not import anything.
 _LAZY = {
-    "Mailer": "smtp_oauth.sender",
-    "SendResult": "smtp_oauth.sender",
-    "send_message": "smtp_oauth.sender",
-    "Settings": "smtp_oauth.settings",
-    "load_settings": "smtp_oauth.settings",
+    "Mailer": "smtp_oauth.smtp.mailer",
+    "SendResult": "smtp_oauth.smtp.mailer",
+    "send_message": "smtp_oauth.smtp.mailer",
+    "Settings": "smtp_oauth.settings.models",
+    "load_settings": "smtp_oauth.settings.models",
     "OAuthSMTPHandler": "smtp_oauth.log_handler",
-    "TokenProvider": "smtp_oauth.tokens",
+    "TokenProvider": "smtp_oauth.tokens.types",
 }
 
 

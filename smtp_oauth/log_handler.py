@@ -30,9 +30,9 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from smtp_oauth.sender import Mailer
-    from smtp_oauth.settings import Settings
-    from smtp_oauth.tokens import TokenProvider
+    from smtp_oauth.settings.models import Settings
+    from smtp_oauth.smtp.mailer import Mailer
+    from smtp_oauth.tokens.types import TokenProvider
 
 __all__ = ["OAuthSMTPHandler"]
 
@@ -136,7 +136,7 @@ class OAuthSMTPHandler(logging.Handler):
     # -- the worker thread ------------------------------------------------------------------------
 
     def _work(self) -> None:
-        from smtp_oauth.sender import Mailer  # the app pays for aiosmtplib only once a record is mailed
+        from smtp_oauth.smtp.mailer import Mailer  # the app pays for aiosmtplib only once a record is mailed
 
         with asyncio.Runner() as runner:
             mailer = Mailer(self.settings, token_provider=self._token_provider)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from smtp_oauth.diagnostics import StepResult
-    from smtp_oauth.settings import Settings
+    from smtp_oauth.settings.models import Settings
 
 __all__ = ["add_arguments", "format_step", "run"]
 

@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
 
     from smtp_oauth.cli.common import load_settings_from_args
-    from smtp_oauth.settings import secrets_directory
-    from smtp_oauth.settings_sources import describe_settings
+    from smtp_oauth.settings.models import secrets_directory
+    from smtp_oauth.settings.sources import describe_settings
 
     settings = load_settings_from_args(args)
     values = describe_settings(settings, config_path=getattr(args, "config", None))

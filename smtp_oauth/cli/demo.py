@@ -113,8 +113,8 @@ async def _wait_for_delivery(sandbox: Sandbox, subject: str) -> Any:
 
 
 async def _token_step(sandbox: Sandbox) -> str:
-    from smtp_oauth.claims import decode_claims
-    from smtp_oauth.tokens import create_token_provider
+    from smtp_oauth.tokens.claims import decode_claims
+    from smtp_oauth.tokens.provider import create_token_provider
 
     settings = sandbox.settings()
     token = await create_token_provider(settings).access_token()
@@ -126,7 +126,7 @@ async def _token_step(sandbox: Sandbox) -> str:
 
 
 async def _mailer_step(sandbox: Sandbox) -> str:
-    from smtp_oauth.sender import Mailer
+    from smtp_oauth.smtp.mailer import Mailer
 
     settings = sandbox.settings()
     subject = f"smtp-oauth demo: Mailer {secrets.token_hex(4)}"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from smtp_oauth.errors import ExitCode
 
 if TYPE_CHECKING:
-    from smtp_oauth.settings import Settings
+    from smtp_oauth.settings.models import Settings
 
 __all__ = ["add_arguments_for", "choose_flow", "has_display", "run_for"]
 
@@ -75,7 +75,7 @@ def run_for(name: str, args: argparse.Namespace) -> int:
     import asyncio
 
     from smtp_oauth.cli.common import load_settings_from_args
-    from smtp_oauth.tokens import create_token_provider
+    from smtp_oauth.tokens.provider import create_token_provider
 
     settings = load_settings_from_args(args)
     # The provider's defaults show the device code on stderr and, when no browser opens, print the

@@ -20,9 +20,9 @@ from pathlib import Path
 from smtp_oauth.cli.common import add_config_option
 from smtp_oauth.errors import ExitCode
 from smtp_oauth.logs import configure_logging
-from smtp_oauth.relay.spool import STATES, SpooledMessage
-from smtp_oauth.relay.spool_sqlite import SqliteSpool
-from smtp_oauth.settings import Settings, load_settings
+from smtp_oauth.relay.spool.base import STATES, SpooledMessage
+from smtp_oauth.relay.spool.sqlite import SqliteSpool
+from smtp_oauth.settings.models import Settings, load_settings
 
 __all__ = ["add_arguments", "run"]
 

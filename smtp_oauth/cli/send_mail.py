@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from email.headerregistry import Address
     from email.message import EmailMessage
 
-    from smtp_oauth.settings import Settings
-    from smtp_oauth.tokens import TokenProvider
+    from smtp_oauth.settings.models import Settings
+    from smtp_oauth.tokens.types import TokenProvider
 
 __all__ = ["main"]
 
@@ -70,7 +70,7 @@ class CacheFirstTokenProvider:
             return self._cached
         self._cached = None  # refused once (535): never offer it again
         if self._provider is None:
-            from smtp_oauth.tokens import create_token_provider
+            from smtp_oauth.tokens.provider import create_token_provider
 
             self._provider = create_token_provider(self._settings)
         return await self._provider.access_token(force_refresh=force_refresh)
@@ -101,7 +101,7 @@ def _sender_addresses(args: SendMailArgs, settings: Settings | None) -> tuple[Ad
     """(envelope sender, From address): -f beats --from beats smtp.from_address/username."""
     from email.headerregistry import Address
 
-    from smtp_oauth.message import parse_address
+    from smtp_oauth.mail.compose import parse_address
 
     header_from = parse_address(args.sender, what="--from") if args.sender else None
     # A bare local name (cron's `-f root`) is a local user, not an address Exchange can send as:
@@ -124,7 +124,7 @@ def _sender_addresses(args: SendMailArgs, settings: Settings | None) -> tuple[Ad
 
 def _compose(args: SendMailArgs, envelope: Address, header_from: Address) -> Outgoing:
     """Build the message from the compose options; body from --body, --body-file or stdin."""
-    from smtp_oauth.message import Attachment, build_message, dedupe_addresses, parse_addresses
+    from smtp_oauth.mail.compose import Attachment, build_message, dedupe_addresses, parse_addresses
 
     headers = []
     # "--header 'Cc: x'" means --cc x: written as a plain header, x would be named but never sent to.
@@ -171,8 +171,8 @@ def _compose(args: SendMailArgs, envelope: Address, header_from: Address) -> Out
 
 def _sendmail(args: SendMailArgs, envelope: Address, header_from: Address) -> Outgoing:
     """Read a finished message from stdin and prepare it the way sendmail does."""
-    from smtp_oauth.message import parse_addresses
-    from smtp_oauth.sendmail_input import prepare_message, read_message
+    from smtp_oauth.mail.compose import parse_addresses
+    from smtp_oauth.mail.sendmail_input import prepare_message, read_message
 
     extra = parse_addresses([*args.recipients, *args.to, *args.cc, *args.bcc])
     stdin = sys.stdin.buffer if sys.stdin is not None else []
@@ -198,7 +198,7 @@ def _print_dry_run(outgoing: Outgoing, prog: str) -> None:
     """The message on stdout with this system's line endings; the envelope on stderr."""
     from email import policy
 
-    from smtp_oauth.message import needs_smtputf8
+    from smtp_oauth.mail.compose import needs_smtputf8
 
     if isinstance(outgoing.message, bytes):
         data = outgoing.message.replace(b"\r\n", b"\n")
@@ -223,7 +223,7 @@ async def _deliver(
     settings: Settings, outgoing: Outgoing, *, cached_token: str | None, verbose: bool, prog: str
 ) -> str:
     """Send through one Mailer session; the server's reply to DATA."""
-    from smtp_oauth.sender import Mailer
+    from smtp_oauth.smtp.mailer import Mailer
 
     provider = CacheFirstTokenProvider(settings, cached_token)
     transcript = _print_transcript if verbose else None
@@ -238,7 +238,7 @@ async def _deliver(
 def _load_settings(args: SendMailArgs) -> Settings:
     """Settings from --config (or discovered), with logging set up for a command run by programs."""
     from smtp_oauth.logs import configure_logging
-    from smtp_oauth.settings import load_settings
+    from smtp_oauth.settings.models import load_settings
 
     settings = load_settings(args.config)
     # Programs that call sendmail mail whatever it prints (cron): stay quiet unless asked.
@@ -256,7 +256,7 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
             "(-t, -i/-oi, or when called as sendmail): the message on stdin is sent as it is"
         )
     if not args.dry_run:
-        from smtp_oauth.sender import preload_tls_context
+        from smtp_oauth.smtp.mailer import preload_tls_context
 
         # The CA bundle loads on another core while pydantic is imported and the message built.
         preload_tls_context()
@@ -272,7 +272,7 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
 
     import asyncio
 
-    from smtp_oauth.tokens import cached_access_token
+    from smtp_oauth.tokens.provider import cached_access_token
 
     # Read before the event loop starts: a small file, and no msal import when it serves.
     cached = cached_access_token(settings)

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Get a token and print it in the chosen form."""
     from smtp_oauth.cli.common import load_settings_from_args
-    from smtp_oauth.tokens import cached_access_token, create_token_provider
+    from smtp_oauth.tokens.provider import cached_access_token, create_token_provider
 
     settings = load_settings_from_args(args)
     # msmtp's passwordeval runs this once per message: a token cached with 10 minutes left is
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if token is None:
         token = create_token_provider(settings).access_token_sync(force_refresh=args.force_refresh)
     if args.claims:
-        from smtp_oauth.claims import decode_claims
+        from smtp_oauth.tokens.claims import decode_claims
 
         try:
             claims = decode_claims(token)
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             return int(ExitCode.DATAERR)
         print(json.dumps(claims, indent=2, sort_keys=True))
     elif args.xoauth2:
-        from smtp_oauth.xoauth2 import encode
+        from smtp_oauth.smtp.xoauth2 import encode
 
         print(encode(settings.smtp.username, token))
     else:

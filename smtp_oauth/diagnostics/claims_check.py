@@ -17,7 +17,7 @@ from typing import Any
 
 from smtp_oauth.diagnostics.report import Status, StepResult
 from smtp_oauth.errors import ExitCode
-from smtp_oauth.settings import CLOUDS, Settings
+from smtp_oauth.settings.models import CLOUDS, Settings
 
 __all__ = [
     "APP_ROLE",

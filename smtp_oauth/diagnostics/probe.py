@@ -16,7 +16,7 @@ import time
 
 from smtp_oauth.diagnostics.report import Status, StepResult
 from smtp_oauth.errors import ExitCode
-from smtp_oauth.settings import Settings
+from smtp_oauth.settings.models import Settings
 
 __all__ = ["SmtpProbe", "tls_context"]
 

@@ -23,10 +23,10 @@ from smtp_oauth.diagnostics.claims_check import check_claims, scopes_problem
 from smtp_oauth.diagnostics.probe import SmtpProbe
 from smtp_oauth.diagnostics.report import CheckReport, Status, StepResult
 from smtp_oauth.errors import ConfigurationError, SmtpOAuthError
-from smtp_oauth.settings import Settings
+from smtp_oauth.settings.models import Settings
 
 if TYPE_CHECKING:
-    from smtp_oauth.tokens import TokenProvider
+    from smtp_oauth.tokens.types import TokenProvider
 
 __all__ = ["STEPS", "run_checks"]
 
@@ -128,7 +128,7 @@ async def _checks_after_config(
     run: _Run, settings: Settings, send_test: str | None, provider: TokenProvider | None
 ) -> None:
     if provider is None:
-        from smtp_oauth.tokens import create_token_provider
+        from smtp_oauth.tokens.provider import create_token_provider
 
         try:
             provider = create_token_provider(settings)
@@ -167,7 +167,7 @@ async def _token_step(run: _Run, settings: Settings, provider: TokenProvider) ->
 
 
 def _claims_step(run: _Run, settings: Settings, token: str) -> bool:
-    from smtp_oauth.claims import decode_claims
+    from smtp_oauth.tokens.claims import decode_claims
 
     try:
         claims = decode_claims(token)
@@ -185,7 +185,7 @@ def _claims_step(run: _Run, settings: Settings, token: str) -> bool:
 async def _auth_and_send(
     run: _Run, settings: Settings, provider: TokenProvider, send_test: str | None
 ) -> None:
-    from smtp_oauth.sender import Mailer
+    from smtp_oauth.smtp.mailer import Mailer
 
     try:
         async with Mailer(settings, token_provider=provider) as mailer:

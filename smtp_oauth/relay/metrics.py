@@ -13,11 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
-from smtp_oauth.claims import decode_claims, expires_at
-from smtp_oauth.settings import parse_listen
+from smtp_oauth.settings.models import parse_listen
+from smtp_oauth.tokens.claims import decode_claims, expires_at
 
 if TYPE_CHECKING:
-    from smtp_oauth.tokens import TokenProvider
+    from smtp_oauth.tokens.types import TokenProvider
 
 __all__ = ["MetricsServer", "TokenWatch", "render_metrics"]
 

@@ -23,7 +23,7 @@ from email.utils import getaddresses
 
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.relay.passwords import PasswordHashError, ScryptHash, parse_hash
-from smtp_oauth.settings import RelaySettings, parse_listen
+from smtp_oauth.settings.models import RelaySettings, parse_listen
 
 __all__ = [
     "NULL_SENDER",

@@ -17,15 +17,15 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from smtp_oauth.errors import ConfigurationError
-from smtp_oauth.relay.delivery import DeliveryConfig, DeliveryManager, SessionFactory
+from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager, SessionFactory
+from smtp_oauth.relay.listener.server import AcceptedMessage, ListenerTuning, RelayListener
 from smtp_oauth.relay.metrics import MetricsServer, TokenWatch, render_metrics
-from smtp_oauth.relay.server import AcceptedMessage, ListenerTuning, RelayListener
-from smtp_oauth.relay.spool_sqlite import SqliteSpool, incoming_directory
-from smtp_oauth.settings import Settings, load_settings
+from smtp_oauth.relay.spool.sqlite import SqliteSpool, incoming_directory
+from smtp_oauth.settings.models import Settings, load_settings
 
 if TYPE_CHECKING:
-    from smtp_oauth.relay.spool import Spool
-    from smtp_oauth.tokens import TokenProvider
+    from smtp_oauth.relay.spool.base import Spool
+    from smtp_oauth.tokens.types import TokenProvider
 
 __all__ = ["RelayService", "mailer_sessions", "run_relay"]
 
@@ -41,8 +41,8 @@ def mailer_sessions(
 
     ``watch`` wraps that provider (``TokenWatch``: the token expiry in /metrics).
     """
-    from smtp_oauth.sender import Mailer
-    from smtp_oauth.tokens import create_token_provider
+    from smtp_oauth.smtp.mailer import Mailer
+    from smtp_oauth.tokens.provider import create_token_provider
 
     provider: TokenProvider = create_token_provider(settings)
     if watch is not None:

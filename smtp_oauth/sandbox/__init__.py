@@ -11,8 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from smtp_oauth.sandbox.exchange import DeliveredMessage, FakeExchange
-    from smtp_oauth.sandbox.idp import SandboxIdentityProvider
+    from smtp_oauth.sandbox.exchange.server import DeliveredMessage, FakeExchange
+    from smtp_oauth.sandbox.idp.provider import SandboxIdentityProvider
     from smtp_oauth.sandbox.runner import Sandbox
     from smtp_oauth.sandbox.tenant import RegisteredApp, SandboxTenant, SandboxUser
 
@@ -27,9 +27,9 @@ __all__ = [
 ]
 
 _HOMES = {
-    "DeliveredMessage": "smtp_oauth.sandbox.exchange",
-    "FakeExchange": "smtp_oauth.sandbox.exchange",
-    "SandboxIdentityProvider": "smtp_oauth.sandbox.idp",
+    "DeliveredMessage": "smtp_oauth.sandbox.exchange.server",
+    "FakeExchange": "smtp_oauth.sandbox.exchange.server",
+    "SandboxIdentityProvider": "smtp_oauth.sandbox.idp.provider",
     "Sandbox": "smtp_oauth.sandbox.runner",
     "RegisteredApp": "smtp_oauth.sandbox.tenant",
     "SandboxTenant": "smtp_oauth.sandbox.tenant",

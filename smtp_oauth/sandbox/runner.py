@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from smtp_oauth.sandbox.certs import SandboxCertificates, make_certificates
-from smtp_oauth.sandbox.exchange import DeliveredMessage, FakeExchange
-from smtp_oauth.sandbox.idp import SandboxIdentityProvider
+from smtp_oauth.sandbox.exchange.server import DeliveredMessage, FakeExchange
+from smtp_oauth.sandbox.idp.provider import SandboxIdentityProvider
 from smtp_oauth.sandbox.keys import SigningKey
 from smtp_oauth.sandbox.sandbox_config import (
     SandboxEndpoints,
@@ -43,7 +43,7 @@ from smtp_oauth.sandbox.sandbox_config import (
     write_private_text,
 )
 from smtp_oauth.sandbox.tenant import SandboxTenant, make_tenant
-from smtp_oauth.settings import Settings, load_settings
+from smtp_oauth.settings.models import Settings, load_settings
 
 __all__ = ["Sandbox"]
 

@@ -61,7 +61,7 @@ async def warm_sandbox(directory: Path) -> AsyncIterator[Sandbox]:
     Shared by a module's tests: starting a sandbox and fetching the first token cost more than
     the send-mail run a test is about.
     """
-    from smtp_oauth.tokens import create_token_provider
+    from smtp_oauth.tokens.provider import create_token_provider
 
     async with Sandbox(directory) as sandbox:
         with pytest.MonkeyPatch.context() as patch:  # module fixtures run before conftest's cleaning

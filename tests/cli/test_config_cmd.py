@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from smtp_oauth.cli.config_cmd import example_config
-from smtp_oauth.settings import Settings, load_settings
+from smtp_oauth.settings.models import Settings, load_settings
 from tests.cli.admin_cli import clean_env, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -175,7 +175,7 @@ def test_example_states_the_real_defaults(tmp_path: Path) -> None:
             continue  # computed defaults (host, scopes, paths): the comment says where they come from
         actual = getattr(loaded if not section else getattr(loaded, section), key)
         if hasattr(actual, "total_seconds"):
-            from smtp_oauth.settings import parse_duration
+            from smtp_oauth.settings.models import parse_duration
 
             stated = parse_duration(stated)
         assert stated == actual, f"{section}.{key}: example says {stated!r}, default is {actual!r}"

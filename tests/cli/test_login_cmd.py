@@ -9,7 +9,7 @@ import pytest
 
 from smtp_oauth.cli.login import choose_flow
 from smtp_oauth.sandbox import Sandbox
-from smtp_oauth.settings import load_settings
+from smtp_oauth.settings.models import load_settings
 from tests.cli.admin_cli import clean_env, run_cli_async
 
 

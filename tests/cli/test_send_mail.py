@@ -13,7 +13,7 @@ import pytest
 
 from smtp_oauth.errors import ExitCode
 from smtp_oauth.sandbox import Sandbox
-from smtp_oauth.xoauth2 import encode
+from smtp_oauth.smtp.xoauth2 import encode
 from tests.cli.send_mail_harness import mailbox_of, run_send_mail
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -170,7 +170,7 @@ async def test_verbose_shows_dialogue_without_token(sandbox: Sandbox, env: dict[
     assert "AUTH XOAUTH2" in run.stderr
     assert "235" in run.stderr
     assert "RCPT TO:<to@example.com>" in run.stderr
-    from smtp_oauth.tokens import cached_access_token
+    from smtp_oauth.tokens.provider import cached_access_token
 
     token = cached_access_token(sandbox.settings())
     assert token

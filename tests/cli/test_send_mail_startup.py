@@ -15,7 +15,7 @@ import pytest
 
 import smtp_oauth
 from smtp_oauth.sandbox import Sandbox
-from smtp_oauth.sender import Mailer, preload_tls_context
+from smtp_oauth.smtp.mailer import Mailer, preload_tls_context
 
 
 def _modules_after(statement: str) -> set[str]:
@@ -35,7 +35,7 @@ def test_importing_send_mail_loads_neither_pydantic_nor_aiosmtplib() -> None:
 def test_public_names_load_on_first_use() -> None:
     """smtp_oauth.Mailer imports the sender module when first asked for, and is the same class."""
     loaded = _modules_after("import smtp_oauth; smtp_oauth.Mailer")
-    assert "smtp_oauth.sender" in loaded
+    assert "smtp_oauth.smtp.mailer" in loaded
     assert "smtp_oauth.log_handler" not in loaded
     assert smtp_oauth.Mailer is Mailer
 

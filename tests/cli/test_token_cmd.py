@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from smtp_oauth.claims import decode_claims
 from smtp_oauth.sandbox import Sandbox
-from smtp_oauth.xoauth2 import decode
+from smtp_oauth.smtp.xoauth2 import decode
+from smtp_oauth.tokens.claims import decode_claims
 from tests.cli.admin_cli import Completed, clean_env, run_cli, run_cli_async
 
 

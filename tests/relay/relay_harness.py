@@ -13,7 +13,7 @@ from typing import Any
 
 from smtp_oauth.relay.passwords import hash_password
 from smtp_oauth.relay.service import RelayService
-from smtp_oauth.relay.spool import QueueState
+from smtp_oauth.relay.spool.base import QueueState
 from smtp_oauth.sandbox import Sandbox
 
 USER, PASSWORD = "legacy-app", "correct horse battery staple"

@@ -21,9 +21,9 @@ from smtp_oauth.errors import (
     SmtpOAuthError,
     TemporaryDeliveryError,
 )
-from smtp_oauth.relay.delivery import DeliveryConfig, DeliveryManager, Session, SessionFactory
-from smtp_oauth.relay.spool import NewMessage, QueueState, SpooledMessage
-from smtp_oauth.relay.spool_sqlite import SqliteSpool
+from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager, Session, SessionFactory
+from smtp_oauth.relay.spool.base import NewMessage, QueueState, SpooledMessage
+from smtp_oauth.relay.spool.sqlite import SqliteSpool
 
 MAILBOX = "box@example.com"
 FAST: dict[str, object] = {

@@ -9,9 +9,9 @@ from email import message_from_bytes
 from email.message import Message
 from typing import cast
 
-from smtp_oauth.relay.backoff import Pacer, next_attempt_at, retry_delay
-from smtp_oauth.relay.bounce import BOUNCE_USER, build_report, should_bounce
-from smtp_oauth.relay.spool import SpooledMessage
+from smtp_oauth.relay.delivery.backoff import Pacer, next_attempt_at, retry_delay
+from smtp_oauth.relay.delivery.bounce import BOUNCE_USER, build_report, should_bounce
+from smtp_oauth.relay.spool.base import SpooledMessage
 
 
 def test_retry_delay_doubles_from_a_minute_to_an_hour() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from smtp_oauth.relay.spool import NewMessage
-from smtp_oauth.relay.spool_sqlite import INLINE_LIMIT, SqliteSpool
+from smtp_oauth.relay.spool.base import NewMessage
+from smtp_oauth.relay.spool.sqlite import INLINE_LIMIT, SqliteSpool
 from tests.relay.test_delivery import MAILBOX, FakeUpstream, running, wait_for_state
 
 HEADER = b"From: app@example.com\r\nSubject: big scan\r\nMessage-ID: <big@example.com>\r\n\r\n"

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import pytest
 
 from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.relay.listener.server import AcceptedMessage, ListenerTuning, RelayListener
 from smtp_oauth.relay.passwords import hash_password
-from smtp_oauth.relay.server import AcceptedMessage, ListenerTuning, RelayListener
-from smtp_oauth.settings import RelaySettings
+from smtp_oauth.settings.models import RelaySettings
 
 T = TypeVar("T")
 

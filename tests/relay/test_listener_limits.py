@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from smtp_oauth.relay.server import ListenerTuning
+from smtp_oauth.relay.listener.server import ListenerTuning
 from tests.relay.test_listener import (
     FERN_PASSWORD,
     MESSAGE,

@@ -17,7 +17,7 @@ from smtp_oauth.relay.policy import (
     is_loopback_address,
     read_headers,
 )
-from smtp_oauth.settings import RelaySettings
+from smtp_oauth.settings.models import RelaySettings
 
 HASH = hash_password("pw", log2_n=4)
 DEFAULT_MAILBOX = "relay@contoso.com"

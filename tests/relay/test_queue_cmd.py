@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from smtp_oauth.relay.spool import NewMessage
-from smtp_oauth.relay.spool_sqlite import SqliteSpool
+from smtp_oauth.relay.spool.base import NewMessage
+from smtp_oauth.relay.spool.sqlite import SqliteSpool
 from smtp_oauth.sandbox import Sandbox
 from tests.cli.admin_cli import clean_env
 from tests.relay.relay_harness import (

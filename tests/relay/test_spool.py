@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from smtp_oauth.errors import ConfigurationError
-from smtp_oauth.relay.spool import NewMessage
-from smtp_oauth.relay.spool_sqlite import SqliteSpool
+from smtp_oauth.relay.spool.base import NewMessage
+from smtp_oauth.relay.spool.sqlite import SqliteSpool
 
 
 def message(data: bytes = b"Subject: hi\r\n\r\nbody\r\n", *, mailbox: str = "box@example.com") -> NewMessage:

@@ -10,15 +10,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-from smtp_oauth.relay.spool_sqlite import SqliteSpool
+from smtp_oauth.relay.spool.sqlite import SqliteSpool
 
 # Enqueues forever, 8 at a time, small and large bodies mixed; prints each id once it is committed.
 WRITER = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from smtp_oauth.relay.spool import NewMessage
-    from smtp_oauth.relay.spool_sqlite import SqliteSpool
+    from smtp_oauth.relay.spool.base import NewMessage
+    from smtp_oauth.relay.spool.sqlite import SqliteSpool
 
     async def one(spool, n):
         size = 300_000 if n % 5 == 0 else 2_000

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smtp_oauth.sandbox.exchange import FakeExchange
+from smtp_oauth.sandbox.exchange.server import FakeExchange
 from smtp_oauth.testing import SandboxKeys
 from tests.sandbox.exchange_helpers import ExchangeKit, make_kit, running_exchange
 from tests.sandbox.idp_helpers import RunningIdp, running_idp

@@ -13,7 +13,7 @@ from typing import Any
 import aiosmtplib
 
 from smtp_oauth.sandbox.certs import SandboxCertificates, make_certificates
-from smtp_oauth.sandbox.exchange import FakeExchange
+from smtp_oauth.sandbox.exchange.server import FakeExchange
 from smtp_oauth.sandbox.keys import SigningKey
 
 TENANT_ID = "0b6c3a5e-1f1e-4c1a-9d5e-5a4d1e2f3a4b"

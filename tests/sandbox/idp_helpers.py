@@ -13,11 +13,11 @@ from urllib.parse import parse_qsl, urlsplit
 import msal
 import requests
 
-from smtp_oauth.idp_http import IdpHttpClient
-from smtp_oauth.sandbox.idp import SandboxIdentityProvider
+from smtp_oauth.sandbox.idp.provider import SandboxIdentityProvider
 from smtp_oauth.sandbox.keys import SigningKey
 from smtp_oauth.sandbox.tenant import SandboxTenant, make_tenant
 from smtp_oauth.testing import SandboxKeys
+from smtp_oauth.tokens.http import IdpHttpClient
 
 APP_SCOPE = ["https://outlook.office365.com/.default"]
 USER_SCOPE = ["https://outlook.office.com/SMTP.Send"]

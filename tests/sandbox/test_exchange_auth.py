@@ -9,9 +9,9 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from smtp_oauth import xoauth2
-from smtp_oauth.sandbox.exchange import DEFAULT_HOSTNAME, FakeExchange
+from smtp_oauth.sandbox.exchange.server import DEFAULT_HOSTNAME, FakeExchange
 from smtp_oauth.sandbox.keys import SigningKey
+from smtp_oauth.smtp import xoauth2
 from tests.sandbox.exchange_helpers import (
     APP_ID,
     MAILBOX,

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from smtp_oauth.sandbox.exchange import FakeExchange
+from smtp_oauth.sandbox.exchange.server import FakeExchange
 from tests.sandbox.exchange_helpers import (
     MAILBOX,
     RECIPIENT,

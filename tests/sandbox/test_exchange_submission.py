@@ -8,7 +8,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from smtp_oauth.sandbox.exchange import DEFAULT_HOSTNAME, FakeExchange
+from smtp_oauth.sandbox.exchange.server import DEFAULT_HOSTNAME, FakeExchange
 from tests.sandbox.exchange_helpers import (
     MAILBOX,
     OTHER_MAILBOX,

@@ -1,0 +1,1 @@
+"""Messages: composing them, reading sendmail input, envelopes and header fields."""

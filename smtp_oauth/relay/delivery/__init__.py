@@ -1,0 +1,1 @@
+"""The relay's delivery: one pool per mailbox, pacing, backoff, outcomes and bounces."""

@@ -1,0 +1,162 @@
+"""Delivery: takes due messages from the spool and sends them upstream, one pool per mailbox.
+
+Per upstream mailbox at most ``upstream_connections`` sessions (Exchange Online allows 3
+concurrent submissions per mailbox, exchange-online.md B5), each reused for many messages and
+closed after ``idle_timeout``; sends are paced to ``messages_per_minute``; mailboxes never wait
+for each other. Outcomes:
+
+- accepted (some recipients may be refused): ``delivered``; recipients refused with a 5xx get a
+  report, those refused with a 4xx keep the entry ``deferred`` for them alone.
+- 5xx (``PermanentDeliveryError``): ``dead`` at once, with a report when ``bounce`` is on.
+- 4xx, network, token endpoint down: ``deferred`` with exponential backoff (``backoff.py``) until
+  ``max_queue_age``, then ``dead``.
+- 535 after the Mailer's retry with a fresh token (``AuthenticationError``), or a token refused by
+  Entra ID: ``deferred`` too, logged at ERROR with the hint. These are the operator's problem (a
+  consent, a secret, SMTP AUTH disabled); once fixed the queue drains, so mail is not lost to a
+  configuration slip. Only ``max_queue_age`` turns them into ``dead``.
+
+The sender is not imported: the service hands in a ``SessionFactory`` (``Mailer`` fits it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from smtp_oauth.relay.delivery.backoff import BACKOFF_BASE, BACKOFF_CAP, Pacer
+from smtp_oauth.relay.delivery.pool import MailboxPool
+from smtp_oauth.relay.spool.base import Spool
+from smtp_oauth.settings.models import RelaySettings
+
+__all__ = ["DeliveryConfig", "DeliveryManager", "Receipt", "Session", "SessionFactory"]
+
+logger = logging.getLogger("smtp_oauth.relay")
+PRUNE_INTERVAL = 3600.0
+
+
+class Receipt(Protocol):
+    """What a session reports for a sent message (``smtp_oauth.smtp.mailer.SendResult`` fits)."""
+
+    @property
+    def accepted(self) -> list[str]: ...
+    @property
+    def refused(self) -> dict[str, tuple[int, str]]: ...
+    @property
+    def reply(self) -> str: ...
+
+
+class Session(Protocol):
+    """An authenticated upstream SMTP session (``smtp_oauth.smtp.mailer.Mailer`` fits)."""
+
+    async def send(self, message: bytes | Path, /, *, sender: str, recipients: Sequence[str]) -> Receipt:
+        """Send ``message``: bytes, or the path of a file holding it (streamed, not read whole)."""
+        ...
+
+
+SessionFactory = Callable[[str], AbstractAsyncContextManager[Session]]
+"""mailbox -> a session authenticating as that mailbox, opened by ``async with``."""
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """Delivery's knobs: the public ones come from ``[relay]``, the rest are internal tuning."""
+
+    upstream_connections: int = 3
+    messages_per_minute: int = 30
+    max_queue_age: float = 5 * 86400.0
+    retention: float = 7 * 86400.0
+    bounce: bool = False
+    upstream_host: str | None = None  # named in reports' Remote-MTA
+    backoff_base: float = BACKOFF_BASE  # tests shrink these to retry in a fraction of a second
+    backoff_cap: float = BACKOFF_CAP
+    poll_interval: float = 2.0  # notice work queued by other processes (`smtp-oauth queue retry`)
+    idle_timeout: float = 60.0  # close an upstream session unused this long
+
+    @classmethod
+    def from_relay(
+        cls, relay: RelaySettings, *, upstream_host: str | None = None, **tuning: float
+    ) -> DeliveryConfig:
+        """The config for ``[relay]``; ``tuning`` overrides the internal knobs (tests)."""
+        return cls(
+            upstream_connections=relay.upstream_connections,
+            messages_per_minute=relay.messages_per_minute,
+            max_queue_age=relay.max_queue_age.total_seconds(),
+            retention=relay.retention.total_seconds(),
+            bounce=relay.bounce,
+            upstream_host=upstream_host,
+            **tuning,
+        )
+
+
+class DeliveryManager:
+    """Watches the spool and keeps one ``MailboxPool`` per mailbox with due messages busy."""
+
+    def __init__(self, spool: Spool, sessions: SessionFactory, config: DeliveryConfig) -> None:
+        self.spool = spool
+        self.sessions = sessions
+        self.config = config
+        self.results: Counter[str] = Counter()  # delivered / deferred / dead / bounced, for metrics
+        self._pools: dict[str, MailboxPool] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._last_prune = 0.0
+
+    def wake(self) -> None:
+        """Something changed in the spool (a new message, a deferral): look again now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Dispatch until ``stop``: wake the pools whose mailboxes have due messages."""
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                timeout = await self._dispatch()
+            except Exception:  # the spool failed (locked, disk full): the relay keeps running
+                logger.exception("cannot read the queue; trying again in %.0f s", self.config.poll_interval)
+                timeout = self.config.poll_interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.01))
+
+    async def _dispatch(self) -> float:
+        """Prune when due and wake the pools with due messages; seconds until the next due one."""
+        now = time.time()
+        if now - self._last_prune >= PRUNE_INTERVAL:
+            self._last_prune = now
+            pruned = await self.spool.prune(older_than=now - self.config.retention)
+            if pruned:
+                logger.info("pruned %d delivered messages", pruned, extra={"event": "pruned"})
+        timeout = self.config.poll_interval
+        for mailbox, due_at in (await self.spool.pending_by_mailbox()).items():
+            if due_at <= now:
+                self._pool(mailbox).wake()
+            else:
+                timeout = min(timeout, due_at - now)
+        return timeout
+
+    def _pool(self, mailbox: str) -> MailboxPool:
+        if mailbox not in self._pools:
+            self._pools[mailbox] = MailboxPool(
+                mailbox,
+                spool=self.spool,
+                sessions=self.sessions,
+                config=self.config,
+                pacer=Pacer(self.config.messages_per_minute),
+                results=self.results,
+                on_change=self.wake,
+            )
+        return self._pools[mailbox]
+
+    async def stop(self, *, grace: float) -> None:
+        """Take no new messages; let sends in progress finish for ``grace`` seconds, then cancel
+        them (they go back to ``queued``); close the upstream sessions."""
+        self._stopping = True
+        self._wake.set()
+        await asyncio.gather(*(pool.stop(grace=grace) for pool in self._pools.values()))

@@ -1,0 +1,338 @@
+"""One upstream mailbox's delivery: up to N workers, each owning one reused upstream session.
+
+A worker claims a due message, waits for the mailbox's pacing slot, sends it, and records the
+outcome (see ``delivery.py`` for the rules). Workers start when the pool is first woken and
+keep running; an idle worker closes its session after ``idle_timeout``. A body stored in a file is
+handed to the session as its path (the Mailer streams it); a report reads only its start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from smtp_oauth.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    DeliveryError,
+    PermanentDeliveryError,
+    SmtpOAuthError,
+    TokenError,
+)
+from smtp_oauth.relay.delivery.backoff import Pacer, next_attempt_at
+from smtp_oauth.relay.delivery.bounce import BOUNCE_USER, MAX_ORIGINAL_HEADERS, build_report, should_bounce
+from smtp_oauth.relay.spool.base import NewMessage, Spool, SpooledMessage
+
+if TYPE_CHECKING:
+    from smtp_oauth.relay.delivery.manager import DeliveryConfig, Receipt, Session, SessionFactory
+
+__all__ = ["MailboxPool"]
+
+logger = logging.getLogger("smtp_oauth.relay")
+SESSION_CLOSE_TIMEOUT = 10.0
+SHUTDOWN_CLOSE_TIMEOUT = 1.0  # at stop: relay.shutdown_timeout is a promise, QUIT is a courtesy
+Body = bytes | Path  # as ``Spool.read_body`` gives it
+
+
+def _report_original(body: Body) -> bytes:
+    """What a report quotes of the original (its header, at most 64 KiB): a file's start only.
+
+    Blocking for a file: call it in a thread.
+    """
+    if isinstance(body, bytes):
+        return body
+    with body.open("rb") as file:
+        return file.read(MAX_ORIGINAL_HEADERS + 4)  # + the blank line that may end the header there
+
+
+def _reply_of(error: BaseException) -> str:
+    """The upstream's reply line if there was one, else our error message (never a token)."""
+    if isinstance(error, DeliveryError) and error.reply:
+        return error.reply
+    return str(error) or type(error).__name__
+
+
+def _log(level: int, entry: SpooledMessage, event: str, detail: str = "", **fields: object) -> None:
+    """One structured line per message event; addresses and sizes, never bodies or tokens."""
+    extra = {
+        "event": event,
+        "queue_id": entry.id,
+        "message_id": entry.message_id,
+        "sender": entry.mail_from,
+        "recipients": len(entry.rcpt_tos),
+        "size": entry.size,
+        "mailbox": entry.mailbox,
+        "latency_ms": int((time.time() - entry.created_at) * 1000),
+        **fields,
+    }
+    logger.log(level, "%s %s%s", event, entry.id, f": {detail}" if detail else "", extra=extra)
+
+
+class MailboxPool:
+    """The workers of one upstream mailbox."""
+
+    def __init__(
+        self,
+        mailbox: str,
+        *,
+        spool: Spool,
+        sessions: SessionFactory,
+        config: DeliveryConfig,
+        pacer: Pacer,
+        results: Counter[str],
+        on_change: Callable[[], None],
+    ) -> None:
+        self.mailbox = mailbox
+        self.spool = spool
+        self.sessions = sessions
+        self.config = config
+        self.pacer = pacer
+        self.results = results
+        self.on_change = on_change
+        self._work = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def wake(self) -> None:
+        """There are due messages: start the workers if needed and let idle ones claim."""
+        if not self._tasks and not self._stopping:
+            self._tasks = [
+                asyncio.create_task(self._worker(), name=f"deliver {self.mailbox} #{n}")
+                for n in range(self.config.upstream_connections)
+            ]
+        self._work.set()
+
+    async def stop(self, *, grace: float) -> None:
+        """Stop claiming; wait up to ``grace`` seconds for sends in progress, then cancel them."""
+        self._stopping = True
+        self._work.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _worker(self) -> None:
+        stack = AsyncExitStack()  # holds the upstream session while it is open
+        session: Session | None = None
+        try:
+            while not self._stopping:
+                try:
+                    session = await self._claim_and_send(session, stack)
+                except Exception:  # the spool failed (disk full?): keep the worker, try again soon
+                    logger.exception("delivery worker for %s", self.mailbox)
+                    await asyncio.sleep(1.0)
+        finally:
+            await self._close(stack)
+
+    async def _claim_and_send(self, session: Session | None, stack: AsyncExitStack) -> Session | None:
+        self._work.clear()  # before claiming: a wake-up that comes during the claim is not lost
+        claimed = await self.spool.claim_due(self.mailbox, 1)
+        if not claimed:
+            if not await self._wait_for_work(idle=session is not None):
+                await self._close(stack)
+                return None
+            return session
+        return await self._attempt(claimed[0], session, stack)
+
+    async def _wait_for_work(self, *, idle: bool) -> bool:
+        """Wait for a wake-up; False if an open session stayed idle for ``idle_timeout``."""
+        if not idle:
+            await self._work.wait()
+            return True
+        try:
+            await asyncio.wait_for(self._work.wait(), timeout=self.config.idle_timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _close(self, stack: AsyncExitStack) -> None:
+        """QUIT the session, but do not let a dead server hold the worker."""
+        with contextlib.suppress(Exception, TimeoutError):
+            timeout = SHUTDOWN_CLOSE_TIMEOUT if self._stopping else SESSION_CLOSE_TIMEOUT
+            await asyncio.wait_for(stack.aclose(), timeout=timeout)
+
+    async def _attempt(
+        self, entry: SpooledMessage, session: Session | None, stack: AsyncExitStack
+    ) -> Session | None:
+        """Send one claimed message; returns the session to keep (None: open a new one next time)."""
+        try:
+            try:
+                data = await self.spool.read_body(entry.id)
+            except FileNotFoundError:
+                await self._dead(entry, b"", "the message's body is missing from the spool", None)
+                return session
+            await self.pacer.wait()
+            if session is None:
+                session = await stack.enter_async_context(self.sessions(self.mailbox))
+            receipt = await session.send(data, sender=entry.mail_from, recipients=entry.rcpt_tos)
+        except asyncio.CancelledError:
+            # Shutting down: give the message back untried (it may have gone out: at-least-once).
+            await asyncio.shield(self.spool.release(entry.id))
+            raise
+        except PermanentDeliveryError as error:
+            await self._dead(entry, data, _reply_of(error), error)
+            return session  # a 5xx for this message; the session itself is fine
+        except (SmtpOAuthError, OSError) as error:
+            await self._deferred(entry, error)
+        except Exception as error:  # a bug of ours must not lose the message
+            logger.exception("unexpected error delivering %s", entry.id)
+            await self._deferred(entry, error)
+        else:
+            await self._delivered(entry, data, receipt)
+            return session
+        await self._close(stack)  # after a failure start afresh: new connection, new token
+        return None
+
+    async def _delivered(self, entry: SpooledMessage, data: Body, receipt: Receipt) -> None:
+        # Recipients refused with a 4xx are tried again (the entry stays, for them alone); the
+        # others got the message and are never sent it twice. 5xx refusals are final.
+        temporary = [address for address, (code, _) in receipt.refused.items() if code < 500]
+        retry_at = self._retry_at(entry) if temporary else None
+        if retry_at is None:
+            temporary = []  # none, or too old to try again: final like a 5xx
+        permanent = {addr: reply for addr, reply in receipt.refused.items() if addr not in temporary}
+        if permanent:
+            data = await self._original(data)  # before mark_delivered drops the body file
+        refused = {**entry.refused, **permanent}
+        if retry_at is None:
+            await self.spool.mark_delivered(entry.id, reply=receipt.reply, refused=refused)
+        else:
+            code, text = receipt.refused[temporary[0]]
+            await self.spool.mark_partly_delivered(
+                entry.id,
+                remaining=temporary,
+                next_attempt_at=retry_at,
+                reply=f"{code} {text}",
+                refused=refused,
+            )
+        self.results["delivered"] += 1
+        _log(
+            logging.INFO,
+            entry,
+            "delivered",
+            upstream_reply=receipt.reply,
+            attempts=entry.attempts + 1,
+            refused=len(receipt.refused),
+        )
+        if retry_at is not None:
+            self.results["deferred"] += 1
+            _log(
+                logging.WARNING,
+                entry,
+                "deferred",
+                f"{len(temporary)} recipient(s) refused for now, to be tried again: {code} {text}",
+                upstream_reply=f"{code} {text}",
+                attempts=entry.attempts + 1,
+                retry_in_s=round(retry_at - time.time(), 1),
+                remaining=len(temporary),
+            )
+            self.on_change()
+        if permanent:
+            failed = {addr: f"{code} {text}" for addr, (code, text) in permanent.items()}
+            _log(logging.WARNING, entry, "refused", "some recipients were refused", refused=failed)
+            await self._bounce(entry, data, failed, "the server refused these recipients", None)
+
+    def _retry_at(self, entry: SpooledMessage) -> float | None:
+        """When to try ``entry`` again after this failed attempt; None once it is too old."""
+        return next_attempt_at(
+            now=time.time(),
+            created_at=entry.created_at,
+            attempts=entry.attempts + 1,
+            max_queue_age=self.config.max_queue_age,
+            base=self.config.backoff_base,
+            cap=self.config.backoff_cap,
+        )
+
+    async def _deferred(self, entry: SpooledMessage, error: BaseException) -> None:
+        now = time.time()
+        attempts = entry.attempts + 1
+        retry_at = self._retry_at(entry)
+        reply = _reply_of(error)
+        hint = error.explain() if isinstance(error, SmtpOAuthError) else None
+        if retry_at is None:
+            data = await self._read_or_empty(entry.id)
+            reason = f"still failing after {attempts} attempts, at the queue age limit: {reply}"
+            await self._dead(entry, data, reason, error)
+            return
+        await self.spool.mark_deferred(entry.id, next_attempt_at=retry_at, reply=reply)
+        self.results["deferred"] += 1
+        # Refused credentials need a person; everything else is routine and retried quietly.
+        operator = isinstance(error, AuthenticationError | ConfigurationError) or (
+            isinstance(error, TokenError) and not error.temporary
+        )
+        _log(
+            logging.ERROR if operator else logging.WARNING,
+            entry,
+            "deferred",
+            reply + (f" (hint: {hint})" if hint and operator else ""),
+            upstream_reply=reply,
+            attempts=attempts,
+            retry_in_s=round(retry_at - now, 1),
+        )
+        self.on_change()
+
+    async def _read_or_empty(self, queue_id: str) -> Body:
+        try:
+            return await self.spool.read_body(queue_id)
+        except FileNotFoundError:
+            return b""
+
+    async def _dead(
+        self, entry: SpooledMessage, data: Body, reason: str, error: BaseException | None
+    ) -> None:
+        await self.spool.mark_dead(entry.id, reply=reason)
+        self.results["dead"] += 1
+        hint = error.explain() if isinstance(error, SmtpOAuthError) else None
+        _log(
+            logging.ERROR,
+            entry,
+            "dead",
+            reason + (f" (hint: {hint})" if hint else ""),
+            upstream_reply=reason,
+            attempts=entry.attempts + 1,
+        )
+        failed = dict.fromkeys(entry.rcpt_tos, reason)
+        if isinstance(error, DeliveryError) and error.recipients:
+            failed = {addr: f"{code} {text}" for addr, (code, text) in error.recipients.items()}
+        await self._bounce(entry, data, failed, reason, hint)
+
+    async def _original(self, data: Body) -> bytes:
+        """``_report_original`` off the loop; a body deleted meanwhile gives a report without it."""
+        try:
+            return await asyncio.to_thread(_report_original, data)
+        except FileNotFoundError:
+            return b""
+
+    async def _bounce(
+        self, entry: SpooledMessage, data: Body, failed: dict[str, str], reason: str, hint: str | None
+    ) -> None:
+        if not (self.config.bounce and should_bounce(entry)):
+            return
+        # In a thread: the report names this host, and socket.getfqdn() is a DNS look-up that can
+        # take the resolver's whole timeout, which would freeze every session of the relay.
+        report = await asyncio.to_thread(
+            functools.partial(
+                build_report,
+                entry,
+                await self._original(data),
+                failed=failed,
+                reason=reason,
+                hint=hint,
+                upstream_host=self.config.upstream_host,
+            )
+        )
+        ndr = NewMessage(BOUNCE_USER, entry.mailbox, entry.mailbox, [entry.mail_from], report)
+        report_id = await self.spool.enqueue(ndr)
+        self.results["bounced"] += 1
+        _log(logging.INFO, entry, "bounced", f"non-delivery report {report_id} queued", report_id=report_id)
+        self.on_change()

@@ -1,0 +1,212 @@
+"""The relay's SMTP listener: where legacy senders hand over their mail (aiosmtpd >= 1.4.6).
+
+A session goes::
+
+    EHLO -> [STARTTLS] -> AUTH PLAIN|LOGIN (or a peer in relay.allow_networks) -> MAIL FROM (sender
+    rule) -> RCPT TO (<= 500) -> DATA (From: rule, size) -> store() commits -> 250 queued as <id>
+
+This module binds the socket, builds each connection's ``session.RelaySession`` from the current
+configuration, reloads users and policy on SIGHUP, and stops gracefully. Before binding it refuses an
+open relay (``policy.check_not_open_relay``).
+
+The 250 after DATA is sent only when ``store`` has returned, i.e. the message is durably committed
+(the spool's commit); ``store`` runs shielded, so a client hanging up mid-commit cannot cancel it.
+
+With ``incoming_dir`` (the spool's ``incoming/``), a body bigger than ``incoming.SPILL_AT`` is
+written there while it arrives and ``store`` gets its path: the spool takes the file over by a
+rename. Once ``store`` has finished, the listener removes whatever file is left (a failed store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.relay.listener.handler import RelayHandler
+from smtp_oauth.relay.listener.session import (
+    REPLY_SHUTTING_DOWN,
+    AcceptedMessage,
+    ListenerTuning,
+    RelaySession,
+)
+from smtp_oauth.relay.policy import RelayPolicy, check_not_open_relay, is_loopback_address
+from smtp_oauth.settings.models import RelaySettings, parse_listen
+
+__all__ = ["AcceptedMessage", "ListenerTuning", "RelayListener", "build_tls_context"]
+
+log = logging.getLogger("smtp_oauth.relay.listener")
+
+
+def build_tls_context(relay: RelaySettings) -> ssl.SSLContext | None:
+    """The STARTTLS context from relay.tls_certificate/tls_key, or None when TLS is not configured."""
+    if relay.tls_certificate is None or relay.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS >= 1.2, no client certs asked
+    try:
+        context.load_cert_chain(relay.tls_certificate, relay.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            f"cannot load relay.tls_certificate {relay.tls_certificate} with relay.tls_key "
+            f"{relay.tls_key}: {exc}",
+            key="relay.tls_certificate",
+            hint="Both must be PEM files readable by the relay; the key must belong to the certificate.",
+        ) from exc
+    return context
+
+
+@dataclass(frozen=True)
+class _Config:
+    """What a new connection is set up with; swapped as a whole by reload()."""
+
+    relay: RelaySettings
+    policy: RelayPolicy
+    tls_context: ssl.SSLContext | None
+
+
+class RelayListener:
+    """Accepts mail from legacy senders on relay.listen and hands it to ``store``."""
+
+    def __init__(
+        self,
+        relay: RelaySettings,
+        *,
+        default_mailbox: str,
+        store: Callable[[AcceptedMessage], Awaitable[str]],
+        tuning: ListenerTuning | None = None,
+        incoming_dir: Path | None = None,
+    ) -> None:
+        self._default_mailbox = default_mailbox
+        self._store = store
+        self.incoming_dir = incoming_dir  # None: bodies stay in memory (a listener without a spool)
+        self._tuning = tuning or ListenerTuning()
+        self._config = self._load(relay)
+        self._handler = RelayHandler(self, self._tuning)
+        self._hostname = socket.gethostname()  # not getfqdn(): a DNS lookup per connection
+        self._server: asyncio.Server | None = None
+        self._sessions: set[RelaySession] = set()
+        self._all_closed = asyncio.Event()
+        self._stores: set[asyncio.Task[str]] = set()
+        self.stopping = False
+        self.addresses: list[tuple[str, int]] = []
+
+    def _load(self, relay: RelaySettings) -> _Config:
+        check_not_open_relay(relay)
+        policy = RelayPolicy.from_settings(relay, default_mailbox=self._default_mailbox)
+        tls_context = build_tls_context(relay)
+        if tls_context is None and not is_loopback_address(parse_listen(relay.listen)[0]):
+            # Not an error (allow_networks may be all it is for), but otherwise every remote login
+            # fails with 538 and nothing in the log would say why.
+            log.warning(
+                "relay.listen %s accepts other hosts, but without relay.tls_certificate and "
+                "relay.tls_key they cannot log in: AUTH is offered only on loopback or after STARTTLS "
+                "(only relay.allow_networks peers can send from elsewhere)",
+                relay.listen,
+            )
+        return _Config(relay=relay, policy=policy, tls_context=tls_context)
+
+    @property
+    def policy(self) -> RelayPolicy:
+        """The users and networks in force now (reload() replaces them)."""
+        return self._config.policy
+
+    async def start(self) -> None:
+        """Listen on relay.listen (IPv4 or IPv6; port 0 picks a free port, see ``addresses``)."""
+        host, port = parse_listen(self._config.relay.listen)
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: self._new_session(loop), host.strip("[]"), port, backlog=256
+            )
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on relay.listen {self._config.relay.listen}: {exc.strerror or exc}",
+                key="relay.listen",
+                hint="Another program (or another relay) may use that port; pick another one, "
+                "or use a port above 1023 when not running as root.",
+            ) from exc
+        self.addresses = [sock.getsockname()[:2] for sock in self._server.sockets]
+        log.info("relay listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
+
+    def _new_session(self, loop: asyncio.AbstractEventLoop) -> RelaySession:
+        config = self._config
+        return RelaySession(
+            self._handler,
+            self,
+            data_size_limit=config.relay.max_message_size,
+            tls_context=config.tls_context,
+            hostname=self._hostname,
+            ident="smtp-oauth relay",
+            timeout=self._tuning.idle_timeout,
+            auth_require_tls=True,  # relaxed per loopback peer in connection_made
+            loop=loop,
+        )
+
+    def reload(self, relay: RelaySettings) -> None:
+        """New users, sender rules, networks, size and TLS for new sessions; open ones stay open.
+
+        A ConfigurationError leaves the running configuration in place.
+        """
+        config = self._load(relay)
+        if parse_listen(relay.listen) != parse_listen(self._config.relay.listen):
+            log.warning(
+                "relay.listen changed to %s: that takes a restart, still listening on the old address",
+                relay.listen,
+            )
+        self._config = config
+        log.info(
+            "relay configuration reloaded: %d users, %d networks",
+            len(config.policy.users),
+            len(config.policy.networks),
+        )
+
+    async def store(self, message: AcceptedMessage) -> str:
+        """Run ``store`` shielded: once started, a commit finishes even if the client hangs up."""
+        task = asyncio.ensure_future(self._store(message))
+        self._stores.add(task)
+        task.add_done_callback(functools.partial(self._store_done, message.data))
+        return await asyncio.shield(task)
+
+    def _store_done(self, body: bytes | Path, task: asyncio.Task[str]) -> None:
+        self._stores.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here too, in case the session that awaited it is gone
+        if isinstance(body, Path):  # the spool renamed it away, unless the store failed
+            asyncio.get_running_loop().run_in_executor(None, functools.partial(body.unlink, missing_ok=True))
+
+    def session_opened(self, session: RelaySession) -> None:
+        self._sessions.add(session)
+        self._all_closed.clear()
+
+    def session_closed(self, session: RelaySession) -> None:
+        self._sessions.discard(session)
+        if not self._sessions:
+            self._all_closed.set()
+
+    async def stop(self) -> None:
+        """Stop accepting; idle sessions get 421, busy ones finish (bounded), stores always complete."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        for session in list(self._sessions):
+            if not session.busy:
+                session.hang_up(REPLY_SHUTTING_DOWN)
+        if self._sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), timeout=self._tuning.shutdown_grace)
+        for session in list(self._sessions):
+            log.warning("closing the session of %s: still busy at shutdown", session.peer_host)
+            session.hang_up()
+        if self._stores:
+            await asyncio.wait(set(self._stores))
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
+        log.info("relay listener stopped")

@@ -1,0 +1,203 @@
+"""One SMTP connection of the relay: aiosmtpd's ``SMTP`` with streamed DATA and per-peer AUTH rules.
+
+What aiosmtpd already does here: RFC 5321 command limits (512 octets), STARTTLS enforced (1.4.6),
+SIZE advertised and checked at MAIL FROM (552), the idle timeout. DATA is read by our
+``smtp_DATA`` (``incoming.py``), aiosmtpd 1.4.6's loop and rules streamed to the spool instead of
+collected in memory: 1000-octet text lines (500), only CRLF.CRLF ends DATA (CVE-2024-27305: a
+bare-LF "smuggled" second message stays data), the size limit (552 after the final dot).
+
+The hooks that decide what to answer (AUTH, MAIL, RCPT, the stored DATA) are in ``handler.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
+
+from smtp_oauth.relay.listener.incoming import BodyWriter, DataState, receive_data
+from smtp_oauth.relay.policy import LocalUser, RelayPolicy, cleartext_auth_allowed
+
+if TYPE_CHECKING:
+    from smtp_oauth.relay.listener.handler import RelayHandler
+
+__all__ = ["REPLY_SHUTTING_DOWN", "AcceptedMessage", "ListenerState", "ListenerTuning", "RelaySession"]
+
+log = logging.getLogger("smtp_oauth.relay.listener")
+
+REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing connection"
+
+
+@dataclass(frozen=True)
+class AcceptedMessage:
+    """A message the relay took responsibility for; ``mail_from`` is ``""`` for the null sender <>."""
+
+    local_user: str
+    mailbox: str  # the upstream mailbox (XOAUTH2 user) it goes out through
+    mail_from: str
+    rcpt_tos: list[str]
+    # Exactly as received, dot-unstuffed, never rewritten: in memory, or (a big one) the file in the
+    # spool's incoming/ directory that store() takes over; the listener removes it after store().
+    data: bytes | Path
+    peer: str  # the client's IP address
+    message_id: str | None  # from the Message-ID: header, for logs only
+    size: int = -1  # of ``data``; worked out for bytes, required for a path
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            if isinstance(self.data, Path):
+                raise ValueError("AcceptedMessage with a body file needs its size")
+            object.__setattr__(self, "size", len(self.data))  # frozen: set once, here
+
+    def __repr__(self) -> str:
+        # Bodies never go into logs or tracebacks.
+        return (
+            f"AcceptedMessage(local_user={self.local_user!r}, mailbox={self.mailbox!r}, "
+            f"mail_from={self.mail_from!r}, rcpt_tos=<{len(self.rcpt_tos)}>, data=<{self.size} bytes>, "
+            f"peer={self.peer!r}, message_id={self.message_id!r})"
+        )
+
+
+@dataclass(frozen=True)
+class ListenerTuning:
+    """Limits that are not in the configuration file (tests shorten the delays)."""
+
+    idle_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: a server waits at least 5 minutes for a command
+    max_recipients: int = 500  # Exchange Online's per-message limit
+    auth_failure_delay: float = 1.0  # first failed login from an address: 1 s before the 535
+    auth_failure_delay_max: float = 16.0  # doubling per failure from that address, up to this
+    auth_failure_window: float = 900.0  # failures older than this are forgotten
+    auth_failures_per_session: int = 3  # then 421 and hang up, as Postfix's smtpd_hard_error_limit
+    shutdown_grace: float = 30.0  # stop(): how long busy sessions may take to finish
+
+
+class ListenerState(Protocol):
+    """What a session needs from its listener (``server.RelayListener``)."""
+
+    @property
+    def policy(self) -> RelayPolicy: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def incoming_dir(self) -> Path | None:
+        """Where big bodies are written while they arrive (None: kept in memory)."""
+        ...
+
+    async def store(self, message: AcceptedMessage) -> str: ...
+
+    def session_opened(self, session: RelaySession) -> None: ...
+
+    def session_closed(self, session: RelaySession) -> None: ...
+
+
+class RelayEnvelope(Envelope):
+    """aiosmtpd's envelope plus the local user the transaction was accepted for at MAIL FROM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user: LocalUser | None = None
+        self.body: bytes | Path | None = None  # set at the final dot, instead of original_content
+        self.body_size = 0
+        self.body_stored = False  # handed to store(): from then on the listener cleans up the file
+
+
+class RelaySession(SMTP):
+    """One client connection. Decides per peer whether AUTH may be offered without TLS."""
+
+    def __init__(self, handler: RelayHandler, listener: ListenerState, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.listener = listener
+        self.auth_failures = 0
+        self.peer_host = ""
+        # aiosmtpd keeps command_size_limits on the class and EHLO adds SIZE's 26 octets to it, so
+        # concurrent sessions would keep raising each other's MAIL limit: give each its own.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+
+    def _create_envelope(self) -> RelayEnvelope:
+        return RelayEnvelope()
+
+    @property
+    def busy(self) -> bool:
+        """Inside a mail transaction (between MAIL FROM and the reply to DATA)."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        # SASL mechanism names are case-insensitive (RFC 4422 section 3.1); aiosmtpd looks them up
+        # exactly, which would answer "AUTH plain" from an old client with 504.
+        mechanism, separator, rest = (arg or "").partition(" ")
+        await super().smtp_AUTH(mechanism.upper() + separator + rest)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)  # also called again after STARTTLS, with a fresh session
+        peer = transport.get_extra_info("peername")
+        self.peer_host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        # aiosmtpd only knows "AUTH needs TLS" globally; we allow cleartext AUTH for loopback peers.
+        self._auth_require_tls = not cleartext_auth_allowed(
+            self.peer_host, tls_active=self._tls_protocol is not None
+        )
+        if first:
+            self.listener.session_opened(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.listener.session_closed(self)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA, streamed: aiosmtpd 1.4.6's ``smtp_DATA`` with its checks and replies, but the lines
+        go to a ``BodyWriter`` (memory, then a file in the spool) instead of a list joined at the end.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert isinstance(envelope, RelayEnvelope)  # _create_envelope
+        if not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        body = BodyWriter(self.listener.incoming_dir)
+        try:
+            try:
+                state = await receive_data(
+                    self._reader,
+                    body,
+                    size_limit=self.data_size_limit,
+                    line_length_limit=self.line_length_limit,
+                    # aiosmtpd times the whole command: idle must mean no data, not a long message.
+                    progress=self._reset_timeout,
+                )
+            except asyncio.CancelledError:
+                log.info("connection lost during DATA")
+                self._writer.close()
+                raise
+            if state is not DataState.COMPLETE:
+                self._set_post_data_state()  # type: ignore[no-untyped-call]  # unannotated in aiosmtpd
+                await self.push(state.value)
+                return
+            envelope.body = await body.finish()
+            envelope.body_size = body.size
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]  # unannotated in aiosmtpd
+            await self.push("250 OK" if status is MISSING else status)
+        finally:
+            if not envelope.body_stored:
+                body.discard()  # refused, failed or cut off: nothing of it stays on disk
+
+    def hang_up(self, *replies: str) -> None:
+        """Write ``replies`` (if any), then close once they have been flushed."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            if replies:
+                transport.write("".join(f"{reply}\r\n" for reply in replies).encode("ascii"))
+            transport.close()

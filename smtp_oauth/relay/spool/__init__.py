@@ -1,0 +1,1 @@
+"""The relay's durable queue: the spool protocols and their backends."""

@@ -1,0 +1,413 @@
+"""``SqliteSpool``: the relay's queue in one SQLite file (the ``Spool`` of ``relay/spool.py``).
+
+SQLite runs on its own thread with group commit (``sqlite_db.py``). Bodies up to
+``inline_limit`` live in the row; larger ones in ``data/<id>.eml``, written and fsynced before the
+row commits, so a 35 MiB message is never copied through SQLite's page cache and never held twice
+in memory by the spool. Delivered messages lose their body at once and keep their row (for
+``smtp-oauth queue``) until ``prune``.
+
+The listener streams big bodies into ``incoming/`` as they arrive; ``enqueue`` fsyncs such a file
+and renames it to ``data/<id>.eml`` before the row commits (no copy: same file system). Files left
+in ``incoming/`` by a relay killed mid-receive are removed by ``recover``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.relay.spool.base import STATES, IncomingMessage, QueueState, SpooledMessage, new_queue_id
+from smtp_oauth.relay.spool.sqlite_db import SqliteDatabase
+
+__all__ = ["SqliteSpool", "incoming_directory"]
+
+INLINE_LIMIT = 256 * 1024  # bodies above this go to data/<id>.eml
+INCOMING = "incoming"  # bodies being received, not yet enqueued
+SCHEMA_VERSION = 1
+_INSERT = (
+    "INSERT INTO messages (id, state, local_user, mailbox, mail_from, rcpt_tos, message_id, peer, "
+    "size, body, body_in_file, next_attempt_at, created_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    local_user TEXT NOT NULL,
+    mailbox TEXT NOT NULL,
+    mail_from TEXT NOT NULL,
+    rcpt_tos TEXT NOT NULL,             -- JSON list of addresses
+    message_id TEXT,
+    peer TEXT NOT NULL DEFAULT '',
+    size INTEGER NOT NULL,
+    body BLOB,                          -- inline body; NULL when in a file or dropped
+    body_in_file INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_reply TEXT NOT NULL DEFAULT '',
+    refused TEXT NOT NULL DEFAULT '{}', -- JSON {address: [code, text]}
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (state, mailbox, next_attempt_at);
+"""
+
+_COLUMNS = (
+    "id, state, local_user, mailbox, mail_from, rcpt_tos, message_id, peer, size, attempts, "
+    "next_attempt_at, last_reply, refused, created_at, updated_at"
+)
+
+
+def _row_to_message(row: sqlite3.Row) -> SpooledMessage:
+    refused = {addr: (int(code), str(text)) for addr, (code, text) in json.loads(row["refused"]).items()}
+    return SpooledMessage(
+        id=row["id"],
+        state=row["state"],
+        local_user=row["local_user"],
+        mailbox=row["mailbox"],
+        mail_from=row["mail_from"],
+        rcpt_tos=list(json.loads(row["rcpt_tos"])),
+        message_id=row["message_id"],
+        peer=row["peer"],
+        size=row["size"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_reply=row["last_reply"],
+        refused=refused,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file, or a directory to make a new entry in it durable (POSIX: the file's is not enough)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def incoming_directory(spool_dir: Path) -> Path:
+    """Where the listener writes big bodies while they arrive (``RelayListener(incoming_dir=...)``)."""
+    return spool_dir / INCOMING
+
+
+def _take_over(source: Path, path: Path) -> None:
+    """Make the received file ``source`` durable and move it to ``path``: a rename, not a copy."""
+    _fsync(source)
+    source.replace(path)  # same file system: incoming/ and data/ are both in the spool directory
+    _fsync(path.parent)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    _fsync(path.parent)
+
+
+class SqliteSpool:
+    """``Spool`` on one SQLite file (``spool_dir/queue.sqlite3``) plus ``spool_dir/data/``.
+
+    Open with ``await SqliteSpool.open(directory)``. ``exclusive=True`` (the relay) also takes
+    ``spool_dir/relay.lock`` so that two relays never deliver from one spool; ``smtp-oauth queue``
+    opens it without the lock while the relay runs.
+    """
+
+    def __init__(self, directory: Path, db: SqliteDatabase, lock_fd: int | None) -> None:
+        self.directory = directory
+        self.data_dir = directory / "data"
+        self.inline_limit = INLINE_LIMIT
+        self._db = db
+        self._lock_fd = lock_fd
+
+    @classmethod
+    async def open(cls, directory: Path, *, exclusive: bool = False, create: bool = True) -> SqliteSpool:
+        """Open (and create, unless ``create=False``: FileNotFoundError) the spool in ``directory``."""
+        database = directory / "queue.sqlite3"
+        try:
+            # Path.exists() raises for EACCES: the spool is 0700, and `queue` may run as another user.
+            absent = not create and not database.exists()
+        except OSError as exc:
+            raise _cannot_open(directory, exc) from exc
+        if absent:
+            raise FileNotFoundError(str(database))
+        lock_fd = None
+        try:
+            await asyncio.to_thread(_make_private, directory, database)
+            if exclusive:
+                lock_fd = await asyncio.to_thread(_take_lock, directory)
+            db = await SqliteDatabase.open(database, schema=_SCHEMA, user_version=SCHEMA_VERSION)
+        except (OSError, sqlite3.Error) as exc:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise _cannot_open(directory, exc) from exc
+        return cls(directory, db, lock_fd)
+
+    async def enqueue(self, message: IncomingMessage) -> str:
+        queue_id = new_queue_id()
+        data = message.data
+        path = self.data_dir / f"{queue_id}.eml"
+        in_file = isinstance(data, Path) or len(data) > self.inline_limit
+        if isinstance(data, Path):
+            await asyncio.to_thread(_take_over, data, path)
+        elif in_file:
+            await asyncio.to_thread(_write_durably, path, data)
+        now = time.time()
+        values = (
+            queue_id,
+            "queued",
+            message.local_user,
+            message.mailbox,
+            message.mail_from,
+            json.dumps(list(message.rcpt_tos)),
+            message.message_id,
+            message.peer,
+            message.size,
+            None if in_file else data,
+            int(in_file),
+            now,
+            now,
+            now,
+        )
+        try:
+            await self._db.insert(_INSERT, values)
+        except sqlite3.Error:
+            if in_file:
+                await self._unlink_body(queue_id)
+            raise
+        return queue_id
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        _, count = await self._db.write(
+            "UPDATE messages SET state = 'queued', updated_at = ? WHERE state = 'sending'", (time.time(),)
+        )
+        known = {row["id"] for row in await self._db.query("SELECT id FROM messages WHERE body_in_file = 1")}
+        await asyncio.to_thread(self._remove_orphan_files, known)
+        return count
+
+    def _remove_orphan_files(self, known: set[str]) -> None:
+        """Bodies whose row never committed (killed between fsync and COMMIT) or was deleted, and
+        bodies a killed relay was still receiving (never acknowledged)."""
+        for path in self.data_dir.iterdir():
+            if path.suffix == ".tmp" or (path.suffix == ".eml" and path.stem not in known):
+                path.unlink(missing_ok=True)
+        incoming = incoming_directory(self.directory)
+        if incoming.is_dir():
+            for path in incoming.iterdir():
+                path.unlink(missing_ok=True)
+
+    async def pending_by_mailbox(self) -> dict[str, float]:
+        rows = await self._db.query(
+            "SELECT mailbox, MIN(next_attempt_at) AS due FROM messages "
+            "WHERE state IN ('queued', 'deferred') GROUP BY mailbox"
+        )
+        return {row["mailbox"]: row["due"] for row in rows}
+
+    async def claim_due(self, mailbox: str, limit: int = 1) -> list[SpooledMessage]:
+        now = time.time()
+        rows, _ = await self._db.write(
+            "UPDATE messages SET state = 'sending', updated_at = ? WHERE id IN ("  # noqa: S608  # fixed SQL
+            " SELECT id FROM messages WHERE state IN ('queued', 'deferred') AND mailbox = ?"
+            " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?)"
+            f" RETURNING {_COLUMNS}",
+            (now, mailbox, now, limit),
+            durable=False,  # a claim lost in a crash is what recover() does anyway
+        )
+        return sorted((_row_to_message(row) for row in rows), key=lambda m: m.next_attempt_at)
+
+    async def read_data(self, queue_id: str) -> bytes:
+        body = await self.read_body(queue_id)
+        if isinstance(body, Path):
+            return await asyncio.to_thread(body.read_bytes)
+        return body
+
+    async def read_body(self, queue_id: str) -> bytes | Path:
+        rows = await self._db.query("SELECT body, body_in_file FROM messages WHERE id = ?", (queue_id,))
+        if not rows:
+            raise FileNotFoundError(f"queue entry {queue_id} does not exist")
+        if rows[0]["body_in_file"]:
+            path = self.data_dir / f"{queue_id}.eml"
+            if not await asyncio.to_thread(path.exists):
+                raise FileNotFoundError(f"queue entry {queue_id} has lost its body file {path.name}")
+            return path
+        if rows[0]["body"] is None:
+            raise FileNotFoundError(f"queue entry {queue_id} has no body any more")
+        return bytes(rows[0]["body"])
+
+    async def mark_delivered(
+        self, queue_id: str, *, reply: str, refused: dict[str, tuple[int, str]] | None = None
+    ) -> None:
+        # The body is dropped at once: a delivered message is kept only as a record.
+        in_file = await self._finish(
+            queue_id,
+            "state = 'delivered', attempts = attempts + 1, last_reply = ?, refused = ?, body = NULL",
+            (reply, json.dumps(refused or {})),
+        )
+        if in_file:
+            await self._unlink_body(queue_id)
+
+    async def mark_deferred(self, queue_id: str, *, next_attempt_at: float, reply: str) -> None:
+        await self._finish(
+            queue_id,
+            "state = 'deferred', attempts = attempts + 1, last_reply = ?, next_attempt_at = ?",
+            (reply, next_attempt_at),
+        )
+
+    async def mark_partly_delivered(
+        self,
+        queue_id: str,
+        *,
+        remaining: list[str],
+        next_attempt_at: float,
+        reply: str,
+        refused: dict[str, tuple[int, str]],
+    ) -> None:
+        # One UPDATE: the recipients that took the message never get it twice, whenever a crash comes.
+        await self._finish(
+            queue_id,
+            "state = 'deferred', attempts = attempts + 1, rcpt_tos = ?, last_reply = ?, refused = ?, "
+            "next_attempt_at = ?",
+            (json.dumps(remaining), reply, json.dumps(refused), next_attempt_at),
+        )
+
+    async def mark_dead(self, queue_id: str, *, reply: str) -> None:
+        await self._finish(queue_id, "state = 'dead', attempts = attempts + 1, last_reply = ?", (reply,))
+
+    async def release(self, queue_id: str) -> None:
+        await self._finish(queue_id, "state = 'queued'", ())
+
+    async def _finish(self, queue_id: str, assignments: str, params: tuple[Any, ...]) -> bool:
+        """Update a message we claimed; True if its body lives in a file. A row deleted meanwhile
+        (``smtp-oauth queue delete``) is left deleted."""
+        rows, _ = await self._db.write(
+            f"UPDATE messages SET {assignments}, updated_at = ? "  # noqa: S608  # fixed SQL of ours
+            "WHERE id = ? AND state = 'sending' RETURNING body_in_file",
+            (*params, time.time(), queue_id),
+        )
+        return bool(rows and rows[0]["body_in_file"])
+
+    async def _unlink_body(self, queue_id: str) -> None:
+        path = self.data_dir / f"{queue_id}.eml"
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+
+    # -- administration (`smtp-oauth queue`) ----------------------------------------------------
+
+    async def list(self, states: Iterable[QueueState] | None = None) -> list[SpooledMessage]:
+        wanted = list(states) if states is not None else list(STATES)
+        marks = ", ".join("?" for _ in wanted)
+        rows = await self._db.query(
+            f"SELECT {_COLUMNS} FROM messages WHERE state IN ({marks}) ORDER BY id",  # noqa: S608
+            wanted,
+        )
+        return [_row_to_message(row) for row in rows]
+
+    async def get(self, queue_id: str) -> SpooledMessage | None:
+        rows = await self._db.query(f"SELECT {_COLUMNS} FROM messages WHERE id = ?", (queue_id,))  # noqa: S608
+        return _row_to_message(rows[0]) if rows else None
+
+    async def retry(self, queue_id: str | None = None) -> int:
+        now = time.time()
+        if queue_id is None:
+            _, count = await self._db.write(
+                "UPDATE messages SET state = 'queued', next_attempt_at = ?, updated_at = ? "
+                "WHERE state = 'deferred'",
+                (now, now),
+            )
+            return count
+        _, count = await self._db.write(
+            "UPDATE messages SET state = 'queued', next_attempt_at = ?, updated_at = ? "
+            "WHERE id = ? AND state IN ('queued', 'deferred', 'dead') "
+            "AND (body IS NOT NULL OR body_in_file = 1)",
+            (now, now, queue_id),
+        )
+        return count
+
+    async def delete(self, queue_id: str) -> bool:
+        rows, _ = await self._db.write(
+            "DELETE FROM messages WHERE id = ? RETURNING body_in_file", (queue_id,)
+        )
+        if not rows:
+            return False
+        if rows[0]["body_in_file"]:
+            await self._unlink_body(queue_id)
+        return True
+
+    async def counts_by_state(self) -> dict[QueueState, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for row in await self._db.query("SELECT state, COUNT(*) AS n FROM messages GROUP BY state"):
+            counts[row["state"]] = row["n"]
+        return counts
+
+    async def prune(self, *, older_than: float) -> int:
+        # Delivered bodies are already gone (mark_delivered), so only rows are left to forget.
+        _, count = await self._db.write(
+            "DELETE FROM messages WHERE state = 'delivered' AND updated_at < ?", (older_than,)
+        )
+        return count
+
+    async def close(self) -> None:
+        await self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _cannot_open(directory: Path, exc: OSError | sqlite3.Error) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot open the relay spool in {directory}: {getattr(exc, 'strerror', None) or exc}",
+        key="relay.spool_dir",
+        hint="Check that relay.spool_dir exists and that this user may read and write it: the spool is "
+        "private to the relay's user, so run `smtp-oauth queue` as that user (e.g. sudo -u smtp-oauth).",
+    )
+
+
+def _make_private(directory: Path, database: Path) -> None:
+    """Create the spool directories 0700 and the database file 0600 before SQLite opens it.
+
+    The ``-wal`` and ``-shm`` files hold message bodies too, and SQLite creates them with the mode of
+    the database file at that moment: a database made under the usual umask (0644) and tightened
+    afterwards would leave a world-readable WAL in a world-readable directory.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (directory / "data").mkdir(mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for path in (
+        database,
+        database.with_name(f"{database.name}-wal"),
+        database.with_name(f"{database.name}-shm"),
+    ):
+        with contextlib.suppress(OSError):  # absent, or owned by another user (`sudo smtp-oauth queue`)
+            path.chmod(0o600)
+
+
+def _take_lock(directory: Path) -> int:
+    """An exclusive flock on ``relay.lock``, held (by the open fd) while the relay runs."""
+    fd = os.open(directory / "relay.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigurationError(
+            f"another relay is already using the spool in {directory}",
+            key="relay.spool_dir",
+            hint="Stop the other relay, or give this one its own relay.spool_dir.",
+        ) from None
+    return fd

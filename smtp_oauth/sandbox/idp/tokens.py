@@ -1,0 +1,238 @@
+"""Scopes in, tokens out: what the sandbox identity provider puts in its token responses.
+
+Access tokens look like the v1.0 tokens Entra issues for Exchange Online (the resource accepts v1):
+- app-only (``https://outlook.office365.com/.default``): ``aud`` = the resource, ``roles``
+  ``["SMTP.SendAsApp"]``, ``appid``/``azp``, ``oid``/``sub`` = the service principal, ``idtyp: app``;
+- delegated (``https://outlook.office.com/SMTP.Send``): ``aud`` = the resource, ``scp SMTP.Send``,
+  ``upn``, ``unique_name``, ``name``, ``oid`` = the user.
+Both carry ``iss`` (``<authority host>/<tenant id>/``, the sandbox's stand-in for
+``https://sts.windows.net/<tenant id>/``), ``tid``, ``iat``, ``nbf``, ``exp``, ``ver 1.0``.
+Delegated responses add ``refresh_token`` (when ``offline_access`` was asked for), ``id_token``
+(v2.0, ``aud`` = client id, ``nonce`` echoed) and ``client_info`` (base64url JSON uid/utid), which
+MSAL needs to build its account.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from smtp_oauth.sandbox.idp.errors import AadError
+from smtp_oauth.sandbox.keys import SigningKey
+from smtp_oauth.sandbox.tenant import RegisteredApp, SandboxTenant, SandboxUser
+
+__all__ = ["OIDC_SCOPES", "DelegatedScope", "IdpOptions", "TokenIssuer", "resolve_app_scope"]
+
+# Exchange Online's resource, by application ID URI and by app id; aud echoes the one asked for.
+EXCHANGE_RESOURCES = frozenset(
+    {"https://outlook.office365.com", "https://outlook.office.com", "00000002-0000-0ff1-ce00-000000000000"}
+)
+# Delegated permissions Exchange Online defines (consent decides which an app actually gets).
+EXCHANGE_DELEGATED_PERMISSIONS = frozenset(
+    {"SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "EWS.AccessAsUser.All"}
+)
+OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
+
+
+@dataclass
+class IdpOptions:
+    """Knobs a test turns; mutable, so a running identity provider picks up changes."""
+
+    access_token_lifetime: int = 3600
+    refresh_in: int | None = None
+    strict_refresh_rotation: bool = False
+    device_code_auto_approve: bool = True
+    # Entra says 5 s; MSAL sleeps this long between polls, so the sandbox defaults to 1 s.
+    device_code_interval: int = 1
+
+
+def _split_resource_scope(scope: str) -> tuple[str, str]:
+    """``"https://outlook.office.com/SMTP.Send"`` -> (resource, permission)."""
+    resource, sep, permission = scope.rpartition("/")
+    if not sep or not resource:
+        return "", scope
+    return resource, permission
+
+
+def resolve_app_scope(scope_text: str, tenant: SandboxTenant) -> str:
+    """The resource (token audience) an app-only request asks for; AadError when it is not valid."""
+    scopes = scope_text.split()
+    if not scopes:
+        raise AadError.missing_parameter("scope")
+    if len(scopes) != 1 or not scopes[0].endswith("/.default"):
+        raise AadError.app_only_scope_not_default(scope_text)
+    resource = scopes[0].removesuffix("/.default")
+    if resource not in EXCHANGE_RESOURCES:
+        raise AadError.unknown_resource(resource, tenant.tenant_id)
+    return resource
+
+
+@dataclass(frozen=True)
+class DelegatedScope:
+    """A delegated request's scopes: one resource, its permissions, and the OpenID Connect extras."""
+
+    resource: str
+    permissions: tuple[str, ...]
+    oidc: frozenset[str]
+
+    @classmethod
+    def parse(cls, scope_text: str, app: RegisteredApp, tenant: SandboxTenant) -> DelegatedScope:
+        """Validate the scopes against Exchange's permissions and the app's consent."""
+        resources: set[str] = set()
+        permissions: list[str] = []
+        oidc: set[str] = set()
+        for scope in scope_text.split():
+            if scope in OIDC_SCOPES:
+                oidc.add(scope)
+                continue
+            resource, permission = _split_resource_scope(scope)
+            if resource not in EXCHANGE_RESOURCES:
+                raise AadError.unknown_resource(resource or scope, tenant.tenant_id)
+            resources.add(resource)
+            if permission == ".default":
+                permissions.extend(app.delegated_consent)
+            elif permission in EXCHANGE_DELEGATED_PERMISSIONS:
+                if permission not in app.delegated_consent:
+                    raise AadError.consent_required(app.client_id, app.display_name)
+                permissions.append(permission)
+            else:
+                raise AadError.invalid_scope(scope)
+        if len(resources) != 1:
+            # No resource at all, or tokens for two resources at once: Entra issues one audience.
+            raise AadError.invalid_scope(scope_text or "(empty)")
+        return cls(resources.pop(), tuple(dict.fromkeys(permissions)), frozenset(oidc))
+
+    @property
+    def text(self) -> str:
+        """The ``scope`` of the response: the granted resource scopes, then the OIDC ones."""
+        granted = [f"{self.resource}/{p}" for p in self.permissions]
+        return " ".join([*granted, *sorted(self.oidc - {"offline_access"})])
+
+
+def b64url_json(value: dict[str, Any]) -> str:
+    raw = json.dumps(value, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+class TokenIssuer:
+    """Signs access and id tokens for the sandbox tenant with the sandbox key."""
+
+    def __init__(self, tenant: SandboxTenant, signing_key: SigningKey, options: IdpOptions) -> None:
+        self._tenant = tenant
+        self._key = signing_key
+        self._options = options
+        self.base_url = ""  # "https://127.0.0.1:<port>", set once the server has its port
+
+    @property
+    def access_token_issuer(self) -> str:
+        return f"{self.base_url}/{self._tenant.tenant_id}/"
+
+    @property
+    def id_token_issuer(self) -> str:
+        return f"{self.base_url}/{self._tenant.tenant_id}/v2.0"
+
+    def _times(self) -> tuple[int, int]:
+        now = int(time.time())
+        return now, now + self._options.access_token_lifetime
+
+    def _response(self, access_token: str) -> dict[str, Any]:
+        lifetime = self._options.access_token_lifetime
+        body: dict[str, Any] = {
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": access_token,
+        }
+        if self._options.refresh_in is not None:
+            body["refresh_in"] = self._options.refresh_in
+        return body
+
+    def app_token(self, app: RegisteredApp, resource: str, *, credential: str) -> dict[str, Any]:
+        """The response to a client credentials grant."""
+        now, expires = self._times()
+        claims = {
+            "aud": resource,
+            "iss": self.access_token_issuer,
+            "iat": now,
+            "nbf": now,
+            "exp": expires,
+            "app_displayname": app.display_name,
+            "appid": app.client_id,
+            "azp": app.client_id,
+            "appidacr": "2" if credential == "certificate" else "1",
+            "idp": self.access_token_issuer,
+            "idtyp": "app",
+            "oid": app.service_principal_id,
+            "sub": app.service_principal_id,
+            "roles": list(app.app_roles),
+            "tid": self._tenant.tenant_id,
+            "uti": uuid.uuid4().hex,
+            "ver": "1.0",
+        }
+        return self._response(self._key.sign(claims))
+
+    def user_tokens(
+        self,
+        app: RegisteredApp,
+        user: SandboxUser,
+        scope: DelegatedScope,
+        *,
+        refresh_token: str | None,
+        nonce: str | None = None,
+        credential: str = "none",
+    ) -> dict[str, Any]:
+        """The response to a delegated grant (code, device code, password, refresh token)."""
+        now, expires = self._times()
+        claims = {
+            "aud": scope.resource,
+            "iss": self.access_token_issuer,
+            "iat": now,
+            "nbf": now,
+            "exp": expires,
+            "acr": "1",
+            "amr": ["pwd"],
+            "app_displayname": app.display_name,
+            "appid": app.client_id,
+            "azp": app.client_id,
+            "appidacr": {"none": "0", "secret": "1", "certificate": "2"}[credential],
+            "idtyp": "user",
+            "name": user.display_name,
+            "oid": user.object_id,
+            "sub": uuid.uuid5(uuid.UUID(app.client_id), user.object_id).hex,  # pairwise, as Entra's
+            "scp": " ".join(scope.permissions),
+            "tid": self._tenant.tenant_id,
+            "unique_name": user.upn,
+            "upn": user.upn,
+            "uti": uuid.uuid4().hex,
+            "ver": "1.0",
+        }
+        body = self._response(self._key.sign(claims))
+        body["scope"] = scope.text
+        if refresh_token is not None:
+            body["refresh_token"] = refresh_token
+        body["client_info"] = b64url_json({"uid": user.object_id, "utid": self._tenant.tenant_id})
+        if "openid" in scope.oidc:
+            body["id_token"] = self._id_token(app, user, nonce, now)
+        return body
+
+    def _id_token(self, app: RegisteredApp, user: SandboxUser, nonce: str | None, now: int) -> str:
+        claims: dict[str, Any] = {
+            "aud": app.client_id,
+            "iss": self.id_token_issuer,
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "name": user.display_name,
+            "oid": user.object_id,
+            "preferred_username": user.upn,
+            "sub": uuid.uuid5(uuid.UUID(app.client_id), user.object_id).hex,
+            "tid": self._tenant.tenant_id,
+            "ver": "2.0",
+        }
+        if nonce is not None:
+            claims["nonce"] = nonce
+        return self._key.sign(claims)

@@ -1,0 +1,1 @@
+"""Configuration: pydantic-settings models, cloud presets and the loader (TOML, environment, secrets)."""

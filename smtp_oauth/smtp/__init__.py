@@ -1,0 +1,1 @@
+"""The SMTP transport: aiosmtplib sessions authenticated with XOAUTH2 (the only importer of aiosmtplib)."""

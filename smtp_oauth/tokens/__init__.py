@@ -1,0 +1,1 @@
+"""Access tokens from the Microsoft identity platform: the only package that imports msal."""
