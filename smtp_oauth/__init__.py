@@ -34,8 +34,9 @@ from smtp_oauth.errors import (
 if TYPE_CHECKING:
     from smtp_oauth.log_handler import OAuthSMTPHandler
     from smtp_oauth.settings.models import Settings, load_settings
-    from smtp_oauth.smtp.mailer import Mailer, SendResult, send_message
+    from smtp_oauth.smtp.mailer import Mailer, send_message
     from smtp_oauth.tokens.types import TokenProvider
+    from smtp_oauth.transport import SendResult
 
 __version__ = "0.1.0"  # the project's version in pyproject.toml (a test keeps them equal)
 
@@ -62,7 +63,7 @@ __all__ = [
 # `except smtp_oauth.TokenError` must not import anything.
 _LAZY = {
     "Mailer": "smtp_oauth.smtp.mailer",
-    "SendResult": "smtp_oauth.smtp.mailer",
+    "SendResult": "smtp_oauth.transport",
     "send_message": "smtp_oauth.smtp.mailer",
     "Settings": "smtp_oauth.settings.models",
     "load_settings": "smtp_oauth.settings.models",

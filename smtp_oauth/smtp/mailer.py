@@ -34,7 +34,6 @@ import logging
 import ssl
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from email.message import EmailMessage
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO
@@ -48,6 +47,7 @@ from smtp_oauth.errors import (
 from smtp_oauth.mail.envelope import Envelope, build_envelope
 from smtp_oauth.smtp.session import SmtpSession, TransactionResult, Transcript
 from smtp_oauth.smtp.stream import MessageFile, open_message_file, read_header_block
+from smtp_oauth.transport import SendResult
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
@@ -56,17 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["Mailer", "SendResult", "Transcript", "preload_tls_context", "send_message"]
 
 logger = logging.getLogger("smtp_oauth.smtp.mailer")
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """What the server did with one message."""
-
-    message_id: str | None
-    sender: str
-    accepted: list[str]
-    refused: dict[str, tuple[int, str]] = field(default_factory=dict)  # address -> (code, text)
-    reply: str = ""  # the final reply to DATA, e.g. "250 2.6.0 <...> Queued mail for delivery"
 
 
 # At most one context whose CAs are being loaded ahead of time (preload_tls_context); taken once.

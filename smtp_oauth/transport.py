@@ -1,0 +1,98 @@
+"""The transport seam: how a message leaves smtp_oauth, whatever carries it.
+
+::
+
+    async with create_transport(settings) as transport:     # settings.transport picks the kind
+        result = await transport.send(message)              # EmailMessage, bytes or a file
+
+Every place that sends (``send_message``, ``OAuthSMTPHandler``, ``send-mail``, ``demo``,
+``check --send-test`` and the relay's delivery) asks ``create_transport`` for one, so a new way
+to submit mail is one branch here rather than six call sites. A ``Transport`` authenticates as
+one mailbox and is used by one task at a time (sends on one transport are sequential); callers
+that want parallel sends open several.
+
+This module is a leaf of the library: it names shapes and imports an implementation only when
+``create_transport`` is called, so ``import smtp_oauth.transport`` loads neither aiosmtplib nor
+msal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from types import TracebackType
+from typing import TYPE_CHECKING, BinaryIO, Protocol, Self
+
+if TYPE_CHECKING:
+    from smtp_oauth.settings.models import Settings
+    from smtp_oauth.tokens.types import TokenProvider
+
+__all__ = ["MessageSource", "SendResult", "Transport", "create_transport"]
+
+MessageSource = EmailMessage | bytes | BinaryIO | os.PathLike[str]
+"""A message to send: composed, raw RFC 5322 bytes, or a file holding them (a path, or a seekable
+binary file read from its current position and left open). Raw messages need ``recipients``."""
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the service did with one message: accepted it (for these recipients) or refused some."""
+
+    message_id: str | None
+    sender: str
+    accepted: list[str]
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)  # address -> (code, text)
+    # The service's own words on acceptance, e.g. SMTP's "250 2.6.0 <...> Queued mail for delivery".
+    reply: str = ""
+
+
+class Transport(Protocol):
+    """Sends messages as one mailbox; opened lazily, closed by ``close()`` or ``async with``."""
+
+    @property
+    def server(self) -> str:
+        """Where messages go, as error messages and logs name it (``host:port``, a URL)."""
+        ...
+
+    async def send(
+        self,
+        message: MessageSource,
+        /,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109  # the public interface: a bound on the whole send
+    ) -> SendResult:
+        """Send one message; raises the smtp_oauth.errors tree only."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection, if any; the transport can be used again afterwards."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+
+def create_transport(
+    settings: Settings,
+    *,
+    mailbox: str | None = None,
+    token_provider: TokenProvider | None = None,
+) -> Transport:
+    """The transport ``settings`` ask for, sending as ``mailbox`` (default: the configured one).
+
+    ``token_provider`` shares one provider (one token, one refresh) between several transports,
+    as the relay's per-mailbox workers do; by default the transport makes its own on first use.
+    """
+    from smtp_oauth.smtp.mailer import Mailer
+
+    return Mailer(settings, token_provider=token_provider, mailbox=mailbox)
