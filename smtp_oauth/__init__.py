@@ -33,7 +33,8 @@ from smtp_oauth.errors import (
 
 if TYPE_CHECKING:
     from smtp_oauth.log_handler import OAuthSMTPHandler
-    from smtp_oauth.settings.models import Settings, load_settings
+    from smtp_oauth.settings.loading import load_settings
+    from smtp_oauth.settings.models import Settings
     from smtp_oauth.smtp.mailer import Mailer, send_message
     from smtp_oauth.tokens.types import TokenProvider
     from smtp_oauth.transport import SendResult
@@ -66,7 +67,7 @@ _LAZY = {
     "SendResult": "smtp_oauth.transport",
     "send_message": "smtp_oauth.smtp.mailer",
     "Settings": "smtp_oauth.settings.models",
-    "load_settings": "smtp_oauth.settings.models",
+    "load_settings": "smtp_oauth.settings.loading",
     "OAuthSMTPHandler": "smtp_oauth.log_handler",
     "TokenProvider": "smtp_oauth.tokens.types",
 }

@@ -30,7 +30,7 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 def load_settings_from_args(args: argparse.Namespace) -> Settings:
     """The settings named by ``--config`` (or discovered), with logging configured from them."""
     from smtp_oauth.logs import configure_logging
-    from smtp_oauth.settings.models import load_settings
+    from smtp_oauth.settings.loading import load_settings
 
     settings = load_settings(getattr(args, "config", None))
     configure_logging(settings.log_level, settings.log_format)

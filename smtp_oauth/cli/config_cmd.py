@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
 
     from smtp_oauth.cli.common import load_settings_from_args
-    from smtp_oauth.settings.models import secrets_directory
+    from smtp_oauth.settings.loading import secrets_directory
     from smtp_oauth.settings.sources import describe_settings
 
     settings = load_settings_from_args(args)

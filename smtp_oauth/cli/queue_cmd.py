@@ -22,7 +22,8 @@ from smtp_oauth.errors import ExitCode
 from smtp_oauth.logs import configure_logging
 from smtp_oauth.relay.spool.base import STATES, SpooledMessage
 from smtp_oauth.relay.spool.sqlite import SqliteSpool
-from smtp_oauth.settings.models import Settings, load_settings
+from smtp_oauth.settings.loading import load_settings
+from smtp_oauth.settings.models import Settings
 
 __all__ = ["add_arguments", "run"]
 

@@ -238,7 +238,7 @@ async def _deliver(
 def _load_settings(args: SendMailArgs) -> Settings:
     """Settings from --config (or discovered), with logging set up for a command run by programs."""
     from smtp_oauth.logs import configure_logging
-    from smtp_oauth.settings.models import load_settings
+    from smtp_oauth.settings.loading import load_settings
 
     settings = load_settings(args.config)
     # Programs that call sendmail mail whatever it prints (cron): stay quiet unless asked.

@@ -21,7 +21,8 @@ from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager, S
 from smtp_oauth.relay.listener.server import AcceptedMessage, ListenerTuning, RelayListener
 from smtp_oauth.relay.metrics import MetricsServer, TokenWatch, render_metrics
 from smtp_oauth.relay.spool.sqlite import SqliteSpool, incoming_directory
-from smtp_oauth.settings.models import Settings, load_settings
+from smtp_oauth.settings.loading import load_settings
+from smtp_oauth.settings.models import Settings
 
 if TYPE_CHECKING:
     from smtp_oauth.relay.spool.base import Spool

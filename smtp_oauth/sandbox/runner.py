@@ -43,7 +43,8 @@ from smtp_oauth.sandbox.sandbox_config import (
     write_private_text,
 )
 from smtp_oauth.sandbox.tenant import SandboxTenant, make_tenant
-from smtp_oauth.settings.models import Settings, load_settings
+from smtp_oauth.settings.loading import load_settings
+from smtp_oauth.settings.models import Settings
 
 __all__ = ["Sandbox"]
 

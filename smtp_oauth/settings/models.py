@@ -1,10 +1,8 @@
-"""Settings: the only module that reads the environment and configuration files.
+"""The settings models: what smtp-oauth is configured with, as frozen values.
 
-Sources, strongest first: keyword arguments, environment (``SMTP_OAUTH_<SECTION>__<KEY>``), a
-secrets directory holding one file per key with the same names (systemd ``$CREDENTIALS_DIRECTORY``,
-Docker's ``/run/secrets``, or ``$SMTP_OAUTH_SECRETS_DIR``), then the TOML file. The file is found as
-the interface says: ``--config``, ``$SMTP_OAUTH_CONFIG``, ``./smtp-oauth.toml``,
-``$XDG_CONFIG_HOME/smtp-oauth/config.toml``, ``/etc/smtp-oauth/config.toml``.
+Every section is a frozen pydantic model, and so is :class:`Settings`: code that needs another
+value builds a copy (``settings.model_copy(update=...)``) rather than changing the one it was given.
+Reading files and the environment is :mod:`smtp_oauth.settings.loading`'s job.
 
 Cloud presets fill in the authority host, SMTP host and scope resource; an explicit key wins.
 """
@@ -14,12 +12,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,20 +24,11 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
-    ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-    TomlConfigSettingsSource,
-)
-from pydantic_settings.sources import NestedSecretsSettingsSource
-
-from smtp_oauth.errors import ConfigurationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "CLOUDS",
@@ -51,10 +38,9 @@ __all__ = [
     "RelayUser",
     "Settings",
     "SmtpSettings",
-    "find_config_file",
-    "load_settings",
     "parse_duration",
     "parse_listen",
+    "state_dir",
 ]
 
 ENV_PREFIX = "SMTP_OAUTH_"
@@ -146,8 +132,8 @@ def parse_listen(value: str, *, default_port: int = 2525) -> tuple[str, int]:
 
 
 class _Section(BaseModel):
-    # Typos inside a section are errors, not silently ignored keys.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=False)
+    # Typos inside a section are errors, not silently ignored keys; values never change once made.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=False, frozen=True)
 
 
 class IdentitySettings(_Section):
@@ -311,8 +297,8 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         hide_input_in_errors=False,
-        # load_settings validates through a subclass (_settings_class) that builds its own
-        # validator: building this one at import would be wasted on every command's start-up.
+        frozen=True,
+        # Built on first use: building the validator at import would slow every command's start-up.
         defer_build=True,
     )
 
@@ -333,16 +319,18 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @model_validator(mode="after")
-    def _apply_cloud_presets(self) -> Settings:
-        if self.smtp.host is None:
-            self.smtp.host = self.identity.cloud_preset.smtp_host
-        return self
+    @field_validator("smtp")
+    @classmethod
+    def _apply_cloud_presets(cls, smtp: SmtpSettings, info: ValidationInfo) -> SmtpSettings:
+        # identity is declared before smtp, so it is already validated (absent if it failed).
+        identity = info.data.get("identity")
+        if smtp.host is None and isinstance(identity, IdentitySettings):
+            return smtp.model_copy(update={"host": identity.cloud_preset.smtp_host})
+        return smtp
 
     @property
     def smtp_host(self) -> str:
-        assert self.smtp.host is not None  # filled by _apply_cloud_presets
-        return self.smtp.host
+        return self.smtp.host or self.identity.cloud_preset.smtp_host
 
     @property
     def token_cache_path(self) -> Path:
@@ -359,172 +347,3 @@ class Settings(BaseSettings):
             "client_id": self.identity.client_id,
             "mailbox": self.smtp.username,
         }
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if settings_cls.model_config.get("secrets_dir"):
-            sources.append(
-                NestedSecretsSettingsSource(
-                    file_secret_settings, secrets_prefix=ENV_PREFIX, secrets_nested_delimiter="__"
-                )
-            )
-        if settings_cls.model_config.get("toml_file"):
-            sources.append(TomlConfigSettingsSource(settings_cls))
-        return tuple(sources)
-
-
-def _candidate_files(environ: Mapping[str, str]) -> Iterable[Path]:
-    yield Path("smtp-oauth.toml")
-    xdg = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    yield Path(xdg) / "smtp-oauth" / "config.toml"
-    yield Path("/etc/smtp-oauth/config.toml")
-
-
-def find_config_file(
-    path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
-) -> Path | None:
-    """The configuration file to read, or None when there is none (environment only).
-
-    An explicitly named file (argument or ``$SMTP_OAUTH_CONFIG``) must exist.
-    """
-    env = os.environ if environ is None else environ
-    explicit = path if path is not None else env.get("SMTP_OAUTH_CONFIG")
-    if explicit:
-        explicit_path = Path(explicit)
-        if not explicit_path.is_file():
-            raise ConfigurationError(
-                f"configuration file {explicit_path} does not exist",
-                file=str(explicit_path),
-                hint="Create it (`smtp-oauth config --example > smtp-oauth.toml`) or fix the path.",
-            )
-        return explicit_path
-    for candidate in _candidate_files(env):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def secrets_directory(environ: Mapping[str, str] | None = None) -> Path | None:
-    """Where per-key secret files live: $SMTP_OAUTH_SECRETS_DIR, systemd's credentials, or None."""
-    env = os.environ if environ is None else environ
-    for name in ("SMTP_OAUTH_SECRETS_DIR", "CREDENTIALS_DIRECTORY"):
-        if env.get(name):
-            if not Path(env[name]).is_dir():
-                # Ignoring it would surface later as a confusing "client_secret is missing".
-                raise ConfigurationError(
-                    f"{name}={env[name]} is not a directory", key=name, hint=f"Fix or unset {name}."
-                )
-            return Path(env[name])
-    docker = Path("/run/secrets")
-    return docker if docker.is_dir() and any(docker.glob(f"{ENV_PREFIX}*")) else None
-
-
-def _settings_class(toml_file: Path | None, secrets_dir: Path | None) -> type[Settings]:
-    class _Configured(Settings):
-        model_config = SettingsConfigDict(toml_file=toml_file, secrets_dir=secrets_dir)
-        if secrets_dir is not None:
-            model_config["secrets_dir_missing"] = "ok"
-
-    _Configured.__name__ = "Settings"
-    _Configured.__qualname__ = "Settings"
-    return _Configured
-
-
-_SECRET_KEYS = {"client_secret", "certificate_password", "password", "password_hash"}
-
-
-def _describe_validation_error(error: ValidationError, source: str) -> ConfigurationError:
-    lines = []
-    first_key = None
-    for item in error.errors(include_url=False):
-        key = ".".join(str(part) for part in item["loc"])
-        first_key = first_key or key
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "missing":
-            message = "required but not set"
-        shown = ""
-        last = str(item["loc"][-1]) if item["loc"] else ""
-        showable = last not in _SECRET_KEYS and not isinstance(item.get("input"), dict)
-        if "input" in item and item["type"] != "missing" and showable:
-            shown = f" (got {item['input']!r})"
-        # The environment beats the file: a value set there must not send the reader to the file.
-        variable = ENV_PREFIX + "__".join(str(part) for part in item["loc"]).upper()
-        if item["loc"] and variable in {name.upper() for name in os.environ}:
-            shown += f" (set by {variable})"
-        lines.append(f"  {key or '(top level)'}: {message}{shown}")
-    text = f"invalid configuration ({source}):\n" + "\n".join(lines)
-    return ConfigurationError(
-        text,
-        file=source,
-        key=first_key,
-        hint="Fix the keys above; `smtp-oauth config --example` shows every key with its default.",
-    )
-
-
-def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Read the settings from the file (discovered as the CLI does), the environment and secrets.
-
-    Keyword arguments are the strongest source (``identity={...}``). Raises ConfigurationError.
-    """
-    toml_file = find_config_file(path)
-    source = str(toml_file) if toml_file else "environment"
-    if toml_file is not None:
-        try:
-            with toml_file.open("rb") as handle:
-                tomllib.load(handle)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigurationError(
-                f"{toml_file}: TOML syntax error: {exc}", file=str(toml_file), hint="Fix the TOML syntax."
-            ) from exc
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read configuration file {toml_file}: {exc.strerror}", file=str(toml_file)
-            ) from exc
-    settings_cls = _settings_class(toml_file, secrets_directory())
-    try:
-        settings = settings_cls(**overrides)
-    except ValidationError as exc:
-        error = _describe_validation_error(exc, source)
-        if toml_file is None:
-            error.hint = (
-                "No configuration file was found (looked for ./smtp-oauth.toml, "
-                "$XDG_CONFIG_HOME/smtp-oauth/config.toml and /etc/smtp-oauth/config.toml). "
-                "Pass --config, set SMTP_OAUTH_CONFIG, or set SMTP_OAUTH_* variables."
-            )
-        raise error from None
-    except SettingsError as exc:
-        raise ConfigurationError(
-            f"invalid configuration ({source}): {exc}", file=source, hint="Check the SMTP_OAUTH_* variables."
-        ) from None
-    settings._source_file = toml_file
-    if toml_file is not None:
-        # Absolute, so that a later chdir (a daemon) does not change what the paths mean.
-        _resolve_relative_paths(settings, toml_file.parent.absolute())
-    return settings
-
-
-def _resolve_relative_paths(settings: Settings, base: Path) -> None:
-    """Relative paths in a configuration file are relative to that file, as in nginx or Postfix."""
-
-    def resolved(path: Path | None) -> Path | None:
-        if path is None:
-            return None
-        path = path.expanduser()  # "~/..." as in msmtp's and ssh's configuration files
-        return path if path.is_absolute() else base / path
-
-    identity, relay = settings.identity, settings.relay
-    identity.certificate_path = resolved(identity.certificate_path)
-    identity.ca_file = resolved(identity.ca_file)
-    identity.token_cache = resolved(identity.token_cache)
-    settings.smtp.ca_file = resolved(settings.smtp.ca_file)
-    relay.spool_dir = resolved(relay.spool_dir)
-    relay.tls_certificate = resolved(relay.tls_certificate)
-    relay.tls_key = resolved(relay.tls_key)

@@ -19,21 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, SecretStr
-from pydantic_settings import EnvSettingsSource, SecretsSettingsSource, TomlConfigSettingsSource
-from pydantic_settings.sources import NestedSecretsSettingsSource
 
-from smtp_oauth.settings.models import (
-    ENV_PREFIX,
-    Settings,
-    _settings_class,
-    find_config_file,
-    secrets_directory,
-)
+from smtp_oauth.settings.loading import NESTED_DELIMITER, find_config_file, secrets_directory, setting_sources
+from smtp_oauth.settings.models import ENV_PREFIX, Settings
 
 __all__ = ["REDACTED", "SettingSource", "SettingValue", "describe_settings", "format_value"]
 
 REDACTED = "**********"
-_DELIMITER = "__"
 
 
 @dataclass(frozen=True)
@@ -61,21 +53,6 @@ class SettingValue:
     secret: bool = False
 
 
-def _source_values(settings_cls: type[Settings], *, secrets_dir: Path | None) -> dict[str, dict[str, Any]]:
-    """What each source alone provides, as nested dicts of field names (pydantic-settings' view)."""
-    values: dict[str, dict[str, Any]] = {"env": EnvSettingsSource(settings_cls)()}
-    if secrets_dir is not None:
-        secrets = NestedSecretsSettingsSource(
-            SecretsSettingsSource(settings_cls),
-            secrets_prefix=ENV_PREFIX,
-            secrets_nested_delimiter=_DELIMITER,
-        )
-        values["secrets"] = secrets()
-    if settings_cls.model_config.get("toml_file"):
-        values["file"] = TomlConfigSettingsSource(settings_cls)()
-    return values
-
-
 def _lookup(tree: Mapping[str, Any], path: tuple[str, ...]) -> bool:
     node: Any = tree
     for part in path:
@@ -89,21 +66,21 @@ def _env_name(path: tuple[str, ...], environ: Mapping[str, str]) -> str:
     """The variable that set ``path``: the leaf's own name, or a section's JSON variable."""
     names = {name.upper(): name for name in environ}
     for depth in range(len(path), 0, -1):
-        candidate = ENV_PREFIX + _DELIMITER.join(path[:depth]).upper()
+        candidate = ENV_PREFIX + NESTED_DELIMITER.join(path[:depth]).upper()
         if candidate in names:
             return names[candidate]
-    return ENV_PREFIX + _DELIMITER.join(path).upper()
+    return ENV_PREFIX + NESTED_DELIMITER.join(path).upper()
 
 
 def _secret_file(path: tuple[str, ...], directory: Path) -> str:
-    wanted = (ENV_PREFIX + _DELIMITER.join(path)).lower()
+    wanted = (ENV_PREFIX + NESTED_DELIMITER.join(path)).lower()
     try:
         for entry in directory.iterdir():
             if entry.name.lower() == wanted:
                 return str(entry)
     except OSError:
         pass
-    return str(directory / (ENV_PREFIX + _DELIMITER.join(path).upper()))
+    return str(directory / (ENV_PREFIX + NESTED_DELIMITER.join(path).upper()))
 
 
 # Keys whose default is computed from other keys: what to say about them when nothing set them,
@@ -171,7 +148,7 @@ def describe_settings(
     env = os.environ
     toml_file = settings.source_file or find_config_file(config_path, environ=env)
     secrets_dir = secrets_directory(env)
-    sources = _source_values(_settings_class(toml_file, secrets_dir), secrets_dir=secrets_dir)
+    sources = {kind: source() for kind, source in setting_sources(toml_file, secrets_dir).items()}
     described = []
     for path, raw in _leaves(settings):
         key = ".".join(path)

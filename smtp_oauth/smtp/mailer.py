@@ -318,7 +318,7 @@ def send_message(
             "use `async with smtp_oauth.Mailer(settings) as mailer: await mailer.send(message)`"
         )
     if settings is None:
-        from smtp_oauth.settings.models import load_settings
+        from smtp_oauth.settings.loading import load_settings
 
         settings = load_settings()
 

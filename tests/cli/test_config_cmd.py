@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from smtp_oauth.cli.config_cmd import example_config
-from smtp_oauth.settings.models import Settings, load_settings
+from smtp_oauth.settings.loading import load_settings
+from smtp_oauth.settings.models import Settings
 from tests.cli.admin_cli import clean_env, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

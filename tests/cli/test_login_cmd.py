@@ -9,7 +9,7 @@ import pytest
 
 from smtp_oauth.cli.login import choose_flow
 from smtp_oauth.sandbox import Sandbox
-from smtp_oauth.settings.models import load_settings
+from smtp_oauth.settings.loading import load_settings
 from tests.cli.admin_cli import clean_env, run_cli_async
 
 
@@ -77,8 +77,10 @@ def test_explicit_flow_wins(delegated_config: Path) -> None:
 
 def test_configured_device_code_is_kept_with_a_display(delegated_config: Path) -> None:
     """A configuration that asks for the device code keeps it on a desktop too."""
-    settings = load_settings(delegated_config)
-    settings.identity.flow = "device_code"
+    loaded = load_settings(delegated_config)
+    settings = loaded.model_copy(
+        update={"identity": loaded.identity.model_copy(update={"flow": "device_code"})}
+    )
     assert choose_flow(settings, None, display=True) == "device_code"
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from smtp_oauth.diagnostics import Status, check_claims
-from smtp_oauth.settings.models import Settings, load_settings
+from smtp_oauth.settings.loading import load_settings
+from smtp_oauth.settings.models import Settings
 
 TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
 APP = "11111111-2222-3333-4444-555555555555"
@@ -153,8 +154,9 @@ def test_token_of_another_tenant_fails(app_only: Settings) -> None:
 
 def test_tenant_given_as_domain_is_not_compared(tmp_path: Path) -> None:
     """A tenant configured by domain name cannot be compared with the token's GUID: no failure."""
-    settings = _settings(tmp_path, flow="client_credentials")
-    settings.identity.tenant_id = "contoso.onmicrosoft.com"
+    by_id = _settings(tmp_path, flow="client_credentials")
+    identity = by_id.identity.model_copy(update={"tenant_id": "contoso.onmicrosoft.com"})
+    settings = by_id.model_copy(update={"identity": identity})
     assert check_claims(_app_claims(), settings, now=NOW).status is Status.PASS
 
 

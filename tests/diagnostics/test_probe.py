@@ -16,7 +16,8 @@ from aiosmtpd.smtp import SMTP, AuthResult
 from smtp_oauth.diagnostics import Status
 from smtp_oauth.diagnostics.probe import SmtpProbe
 from smtp_oauth.sandbox.certs import SandboxCertificates, make_certificates
-from smtp_oauth.settings.models import Settings, load_settings
+from smtp_oauth.settings.loading import load_settings
+from smtp_oauth.settings.models import Settings
 
 
 class _Handler:

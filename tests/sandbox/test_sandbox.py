@@ -14,7 +14,7 @@ import msal
 import pytest
 
 from smtp_oauth.sandbox import Sandbox
-from smtp_oauth.settings.models import load_settings
+from smtp_oauth.settings.loading import load_settings
 
 
 async def test_sandbox_writes_a_config_that_loads(tmp_path: Path) -> None:

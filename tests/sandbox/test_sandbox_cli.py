@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from smtp_oauth.settings.models import load_settings
+from smtp_oauth.settings.loading import load_settings
 
 READY_LINE = "Press Ctrl-C to stop."
 

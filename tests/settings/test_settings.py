@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from smtp_oauth.errors import ConfigurationError, ExitCode
-from smtp_oauth.settings.models import find_config_file, load_settings, parse_duration, parse_listen
+from smtp_oauth.settings.loading import find_config_file, load_settings
+from smtp_oauth.settings.models import parse_duration, parse_listen
 
 SECRET = "s3cret-Value~do-not-echo"
 
@@ -477,3 +478,26 @@ def test_parse_duration_rejects_garbage(text: str) -> None:
 def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
     """Listen addresses: host:port, [v6]:port, bare v6 or host (default port)."""
     assert parse_listen(text) == expected
+
+
+def test_loaded_settings_are_one_frozen_class(tmp_path: Path) -> None:
+    """load_settings returns the Settings class itself, whose values cannot be changed in place."""
+    from pydantic import ValidationError
+
+    from smtp_oauth.settings.models import Settings
+
+    settings = load_settings(write(tmp_path, MINIMAL))
+    assert type(settings) is Settings
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.smtp.port = 25  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.log_level = "DEBUG"  # type: ignore[misc]
+
+
+def test_environment_value_is_resolved_against_the_file_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path from the environment is relative to the configuration file, like the file's."""
+    config = write(tmp_path, MINIMAL, "conf/smtp-oauth.toml")
+    monkeypatch.setenv("SMTP_OAUTH_RELAY__SPOOL_DIR", "spool")
+    assert load_settings(config).spool_path == config.parent.absolute() / "spool"

@@ -17,7 +17,8 @@ import pytest
 
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.sandbox.runner import Sandbox
-from smtp_oauth.settings.models import Settings, load_settings
+from smtp_oauth.settings.loading import load_settings
+from smtp_oauth.settings.models import Settings
 from smtp_oauth.tokens.cache import cache_file_path
 from smtp_oauth.tokens.provider import cached_access_token, create_token_provider
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:This API has been deprecated for
 # Gets a token in a separate process and prints it; argv: config path, "force" or "".
 TOKEN_SCRIPT = (
     "import sys\n"
-    "from smtp_oauth.settings.models import load_settings\n"
+    "from smtp_oauth.settings.loading import load_settings\n"
     "from smtp_oauth.tokens.provider import create_token_provider\n"
     "provider = create_token_provider(load_settings(sys.argv[1]))\n"
     "print(provider.access_token_sync(force_refresh=sys.argv[2] == 'force'))\n"

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import serialization
 
 from smtp_oauth.errors import ConfigurationError, TokenError
 from smtp_oauth.sandbox.runner import Sandbox
-from smtp_oauth.settings.models import Settings, load_settings
+from smtp_oauth.settings.loading import load_settings
+from smtp_oauth.settings.models import Settings
 from smtp_oauth.tokens.claims import decode_claims
 from smtp_oauth.tokens.provider import MsalTokenProvider, create_token_provider
 from smtp_oauth.tokens.types import DeviceCodePrompt

@@ -1,0 +1,213 @@
+"""Loading settings: the only module that reads the environment and configuration files.
+
+Sources, strongest first: keyword arguments, environment (``SMTP_OAUTH_<SECTION>__<KEY>``), a
+secrets directory holding one file per key with the same names (systemd ``$CREDENTIALS_DIRECTORY``,
+Docker's ``/run/secrets``, or ``$SMTP_OAUTH_SECRETS_DIR``), then the TOML file. The file is found as
+the interface says: ``--config``, ``$SMTP_OAUTH_CONFIG``, ``./smtp-oauth.toml``,
+``$XDG_CONFIG_HOME/smtp-oauth/config.toml``, ``/etc/smtp-oauth/config.toml``.
+
+The sources are pydantic-settings' own (:func:`setting_sources`), asked one by one and merged
+here, so that the one :class:`~smtp_oauth.settings.models.Settings` class serves every file and
+secrets directory; ``smtp-oauth config`` asks the same sources where each value came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_settings import (
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+from pydantic_settings.sources import NestedSecretsSettingsSource
+
+from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.settings.models import ENV_PREFIX, Settings
+
+__all__ = ["find_config_file", "load_settings", "secrets_directory", "setting_sources"]
+
+NESTED_DELIMITER = "__"
+_SECRET_KEYS = {"client_secret", "certificate_password", "password", "password_hash"}
+
+
+def _candidate_files(environ: Mapping[str, str]) -> Iterable[Path]:
+    yield Path("smtp-oauth.toml")
+    xdg = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    yield Path(xdg) / "smtp-oauth" / "config.toml"
+    yield Path("/etc/smtp-oauth/config.toml")
+
+
+def find_config_file(
+    path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """The configuration file to read, or None when there is none (environment only).
+
+    An explicitly named file (argument or ``$SMTP_OAUTH_CONFIG``) must exist.
+    """
+    env = os.environ if environ is None else environ
+    explicit = path if path is not None else env.get("SMTP_OAUTH_CONFIG")
+    if explicit:
+        explicit_path = Path(explicit)
+        if not explicit_path.is_file():
+            raise ConfigurationError(
+                f"configuration file {explicit_path} does not exist",
+                file=str(explicit_path),
+                hint="Create it (`smtp-oauth config --example > smtp-oauth.toml`) or fix the path.",
+            )
+        return explicit_path
+    for candidate in _candidate_files(env):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def secrets_directory(environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where per-key secret files live: $SMTP_OAUTH_SECRETS_DIR, systemd's credentials, or None."""
+    env = os.environ if environ is None else environ
+    for name in ("SMTP_OAUTH_SECRETS_DIR", "CREDENTIALS_DIRECTORY"):
+        if env.get(name):
+            if not Path(env[name]).is_dir():
+                # Ignoring it would surface later as a confusing "client_secret is missing".
+                raise ConfigurationError(
+                    f"{name}={env[name]} is not a directory", key=name, hint=f"Fix or unset {name}."
+                )
+            return Path(env[name])
+    docker = Path("/run/secrets")
+    return docker if docker.is_dir() and any(docker.glob(f"{ENV_PREFIX}*")) else None
+
+
+def setting_sources(
+    toml_file: Path | None, secrets_dir: Path | None
+) -> dict[str, PydanticBaseSettingsSource]:
+    """The sources settings are read from, strongest first: ``env``, then ``secrets``, ``file``."""
+    sources: dict[str, PydanticBaseSettingsSource] = {"env": EnvSettingsSource(Settings)}
+    if secrets_dir is not None:
+        sources["secrets"] = NestedSecretsSettingsSource(
+            SecretsSettingsSource(Settings, secrets_dir=secrets_dir),
+            secrets_prefix=ENV_PREFIX,
+            secrets_nested_delimiter=NESTED_DELIMITER,
+        )
+    if toml_file is not None:
+        sources["file"] = TomlConfigSettingsSource(Settings, toml_file=toml_file)
+    return sources
+
+
+def _merged(weaker: Mapping[str, Any], stronger: Mapping[str, Any]) -> dict[str, Any]:
+    """``stronger`` over ``weaker``, section by section (a variable sets one key, not the section)."""
+    merged = dict(weaker)
+    for key, value in stronger.items():
+        below = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            merged[key] = _merged(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe_validation_error(error: ValidationError, source: str) -> ConfigurationError:
+    lines = []
+    first_key = None
+    for item in error.errors(include_url=False):
+        key = ".".join(str(part) for part in item["loc"])
+        first_key = first_key or key
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "required but not set"
+        shown = ""
+        last = str(item["loc"][-1]) if item["loc"] else ""
+        showable = last not in _SECRET_KEYS and not isinstance(item.get("input"), dict)
+        if "input" in item and item["type"] != "missing" and showable:
+            shown = f" (got {item['input']!r})"
+        # The environment beats the file: a value set there must not send the reader to the file.
+        variable = ENV_PREFIX + NESTED_DELIMITER.join(str(part) for part in item["loc"]).upper()
+        if item["loc"] and variable in {name.upper() for name in os.environ}:
+            shown += f" (set by {variable})"
+        lines.append(f"  {key or '(top level)'}: {message}{shown}")
+    text = f"invalid configuration ({source}):\n" + "\n".join(lines)
+    return ConfigurationError(
+        text,
+        file=source,
+        key=first_key,
+        hint="Fix the keys above; `smtp-oauth config --example` shows every key with its default.",
+    )
+
+
+def _check_toml(toml_file: Path) -> None:
+    """A syntax error or an unreadable file, said as such rather than as missing keys."""
+    try:
+        with toml_file.open("rb") as handle:
+            tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(
+            f"{toml_file}: TOML syntax error: {exc}", file=str(toml_file), hint="Fix the TOML syntax."
+        ) from exc
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read configuration file {toml_file}: {exc.strerror}", file=str(toml_file)
+        ) from exc
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the settings from the file (discovered as the CLI does), the environment and secrets.
+
+    Keyword arguments are the strongest source (``identity={...}``). Raises ConfigurationError.
+    """
+    toml_file = find_config_file(path)
+    source = str(toml_file) if toml_file else "environment"
+    if toml_file is not None:
+        _check_toml(toml_file)
+    sources = setting_sources(toml_file, secrets_directory())
+    try:
+        values: dict[str, Any] = {}
+        for each in reversed(sources.values()):
+            values = _merged(values, each())
+        settings = Settings.model_validate(_merged(values, overrides))
+    except ValidationError as exc:
+        error = _describe_validation_error(exc, source)
+        if toml_file is None:
+            error.hint = (
+                "No configuration file was found (looked for ./smtp-oauth.toml, "
+                "$XDG_CONFIG_HOME/smtp-oauth/config.toml and /etc/smtp-oauth/config.toml). "
+                "Pass --config, set SMTP_OAUTH_CONFIG, or set SMTP_OAUTH_* variables."
+            )
+        raise error from None
+    except SettingsError as exc:
+        raise ConfigurationError(
+            f"invalid configuration ({source}): {exc}", file=source, hint="Check the SMTP_OAUTH_* variables."
+        ) from None
+    if toml_file is not None:
+        # Absolute, so that a later chdir (a daemon) does not change what the paths mean.
+        settings = _resolve_relative_paths(settings, toml_file.parent.absolute())
+    settings._source_file = toml_file
+    return settings
+
+
+def _resolve_relative_paths(settings: Settings, base: Path) -> Settings:
+    """Relative paths in a configuration file are relative to that file, as in nginx or Postfix."""
+
+    def resolved(path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        path = path.expanduser()  # "~/..." as in msmtp's and ssh's configuration files
+        return path if path.is_absolute() else base / path
+
+    identity, smtp, relay = settings.identity, settings.smtp, settings.relay
+    identity_paths = ("certificate_path", "ca_file", "token_cache")
+    relay_paths = ("spool_dir", "tls_certificate", "tls_key")
+    return settings.model_copy(
+        update={
+            "identity": identity.model_copy(
+                update={name: resolved(getattr(identity, name)) for name in identity_paths}
+            ),
+            "smtp": smtp.model_copy(update={"ca_file": resolved(smtp.ca_file)}),
+            "relay": relay.model_copy(update={name: resolved(getattr(relay, name)) for name in relay_paths}),
+        }
+    )
