@@ -93,7 +93,8 @@ def run_for(name: str, args: argparse.Namespace) -> int:
     if not settings.identity.is_delegated:
         return _refuse_client_credentials(settings)
     flow = choose_flow(settings, getattr(args, "flow", None), display=has_display())
-    signed_in = asyncio.run(provider.login(flow))
+    # The transport's resource: a user of transport = "graph" consents to Graph's Mail.Send.
+    signed_in = asyncio.run(provider.login(flow, scopes=settings.token_scopes()))
     who = signed_in.username or "(the user did not share a name)"
     print(f"Signed in as {who} (tenant {signed_in.tenant_id or settings.identity.tenant_id}) with {flow}.")
     print(f"Granted scopes: {' '.join(signed_in.scopes) or '(none reported)'}")

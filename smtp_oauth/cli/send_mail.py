@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from smtp_oauth.cli.common import report_error
 from smtp_oauth.cli.send_mail_args import SendMailArgs, UsageError, parse_args
 from smtp_oauth.errors import ExitCode, MessageError, SmtpOAuthError
+from smtp_oauth.tokens.types import scope_key
 
 if TYPE_CHECKING:
     from email.headerregistry import Address
@@ -58,22 +59,28 @@ class CacheFirstTokenProvider:
     """The token the cache already holds, else (or when a fresh one is needed) MSAL's.
 
     Keeps msal out of the common case: a cron job sending with a cached, valid token.
+    ``cached_token`` is for ``cached_scopes`` (None: identity.scopes); other scopes go to MSAL.
     """
 
-    def __init__(self, settings: Settings, cached_token: str | None) -> None:
+    def __init__(
+        self, settings: Settings, cached_token: str | None, cached_scopes: Sequence[str] | None = None
+    ) -> None:
         self._settings = settings
         self._cached = cached_token
+        self._cached_key = scope_key(cached_scopes or settings.identity.effective_scopes)
         self._provider: TokenProvider | None = None
 
-    async def access_token(self, *, force_refresh: bool = False) -> str:
-        if self._cached is not None and not force_refresh:
-            return self._cached
-        self._cached = None  # refused once (535): never offer it again
+    async def access_token(self, *, force_refresh: bool = False, scopes: Sequence[str] | None = None) -> str:
+        key = scope_key(scopes or self._settings.identity.effective_scopes)
+        if self._cached is not None and key == self._cached_key:
+            if not force_refresh:
+                return self._cached
+            self._cached = None  # refused once (535, 401): never offer it again
         if self._provider is None:
             from smtp_oauth.tokens.provider import create_token_provider
 
             self._provider = create_token_provider(self._settings)
-        return await self._provider.access_token(force_refresh=force_refresh)
+        return await self._provider.access_token(force_refresh=force_refresh, scopes=scopes)
 
 
 def _read_file(path: str, what: str) -> bytes:

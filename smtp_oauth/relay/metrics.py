@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from smtp_oauth.settings.models import parse_listen
@@ -38,8 +38,8 @@ class TokenWatch:
         self._provider = provider
         self.expires_at: float | None = None  # Unix time; None before the first token
 
-    async def access_token(self, *, force_refresh: bool = False) -> str:
-        token = await self._provider.access_token(force_refresh=force_refresh)
+    async def access_token(self, *, force_refresh: bool = False, scopes: Sequence[str] | None = None) -> str:
+        token = await self._provider.access_token(force_refresh=force_refresh, scopes=scopes)
         try:
             expiry = expires_at(decode_claims(token))
         except ValueError:  # not a JWT: nothing to show, the token still works

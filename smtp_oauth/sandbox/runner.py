@@ -42,7 +42,7 @@ from smtp_oauth.sandbox.sandbox_config import (
     sandbox_sections,
     write_private_text,
 )
-from smtp_oauth.sandbox.tenant import SandboxTenant, make_tenant
+from smtp_oauth.sandbox.tenant import DEFAULT_GRAPH_PERMISSIONS, SandboxTenant, make_tenant
 from smtp_oauth.settings.loading import load_settings
 from smtp_oauth.settings.models import Settings
 
@@ -80,6 +80,7 @@ class Sandbox:
         relay_listen: str | None = None,
         certificates: SandboxCertificates | None = None,
         signing_key: SigningKey | None = None,
+        graph_permissions: tuple[str, ...] = DEFAULT_GRAPH_PERMISSIONS,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.config_path = self.directory / "sandbox.toml"
@@ -98,6 +99,7 @@ class Sandbox:
             "max_message_size": max_message_size,
         }
         self._relay_listen = relay_listen
+        self._graph_permissions = tuple(graph_permissions)
         # Making RSA keys is the slow part of a start; a test session may share one CA and key.
         self._given_keys = (certificates, signing_key)
         self._parts: (
@@ -156,7 +158,7 @@ class Sandbox:
         return (
             certificates or make_certificates(self.directory / "tls"),
             signing_key or SigningKey(),
-            make_tenant(self.directory),
+            make_tenant(self.directory, graph_permissions=self._graph_permissions),
         )
 
     async def stop(self) -> None:

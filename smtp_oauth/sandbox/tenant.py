@@ -8,9 +8,11 @@ process and in the sandbox directory's 0600 files, and never appears in a ``repr
 Registered, mirroring a real tenant set up for SMTP AUTH with OAuth:
 - a confidential app ("smtp-oauth sandbox daemon") with a client secret *and* a certificate
   credential (``app.pem``: private key + certificate), granted the ``SMTP.SendAsApp`` application
-  permission and access to the test mailbox;
+  permission and access to the test mailbox, and on Microsoft Graph ``Mail.Send`` and
+  ``Mail.ReadWrite`` (large messages go through a draft, which needs the latter);
 - a public client app ("smtp-oauth sandbox desktop", "Allow public client flows" on) with the
-  ``http://localhost`` redirect URI and consent for the delegated ``SMTP.Send`` permission;
+  ``http://localhost`` redirect URI and consent for the delegated ``SMTP.Send`` permission and
+  Graph's delegated ``Mail.Send`` and ``Mail.ReadWrite``;
 - a user and mailbox ``sender@sandbox.test`` with a random password.
 """
 
@@ -35,6 +37,10 @@ __all__ = ["RegisteredApp", "SandboxTenant", "SandboxUser", "make_tenant"]
 TENANT_DOMAIN = "sandbox.test"
 APP_ROLE_SEND_AS_APP = "SMTP.SendAsApp"
 DELEGATED_SMTP_SEND = "SMTP.Send"
+# Microsoft Graph permissions (same names for the application and the delegated kind).
+GRAPH_MAIL_SEND = "Mail.Send"
+GRAPH_MAIL_READWRITE = "Mail.ReadWrite"
+DEFAULT_GRAPH_PERMISSIONS = (GRAPH_MAIL_SEND, GRAPH_MAIL_READWRITE)
 # "Mobile and desktop applications" redirect URIs; for loopback ones Entra ignores the port
 # (RFC 8252 section 7.3), which is what MSAL's interactive flow relies on.
 NATIVE_REDIRECT_URIS = (
@@ -56,6 +62,8 @@ class RegisteredApp:
     redirect_uris: tuple[str, ...] = ()
     app_roles: tuple[str, ...] = ()  # application permissions granted on Exchange Online
     delegated_consent: tuple[str, ...] = ()  # delegated permissions consented on Exchange Online
+    graph_app_roles: tuple[str, ...] = ()  # application permissions granted on Microsoft Graph
+    graph_delegated_consent: tuple[str, ...] = ()  # delegated permissions consented on Graph
     client_secret: str | None = field(default=None, repr=False)
     certificate: x509.Certificate | None = field(default=None, repr=False)
 
@@ -142,8 +150,14 @@ def _make_app_certificate(client_id: str, path: Path) -> x509.Certificate:
     return certificate
 
 
-def make_tenant(directory: Path) -> SandboxTenant:
-    """A new tenant with random ids and secrets; writes the app's certificate to ``directory/app.pem``."""
+def make_tenant(
+    directory: Path, *, graph_permissions: tuple[str, ...] = DEFAULT_GRAPH_PERMISSIONS
+) -> SandboxTenant:
+    """A new tenant with random ids and secrets; writes the app's certificate to ``directory/app.pem``.
+
+    ``graph_permissions`` are the Microsoft Graph permissions both apps hold (application and
+    delegated); a test leaves one out to see how a missing grant is reported.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     app_id = str(uuid.uuid4())
     certificate_path = directory / "app.pem"
@@ -155,6 +169,8 @@ def make_tenant(directory: Path) -> SandboxTenant:
         redirect_uris=NATIVE_REDIRECT_URIS,
         app_roles=(APP_ROLE_SEND_AS_APP,),
         delegated_consent=(DELEGATED_SMTP_SEND,),
+        graph_app_roles=graph_permissions,
+        graph_delegated_consent=graph_permissions,
         client_secret=_new_secret(),
         certificate=_make_app_certificate(app_id, certificate_path),
     )
@@ -165,6 +181,7 @@ def make_tenant(directory: Path) -> SandboxTenant:
         service_principal_id=str(uuid.uuid4()),
         redirect_uris=NATIVE_REDIRECT_URIS,
         delegated_consent=(DELEGATED_SMTP_SEND,),
+        graph_delegated_consent=graph_permissions,
     )
     user = SandboxUser(
         upn=f"sender@{TENANT_DOMAIN}",

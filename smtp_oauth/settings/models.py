@@ -33,6 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = [
     "CLOUDS",
     "Cloud",
+    "GraphSettings",
     "IdentitySettings",
     "RelaySettings",
     "RelayUser",
@@ -50,6 +51,9 @@ DEFAULT_RELAY_LISTEN = "127.0.0.1:2525"
 EXCHANGE_MAX_MESSAGE_SIZE = 35 * 1024 * 1024  # Exchange Online's default MaxSendSize (35 MB)
 
 Flow = Literal["client_credentials", "device_code", "interactive", "username_password"]
+TransportName = Literal["smtp", "graph"]
+# `smtp-oauth token --resource` names; anything else is taken as a resource URI.
+RESOURCES = ("exchange", "graph")
 DELEGATED_FLOWS: frozenset[str] = frozenset({"device_code", "interactive", "username_password"})
 
 
@@ -61,27 +65,40 @@ class Cloud:
     smtp_host: str
     app_scope: str  # client credentials: "<resource>/.default"
     delegated_scope: str  # delegated flows: "<resource>/SMTP.Send"
+    graph_endpoint: str  # Microsoft Graph's service root, which is also its resource URI
+
+    @property
+    def graph_app_scope(self) -> str:
+        return f"{self.graph_endpoint}/.default"
+
+    @property
+    def graph_delegated_scope(self) -> str:
+        return f"{self.graph_endpoint}/Mail.Send"
 
 
-# Sources: exchange-online.md B2 (national clouds as documented by sasl-xoauth2 and Microsoft).
+# Sources: exchange-online.md B2 (national clouds as documented by sasl-xoauth2 and Microsoft);
+# Graph's national cloud roots: https://learn.microsoft.com/graph/deployments
 CLOUDS: dict[str, Cloud] = {
     "global": Cloud(
         "https://login.microsoftonline.com",
         "smtp.office365.com",
         "https://outlook.office365.com/.default",
         "https://outlook.office.com/SMTP.Send",
+        "https://graph.microsoft.com",
     ),
     "usgov": Cloud(  # GCC High / DoD
         "https://login.microsoftonline.us",
         "smtp.office365.us",
         "https://outlook.office365.us/.default",
         "https://outlook.office365.us/SMTP.Send",
+        "https://graph.microsoft.us",
     ),
     "china": Cloud(  # operated by 21Vianet
         "https://login.partner.microsoftonline.cn",
         "smtp.partner.outlook.cn",
         "https://partner.outlook.cn/.default",
         "https://partner.outlook.cn/SMTP.Send",
+        "https://microsoftgraph.chinacloudapi.cn",
     ),
 }
 MICROSOFT_AUTHORITY_HOSTS = frozenset(
@@ -224,6 +241,26 @@ class SmtpSettings(_Section):
         return self.from_address or self.username
 
 
+class GraphSettings(_Section):
+    """``[graph]``: Microsoft Graph ``sendMail``, the transport for tenants without SMTP AUTH."""
+
+    endpoint: str | None = None  # default: the cloud's Graph root (identity.cloud)
+    mailbox: str | None = Field(None, min_length=1)  # user id or UPN; default smtp.username
+    scopes: list[str] | None = None  # default: <graph root>/.default, or <graph root>/Mail.Send
+    timeout: float = Field(60.0, gt=0)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _https_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.rstrip("/")
+        if not value.startswith("https://"):
+            # A bearer token must never travel in clear text.
+            raise ValueError("must be an https:// URL, e.g. https://graph.microsoft.com")
+        return value
+
+
 class AllowNetwork(_Section):
     """A network whose clients may send without AUTH, as if they were ``user``."""
 
@@ -304,8 +341,11 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    transport: TransportName = "smtp"
+    fallback_transport: Literal["graph"] | None = None
     identity: IdentitySettings
     smtp: SmtpSettings
+    graph: GraphSettings = GraphSettings()
     relay: RelaySettings = RelaySettings()
     _source_file: Path | None = PrivateAttr(default=None)
 
@@ -327,6 +367,47 @@ class Settings(BaseSettings):
         if smtp.host is None and isinstance(identity, IdentitySettings):
             return smtp.model_copy(update={"host": identity.cloud_preset.smtp_host})
         return smtp
+
+    @model_validator(mode="after")
+    def _fallback_differs(self) -> Settings:
+        if self.fallback_transport is not None and self.fallback_transport == self.transport:
+            raise ValueError(
+                f"fallback_transport = {self.fallback_transport!r} is the transport itself; "
+                'it applies to transport = "smtp" (remove it, or set transport = "smtp")'
+            )
+        return self
+
+    @property
+    def graph_endpoint(self) -> str:
+        """Microsoft Graph's service root: ``graph.endpoint``, else the cloud's."""
+        return self.graph.endpoint or self.identity.cloud_preset.graph_endpoint
+
+    @property
+    def graph_mailbox(self) -> str:
+        """The mailbox Graph sends as (``/users/{mailbox}/sendMail``): ``graph.mailbox`` or smtp.username."""
+        return self.graph.mailbox or self.smtp.username
+
+    @property
+    def graph_scopes(self) -> list[str]:
+        """``graph.scopes``, else ``<graph>/.default`` (app-only) or ``<graph>/Mail.Send`` (delegated).
+
+        From the cloud, never from ``graph.endpoint``: a token's audience is the resource's URI,
+        which a proxy or test endpoint does not change.
+        """
+        if self.graph.scopes:
+            return list(self.graph.scopes)
+        preset = self.identity.cloud_preset
+        return [preset.graph_delegated_scope if self.identity.is_delegated else preset.graph_app_scope]
+
+    def token_scopes(self, resource: str | None = None) -> list[str]:
+        """The scopes of a token for ``resource``: "exchange", "graph", a resource URI, or None for
+        the one ``transport`` needs. A URI gets ``<uri>/.default`` (every permission granted on it)."""
+        chosen = resource or ("graph" if self.transport == "graph" else "exchange")
+        if chosen == "exchange":
+            return self.identity.effective_scopes
+        if chosen == "graph":
+            return self.graph_scopes
+        return [chosen.rstrip("/") + "/.default"]
 
     @property
     def smtp_host(self) -> str:

@@ -91,6 +91,9 @@ _DERIVED: dict[str, tuple[str, Callable[[Settings], Any]]] = {
     "identity.token_cache": ("$XDG_STATE_HOME/smtp-oauth/token-cache", lambda s: s.token_cache_path),
     "smtp.host": ("from identity.cloud", lambda s: s.smtp_host),
     "smtp.from_address": ("same as smtp.username", lambda s: s.smtp.sender),
+    "graph.endpoint": ("from identity.cloud", lambda s: s.graph_endpoint),
+    "graph.mailbox": ("same as smtp.username", lambda s: s.graph_mailbox),
+    "graph.scopes": ("from identity.flow and identity.cloud", lambda s: s.graph_scopes),
     "relay.spool_dir": ("$XDG_STATE_HOME/smtp-oauth/spool", lambda s: s.spool_path),
 }
 

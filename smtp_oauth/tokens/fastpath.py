@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from smtp_oauth.tokens.cache import cache_file_path, read_plaintext_cache
-from smtp_oauth.tokens.types import REFRESH_MARGIN, request_scopes
+from smtp_oauth.tokens.types import REFRESH_MARGIN, scope_key
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
@@ -49,9 +50,12 @@ def _matching_home_accounts(cache: dict[str, Any], settings: Settings, environme
     return ids if len(ids) == 1 else set()
 
 
-def read_cached_token(settings: Settings, *, min_validity: timedelta = REFRESH_MARGIN) -> str | None:
-    """A cached access token valid for at least ``min_validity``, read straight from the plaintext
-    cache file (MSAL's JSON format), or None: missing, encrypted, expiring, due for refresh.
+def read_cached_token(
+    settings: Settings, *, scopes: Sequence[str] | None = None, min_validity: timedelta = REFRESH_MARGIN
+) -> str | None:
+    """A cached access token for ``scopes`` (default ``identity.scopes``) valid for at least
+    ``min_validity``, read straight from the plaintext cache file (MSAL's JSON format), or None:
+    missing, encrypted, expiring, due for refresh.
 
     Starts fast (no msal import) for ``send-mail``, which runs once per message.
     """
@@ -60,7 +64,7 @@ def read_cached_token(settings: Settings, *, min_validity: timedelta = REFRESH_M
         return None
     identity = settings.identity
     environment = (urlsplit(identity.effective_authority_host).hostname or "").lower()
-    wanted_scopes = {scope.lower() for scope in request_scopes(identity.effective_scopes)}
+    wanted_scopes = set(scope_key(scopes or identity.effective_scopes))
     home_ids = _matching_home_accounts(cache, settings, environment) if identity.is_delegated else set()
     # MSAL files tokens under the tenant GUID from the discovered token endpoint; a tenant configured
     # by domain name cannot be compared, but the cache file is this authority's alone anyway.

@@ -113,7 +113,7 @@ class MsalSession:
         self._settings = settings
         self._identity = settings.identity
         self._cache = cache
-        self._scopes = request_scopes(self._identity.effective_scopes)
+        self._default_scopes = request_scopes(self._identity.effective_scopes)
         self._authority = self._identity.authority
         netloc = None if self._identity.is_microsoft_authority else urlsplit(self._authority).netloc
         ca_file = str(self._identity.ca_file) if self._identity.ca_file else None
@@ -187,48 +187,68 @@ class MsalSession:
 
     # -- access tokens --------------------------------------------------------------------------
 
-    def acquire(self, *, force_refresh: bool, min_validity: float) -> IssuedToken:
+    def acquire(
+        self, *, scopes: list[str] | None = None, force_refresh: bool, min_validity: float
+    ) -> IssuedToken:
         """Silent first (cache, then refresh token), then the non-interactive grant if there is one.
 
-        Holds the cache's cross-process lock throughout, so that a refresh token is read, redeemed
-        and replaced by one process at a time (strict rotation) and others then find the new token.
+        ``scopes`` (default ``identity.scopes``) choose the resource: one app and one cache serve
+        Exchange Online and Microsoft Graph alike. Holds the cache's cross-process lock throughout,
+        so that a refresh token is read, redeemed and replaced by one process at a time (strict
+        rotation) and others then find the new token.
         """
+        wanted = request_scopes(scopes) if scopes else self._default_scopes
 
         def run() -> IssuedToken:
             with self._cache.locked():
                 if self._identity.flow == "client_credentials":
-                    return self._client_credentials(force_refresh, min_validity)
-                return self._delegated(force_refresh, min_validity)
+                    return self._client_credentials(wanted, force_refresh, min_validity)
+                return self._delegated(wanted, force_refresh, min_validity)
 
         return self._translated(run)
 
-    def _client_credentials(self, force_refresh: bool, min_validity: float) -> IssuedToken:
+    def _forget_app_tokens(self, scopes: list[str]) -> None:
+        """Drop the app's cached tokens for ``scopes`` only: another resource's token stays usable.
+
+        MSAL refuses ``force_refresh`` for client credentials; without a cached token it asks the IdP.
+        """
+        # As msal's remove_tokens_for_client, but for these scopes only.
+        query = {
+            "client_id": self._identity.client_id,
+            "environment": self._app.authority.instance,
+            "home_account_id": None,  # app-only tokens belong to no account
+        }
+        for entry in list(
+            self._cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN, target=scopes, query=query)
+        ):
+            self._cache.remove_at(entry)
+
+    def _client_credentials(self, scopes: list[str], force_refresh: bool, min_validity: float) -> IssuedToken:
         if force_refresh:
-            # MSAL refuses force_refresh here; dropping the cached token makes it ask the IdP.
-            self._app.remove_tokens_for_client()
-        issued = self._issued(self._app.acquire_token_for_client(self._scopes))
+            self._forget_app_tokens(scopes)
+        issued = self._issued(self._app.acquire_token_for_client(scopes))
         if issued.source == "cache" and issued.remaining() < min_validity:
-            self._app.remove_tokens_for_client()
-            issued = self._issued(self._app.acquire_token_for_client(self._scopes))
+            self._forget_app_tokens(scopes)
+            issued = self._issued(self._app.acquire_token_for_client(scopes))
         return issued
 
-    def _delegated(self, force_refresh: bool, min_validity: float) -> IssuedToken:
+    def _delegated(self, scopes: list[str], force_refresh: bool, min_validity: float) -> IssuedToken:
         account = self._account()
         if account is None:
-            return self._password_grant()
-        result = self._app.acquire_token_silent_with_error(self._scopes, account, force_refresh=force_refresh)
+            return self._password_grant(scopes)
+        result = self._app.acquire_token_silent_with_error(scopes, account, force_refresh=force_refresh)
         if result is None or (
             "error" in result and result.get("error") in {"invalid_grant", "interaction_required"}
         ):
             # Nothing cached, or the refresh token is dead: ROPC can sign in again by itself.
             if self._identity.flow == "username_password":
-                return self._password_grant()
+                return self._password_grant(scopes)
             if result is None:
                 raise self._no_cached_token()
         issued = self._issued(result)
         if issued.source == "cache" and issued.remaining() < min_validity:
             issued = self._issued(
-                self._app.acquire_token_silent_with_error(self._scopes, account, force_refresh=True)
+                self._app.acquire_token_silent_with_error(scopes, account, force_refresh=True)
             )
         return issued
 
@@ -249,13 +269,13 @@ class MsalSession:
             )
         return dict(accounts[0]) if accounts else None
 
-    def _password_grant(self) -> IssuedToken:
+    def _password_grant(self, scopes: list[str]) -> IssuedToken:
         if self._identity.flow != "username_password":
             raise self._no_cached_token()
-        result = self._password_result()
+        result = self._password_result(scopes)
         return self._issued(result)
 
-    def _password_result(self) -> dict[str, Any]:
+    def _password_result(self, scopes: list[str]) -> dict[str, Any]:
         identity = self._identity
         if identity.username is None or identity.password is None:
             raise ConfigurationError(
@@ -269,13 +289,13 @@ class MsalSession:
             )
             self._ropc_warned = True
         result: dict[str, Any] = self._app.acquire_token_by_username_password(
-            identity.username, identity.password.get_secret_value(), self._scopes
+            identity.username, identity.password.get_secret_value(), scopes
         )
         return result
 
     # -- delegated sign-in (login) ----------------------------------------------------------------
 
-    def _signed_in(self, result: dict[str, Any]) -> SignedIn:
+    def _signed_in(self, result: dict[str, Any], scopes: list[str]) -> SignedIn:
         issued = self._issued(result)  # raises for error dicts
         claims = result.get("id_token_claims") or {}
         scope = result.get("scope")
@@ -283,16 +303,18 @@ class MsalSession:
             username=claims.get("preferred_username") or claims.get("upn"),
             scopes=[s for s in str(scope).split() if s.lower() not in RESERVED_SCOPES]
             if scope
-            else list(self._scopes),
+            else list(scopes),
             expires_on=datetime.fromtimestamp(issued.expires_on, tz=UTC),
             tenant_id=claims.get("tid"),
         )
 
     def sign_in_with_device_code(
-        self, prompt: Callable[[DeviceCodePrompt], None], abort: AbortSignal
+        self, scopes: list[str], prompt: Callable[[DeviceCodePrompt], None], abort: AbortSignal
     ) -> SignedIn:
+        scopes = request_scopes(scopes)
+
         def run() -> SignedIn:
-            flow = self._app.initiate_device_flow(scopes=self._scopes)
+            flow = self._app.initiate_device_flow(scopes=scopes)
             if "user_code" not in flow:
                 raise self._errors.from_result(flow)
             prompt(
@@ -309,21 +331,23 @@ class MsalSession:
             if result.get("error") in {"authorization_pending", "slow_down"}:
                 reason = "was cancelled" if abort.aborted else "expired before the sign-in was completed"
                 raise self._token_error(f"device code sign-in {reason}", error="expired_token")
-            return self._signed_in(result)
+            return self._signed_in(result, scopes)
 
         return self._translated(run)
 
     def sign_in_interactively(
-        self, open_browser: Callable[[str], bool], timeout: float, abort: AbortSignal
+        self, scopes: list[str], open_browser: Callable[[str], bool], timeout: float, abort: AbortSignal
     ) -> SignedIn:
         """Auth code + PKCE with a loopback redirect on a free port (RFC 8252), browser via our hook."""
         from msal.oauth2cli.authcode import AuthCodeReceiver
+
+        scopes = request_scopes(scopes)
 
         def run() -> SignedIn:
             with _receiver_on_dynamic_port(AuthCodeReceiver) as receiver:
                 abort.on_abort(receiver.close)
                 flow = self._app.initiate_auth_code_flow(
-                    self._scopes,
+                    scopes,
                     redirect_uri=f"http://localhost:{receiver.get_port()}",
                     response_mode="form_post",  # MSAL's receiver accepts only POSTed responses
                     # Pre-fills the account picker; the mailbox is usually the user's own.
@@ -340,12 +364,13 @@ class MsalSession:
             if not response:
                 reason = "was cancelled" if abort.aborted else f"got no answer within {timeout:.0f} s"
                 raise self._token_error(f"interactive sign-in {reason}", error="timeout")
-            return self._signed_in(self._app.acquire_token_by_auth_code_flow(flow, response))
+            return self._signed_in(self._app.acquire_token_by_auth_code_flow(flow, response), scopes)
 
         return self._translated(run)
 
-    def sign_in_with_password(self) -> SignedIn:
-        return self._translated(lambda: self._signed_in(self._password_result()))
+    def sign_in_with_password(self, scopes: list[str]) -> SignedIn:
+        scopes = request_scopes(scopes)
+        return self._translated(lambda: self._signed_in(self._password_result(scopes), scopes))
 
     def sign_out(self) -> int:
         """Remove this identity's tokens; how many cache entries went."""

@@ -1,11 +1,14 @@
-"""Access tokens for Exchange Online: the ``TokenProvider`` seam and its MSAL implementation.
+"""Access tokens for Exchange Online and Microsoft Graph: the ``TokenProvider`` seam, on MSAL.
 
-``MsalTokenProvider`` keeps the current token in memory and serves it while it is valid for more
-than ``REFRESH_MARGIN`` (10 minutes) and MSAL's ``refresh_on`` has not passed, so the hot path
-touches neither MSAL nor the disk. Otherwise exactly one caller per process goes to MSAL (an
+``MsalTokenProvider`` keeps the current token of each scope set (Exchange Online by default,
+Graph's when a caller passes ``scopes``) in memory and serves it while it is valid for more than
+``REFRESH_MARGIN`` (10 minutes) and MSAL's ``refresh_on`` has not passed, so the hot path touches
+neither MSAL nor the disk. Otherwise exactly one caller per process goes to MSAL (an
 ``asyncio.Lock`` per event loop, then a ``threading.Lock`` shared with sync callers), in a worker
-thread: MSAL is blocking. The persistent cache and the MSAL calls live in ``token_cache.py`` and
-``token_flows.py``; this module imports neither msal nor msal-extensions at import time, because
+thread: MSAL is blocking. Both resources share one MSAL application and its persistent cache: a
+delegated sign-in's refresh token serves either, an app's secret or certificate is sent to Entra
+once per resource and hour. The persistent cache and the MSAL calls live in ``cache.py`` and
+``msal_session.py``; this module imports neither msal nor msal-extensions at import time, because
 ``send-mail`` (one process per message) first tries ``cached_access_token``: a plain JSON read of
 the cache file.
 
@@ -21,7 +24,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,6 +37,7 @@ from smtp_oauth.tokens.types import (
     IssuedToken,
     SignedIn,
     TokenProvider,
+    scope_key,
 )
 
 if TYPE_CHECKING:
@@ -113,8 +117,11 @@ class MsalTokenProvider:
         self._device_code_prompt = device_code_prompt or _print_device_code
         self._open_browser = open_browser or _open_web_browser
         self._interactive_timeout = interactive_timeout
-        self._token: IssuedToken | None = None
-        self._generation = 0  # bumped whenever a new token is stored
+        self._default_scopes = list(settings.identity.effective_scopes)
+        # scope_key(scopes) -> the current token for those scopes, and a counter bumped whenever a
+        # new one is stored (a caller that waited for a forced refresh takes the one just made).
+        self._tokens: dict[tuple[str, ...], IssuedToken] = {}
+        self._generations: dict[tuple[str, ...], int] = {}
         self._lock = threading.Lock()  # one MSAL call at a time, sync and async callers alike
         self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
@@ -128,13 +135,24 @@ class MsalTokenProvider:
 
     # -- the hot path ---------------------------------------------------------------------------
 
-    def _fresh(self) -> str | None:
-        token, now = self._token, time.time()
+    def _scopes(self, scopes: Sequence[str] | None) -> tuple[list[str], tuple[str, ...]]:
+        chosen = list(scopes) if scopes else self._default_scopes
+        return chosen, scope_key(chosen)
+
+    def _fresh(self, key: tuple[str, ...]) -> str | None:
+        token, now = self._tokens.get(key), time.time()
         if token is None or token.remaining(now) <= REFRESH_MARGIN.total_seconds():
             return None
         if token.refresh_on is not None and now >= token.refresh_on:
             return None
         return token.access_token
+
+    def _refreshed_meanwhile(self, key: tuple[str, ...], generation: int) -> str | None:
+        """The token a concurrent forced refresh stored while this caller waited for the lock."""
+        token = self._tokens.get(key)
+        if token is not None and self._generations.get(key, 0) != generation:
+            return token.access_token
+        return None
 
     def _async_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -143,24 +161,31 @@ class MsalTokenProvider:
             lock = self._async_locks[loop] = asyncio.Lock()
         return lock
 
-    async def access_token(self, *, force_refresh: bool = False) -> str:
-        """A token valid for more than 10 minutes; ``force_refresh`` asks the IdP for a new one."""
-        generation = self._generation
-        if not force_refresh and (token := self._fresh()) is not None:
+    async def access_token(self, *, force_refresh: bool = False, scopes: Sequence[str] | None = None) -> str:
+        """A token valid for more than 10 minutes; ``force_refresh`` asks the IdP for a new one.
+
+        ``scopes`` (default ``identity.scopes``) picks the resource: e.g. Graph's
+        ``https://graph.microsoft.com/.default``. Each scope set has its own token and its own
+        single-flight refresh.
+        """
+        wanted, key = self._scopes(scopes)
+        generation = self._generations.get(key, 0)
+        if not force_refresh and (token := self._fresh(key)) is not None:
             return token
         async with self._async_lock():
-            if not force_refresh and (token := self._fresh()) is not None:
+            if not force_refresh and (token := self._fresh(key)) is not None:
                 return token
-            if force_refresh and self._generation != generation and self._token is not None:
-                return self._token.access_token  # refreshed while this caller waited
-            return await asyncio.to_thread(self._acquire, force_refresh, generation)
+            if force_refresh and (token := self._refreshed_meanwhile(key, generation)) is not None:
+                return token
+            return await asyncio.to_thread(self._acquire, wanted, key, force_refresh, generation)
 
-    def access_token_sync(self, *, force_refresh: bool = False) -> str:
+    def access_token_sync(self, *, force_refresh: bool = False, scopes: Sequence[str] | None = None) -> str:
         """``access_token`` for synchronous callers (logging handler, CLI); blocks."""
-        generation = self._generation
-        if not force_refresh and (token := self._fresh()) is not None:
+        wanted, key = self._scopes(scopes)
+        generation = self._generations.get(key, 0)
+        if not force_refresh and (token := self._fresh(key)) is not None:
             return token
-        return self._acquire(force_refresh, generation)
+        return self._acquire(wanted, key, force_refresh, generation)
 
     # -- MSAL, in a worker thread -----------------------------------------------------------------
 
@@ -185,34 +210,45 @@ class MsalTokenProvider:
                 session.close()
             raise
 
-    def _acquire(self, force_refresh: bool, generation: int) -> str:
+    def _acquire(self, scopes: list[str], key: tuple[str, ...], force_refresh: bool, generation: int) -> str:
         with self._lock:
-            if not force_refresh and (token := self._fresh()) is not None:
+            if not force_refresh and (token := self._fresh(key)) is not None:
                 return token
-            if force_refresh and self._generation != generation and self._token is not None:
-                return self._token.access_token
+            if force_refresh and (token := self._refreshed_meanwhile(key, generation)) is not None:
+                return token
             margin = REFRESH_MARGIN.total_seconds()
             issued: IssuedToken = self._run_msal(
-                lambda session: session.acquire(force_refresh=force_refresh, min_validity=margin)
+                lambda session: session.acquire(
+                    scopes=scopes, force_refresh=force_refresh, min_validity=margin
+                )
             )
-            self._store(issued)
+            self._store(key, issued)
             return issued.access_token
 
-    def _store(self, issued: IssuedToken) -> None:
+    def _store(self, key: tuple[str, ...], issued: IssuedToken) -> None:
         now = time.time()
         if issued.refresh_on is not None and issued.refresh_on <= now:
             # MSAL's proactive refresh failed and it returned the cached token: retry later.
             issued = IssuedToken(
                 issued.access_token, issued.expires_on, now + _REFRESH_RETRY_SECONDS, issued.source
             )
-        self._token = issued
-        self._generation += 1
-        log.debug("token acquired (source=%s, expires in %d s)", issued.source, issued.remaining(now))
+        self._tokens[key] = issued
+        self._generations[key] = self._generations.get(key, 0) + 1
+        log.debug(
+            "token for %s acquired (source=%s, expires in %d s)",
+            " ".join(key),
+            issued.source,
+            issued.remaining(now),
+        )
 
     # -- delegated sign-in ------------------------------------------------------------------------
 
-    async def login(self, flow: str | None = None) -> SignedIn:
-        """Sign in a user (device code, interactive, or username/password) and cache the refresh token."""
+    async def login(self, flow: str | None = None, *, scopes: Sequence[str] | None = None) -> SignedIn:
+        """Sign in a user (device code, interactive, or username/password) and cache the refresh token.
+
+        ``scopes`` (default ``identity.scopes``) is what the user consents to at sign-in; the
+        refresh token then also serves other resources the app was granted (MSAL asks for them).
+        """
         chosen = flow or self._settings.identity.flow
         if chosen not in DELEGATED_LOGIN_FLOWS or not self._settings.identity.is_delegated:
             raise ConfigurationError(
@@ -227,8 +263,11 @@ class MsalTokenProvider:
 
         def sign_in() -> SignedIn:
             with self._lock:
-                signed_in: SignedIn = self._run_msal(lambda session: self._sign_in(session, chosen, abort))
-                self._token = None  # the next access_token() reads the new sign-in's token
+                wanted = list(scopes) if scopes else self._default_scopes
+                signed_in: SignedIn = self._run_msal(
+                    lambda session: self._sign_in(session, chosen, wanted, abort)
+                )
+                self._tokens.clear()  # the next access_token() reads the new sign-in's tokens
                 return signed_in
 
         try:
@@ -237,13 +276,15 @@ class MsalTokenProvider:
             abort.abort()
             raise
 
-    def _sign_in(self, session: Any, flow: str, abort: AbortSignal) -> SignedIn:
+    def _sign_in(self, session: Any, flow: str, scopes: list[str], abort: AbortSignal) -> SignedIn:
         if flow == "device_code":
-            result: SignedIn = session.sign_in_with_device_code(self._device_code_prompt, abort)
+            result: SignedIn = session.sign_in_with_device_code(scopes, self._device_code_prompt, abort)
         elif flow == "interactive":
-            result = session.sign_in_interactively(self._open_browser, self._interactive_timeout, abort)
+            result = session.sign_in_interactively(
+                scopes, self._open_browser, self._interactive_timeout, abort
+            )
         else:
-            result = session.sign_in_with_password()
+            result = session.sign_in_with_password(scopes)
         return result
 
     async def logout(self) -> int:
@@ -252,7 +293,7 @@ class MsalTokenProvider:
         def sign_out() -> int:
             with self._lock:
                 removed: int = self._run_msal(lambda session: session.sign_out())
-                self._token = None
+                self._tokens.clear()
                 return removed
 
         return await asyncio.to_thread(sign_out)
@@ -263,10 +304,13 @@ def create_token_provider(settings: Settings, **kwargs: Any) -> MsalTokenProvide
     return MsalTokenProvider(settings, **kwargs)
 
 
-def cached_access_token(settings: Settings, *, min_validity: timedelta = REFRESH_MARGIN) -> str | None:
-    """A cached access token valid for at least ``min_validity``, read straight from the plaintext
-    cache file, or None (missing, encrypted, expiring, due for refresh). No msal import: for
-    ``send-mail``, which runs once per message. See ``token_fastpath``."""
+def cached_access_token(
+    settings: Settings, *, scopes: Sequence[str] | None = None, min_validity: timedelta = REFRESH_MARGIN
+) -> str | None:
+    """A cached access token for ``scopes`` (default ``identity.scopes``) valid for at least
+    ``min_validity``, read straight from the plaintext cache file, or None (missing, encrypted,
+    expiring, due for refresh). No msal import: for ``send-mail``, which runs once per message.
+    See ``fastpath``."""
     from smtp_oauth.tokens.fastpath import read_cached_token
 
-    return read_cached_token(settings, min_validity=min_validity)
+    return read_cached_token(settings, scopes=scopes, min_validity=min_validity)

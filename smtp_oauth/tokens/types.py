@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -23,6 +23,7 @@ __all__ = [
     "SignedIn",
     "TokenProvider",
     "request_scopes",
+    "scope_key",
 ]
 
 # Exchange Online rejects tokens close to expiry ("Token will expire soon"); MSAL itself only skips
@@ -34,9 +35,16 @@ DELEGATED_LOGIN_FLOWS = ("device_code", "interactive", "username_password")
 
 
 class TokenProvider(Protocol):
-    """Anything that can hand out an access token for Exchange Online."""
+    """Anything that can hand out an access token: for Exchange Online, or for ``scopes``.
 
-    async def access_token(self, *, force_refresh: bool = False) -> str: ...
+    ``scopes`` names another resource for the same identity (Microsoft Graph's
+    ``https://graph.microsoft.com/.default``); None means the identity's configured ones
+    (``identity.scopes``, Exchange Online by default).
+    """
+
+    async def access_token(
+        self, *, force_refresh: bool = False, scopes: Sequence[str] | None = None
+    ) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,11 @@ class IssuedToken:
 def request_scopes(scopes: Iterable[str]) -> list[str]:
     """The scopes to ask for: the configured ones without those MSAL adds (and rejects) itself."""
     return [scope for scope in scopes if scope.lower() not in RESERVED_SCOPES]
+
+
+def scope_key(scopes: Iterable[str]) -> tuple[str, ...]:
+    """One key per set of scopes, whatever their order or case (scopes compare case-insensitively)."""
+    return tuple(sorted({scope.lower() for scope in request_scopes(scopes)}))
 
 
 class AbortSignal:

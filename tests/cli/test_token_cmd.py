@@ -76,3 +76,44 @@ async def test_delegated_without_sign_in_says_to_log_in(smtp_oauth_sandbox: Sand
     done = await _token(smtp_oauth_sandbox, tmp_path, config=config)
     assert done.returncode == 77, done.stderr
     assert "smtp-oauth login" in done.stderr
+
+
+async def test_resource_graph_claims_show_a_graph_token(smtp_oauth_sandbox: Sandbox, tmp_path: Path) -> None:
+    """`token --resource graph --claims`: audience https://graph.microsoft.com with the Mail.Send role."""
+    done = await _token(smtp_oauth_sandbox, tmp_path, "--resource", "graph", "--claims")
+    assert done.returncode == 0, done.stderr
+    claims = json.loads(done.stdout)
+    assert claims["aud"] == "https://graph.microsoft.com"
+    assert "Mail.Send" in claims["roles"]
+
+
+async def test_transport_graph_makes_graph_the_default_resource(
+    smtp_oauth_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """With transport = "graph", plain `token` prints the token the transport needs: Graph's."""
+    config = smtp_oauth_sandbox.write_config(tmp_path / "graph.toml", transport="graph")
+    done = await _token(smtp_oauth_sandbox, tmp_path, "--claims", config=config)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["aud"] == "https://graph.microsoft.com"
+
+
+async def test_a_bare_scope_is_one_of_the_resources_permissions(
+    smtp_oauth_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """`--resource graph --scope Mail.Send` asks for https://graph.microsoft.com/Mail.Send (delegated)."""
+    config = smtp_oauth_sandbox.write_config(tmp_path / "user.toml", flow="username_password")
+    done = await _token(
+        smtp_oauth_sandbox, tmp_path, "--resource", "graph", "--scope", "Mail.Send", "--claims", config=config
+    )
+    assert done.returncode == 0, done.stderr
+    claims = json.loads(done.stdout)
+    assert claims["aud"] == "https://graph.microsoft.com"
+    assert claims["scp"] == "Mail.Send"
+
+
+async def test_xoauth2_for_graph_is_a_usage_error(smtp_oauth_sandbox: Sandbox, tmp_path: Path) -> None:
+    """`--xoauth2 --resource graph` exits 64: the SMTP login takes an Exchange token; no token printed."""
+    done = await _token(smtp_oauth_sandbox, tmp_path, "--xoauth2", "--resource", "graph")
+    assert done.returncode == 64
+    assert done.stdout == ""
+    assert "Exchange Online token" in done.stderr

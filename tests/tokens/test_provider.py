@@ -655,7 +655,7 @@ async def test_debug_logs_hold_no_secret_or_token(
     cache = "".join(path.read_text() for path in ropc.token_cache_path.glob("*.json"))
     refresh_tokens = re.findall(r'"secret": "([^"]{20,})"', cache)
     text = caplog.text
-    assert "token acquired (source=identity_provider, expires in" in text
+    assert "acquired (source=identity_provider, expires in" in text
     secrets = [smtp_oauth_sandbox.tenant.app.client_secret, smtp_oauth_sandbox.tenant.user.password]
     for secret in [*secrets, *tokens, *refresh_tokens]:
         assert secret

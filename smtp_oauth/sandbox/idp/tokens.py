@@ -1,6 +1,7 @@
 """Scopes in, tokens out: what the sandbox identity provider puts in its token responses.
 
-Access tokens look like the v1.0 tokens Entra issues for Exchange Online (the resource accepts v1):
+Access tokens look like the v1.0 tokens Entra issues for Exchange Online (the resource accepts v1)
+and for Microsoft Graph (``aud`` ``https://graph.microsoft.com``, ``roles``/``scp`` ``Mail.Send``):
 - app-only (``https://outlook.office365.com/.default``): ``aud`` = the resource, ``roles``
   ``["SMTP.SendAsApp"]``, ``appid``/``azp``, ``oid``/``sub`` = the service principal, ``idtyp: app``;
 - delegated (``https://outlook.office.com/SMTP.Send``): ``aud`` = the resource, ``scp SMTP.Send``,
@@ -35,7 +36,24 @@ EXCHANGE_RESOURCES = frozenset(
 EXCHANGE_DELEGATED_PERMISSIONS = frozenset(
     {"SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "EWS.AccessAsUser.All"}
 )
+# Microsoft Graph's resource, by URI and by app id, and the mail permissions the sandbox knows.
+GRAPH_RESOURCES = frozenset({"https://graph.microsoft.com", "00000003-0000-0000-c000-000000000000"})
+GRAPH_DELEGATED_PERMISSIONS = frozenset({"Mail.Send", "Mail.ReadWrite", "Mail.Send.Shared", "User.Read"})
 OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
+
+
+def is_graph(resource: str) -> bool:
+    return resource in GRAPH_RESOURCES
+
+
+def app_roles_for(app: RegisteredApp, resource: str) -> tuple[str, ...]:
+    """The application permissions ``app`` holds on ``resource``."""
+    return app.graph_app_roles if is_graph(resource) else app.app_roles
+
+
+def consent_for(app: RegisteredApp, resource: str) -> tuple[str, ...]:
+    """The delegated permissions consented for ``app`` on ``resource``."""
+    return app.graph_delegated_consent if is_graph(resource) else app.delegated_consent
 
 
 @dataclass
@@ -66,7 +84,7 @@ def resolve_app_scope(scope_text: str, tenant: SandboxTenant) -> str:
     if len(scopes) != 1 or not scopes[0].endswith("/.default"):
         raise AadError.app_only_scope_not_default(scope_text)
     resource = scopes[0].removesuffix("/.default")
-    if resource not in EXCHANGE_RESOURCES:
+    if resource not in EXCHANGE_RESOURCES | GRAPH_RESOURCES:
         raise AadError.unknown_resource(resource, tenant.tenant_id)
     return resource
 
@@ -81,7 +99,7 @@ class DelegatedScope:
 
     @classmethod
     def parse(cls, scope_text: str, app: RegisteredApp, tenant: SandboxTenant) -> DelegatedScope:
-        """Validate the scopes against Exchange's permissions and the app's consent."""
+        """Validate the scopes against the resource's permissions and the app's consent."""
         resources: set[str] = set()
         permissions: list[str] = []
         oidc: set[str] = set()
@@ -90,13 +108,14 @@ class DelegatedScope:
                 oidc.add(scope)
                 continue
             resource, permission = _split_resource_scope(scope)
-            if resource not in EXCHANGE_RESOURCES:
+            if resource not in EXCHANGE_RESOURCES | GRAPH_RESOURCES:
                 raise AadError.unknown_resource(resource or scope, tenant.tenant_id)
             resources.add(resource)
+            known = GRAPH_DELEGATED_PERMISSIONS if is_graph(resource) else EXCHANGE_DELEGATED_PERMISSIONS
             if permission == ".default":
-                permissions.extend(app.delegated_consent)
-            elif permission in EXCHANGE_DELEGATED_PERMISSIONS:
-                if permission not in app.delegated_consent:
+                permissions.extend(consent_for(app, resource))
+            elif permission in known:
+                if permission not in consent_for(app, resource):
                     raise AadError.consent_required(app.client_id, app.display_name)
                 permissions.append(permission)
             else:
@@ -168,11 +187,13 @@ class TokenIssuer:
             "idtyp": "app",
             "oid": app.service_principal_id,
             "sub": app.service_principal_id,
-            "roles": list(app.app_roles),
             "tid": self._tenant.tenant_id,
             "uti": uuid.uuid4().hex,
             "ver": "1.0",
         }
+        roles = app_roles_for(app, resource)
+        if roles:  # Entra leaves the claim out when no application permission is granted
+            claims["roles"] = list(roles)
         return self._response(self._key.sign(claims))
 
     def user_tokens(
