@@ -114,11 +114,14 @@ def _audience_problem(claims: Mapping[str, Any], settings: Settings, now: dateti
         return None
     scopes = settings.identity.scopes
     configured = f"identity.scopes is {scopes}" if scopes else "the scopes"
+    fix = scopes_problem(settings) or (
+        f"{configured} ask for another API. Remove identity.scopes to use the default "
+        f"{_default_scopes_text(settings)}, or set it to that."
+    )
     return (
         f"the token is for {', '.join(audiences) or '(no audience)'}, not Exchange Online "
         f"({', '.join(sorted(expected - {EXCHANGE_APP_ID}))}); Exchange refuses it with 535 5.7.3",
-        f"{configured} ask for another API. Remove identity.scopes to use the default "
-        f"{_default_scopes_text(settings)}, or set it to that.",
+        fix + ' (Microsoft Graph is configured in [graph], with transport = "graph".)',
     )
 
 
