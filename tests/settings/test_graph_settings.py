@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from smtp_oauth.errors import ConfigurationError
-from smtp_oauth.settings.models import Settings, load_settings
+from smtp_oauth.settings.loading import load_settings
+from smtp_oauth.settings.models import Settings
 
 MINIMAL = """
 [identity]
