@@ -5,6 +5,7 @@ these at one boundary each (``settings.py``, ``tokens.py``, ``sender.py``)::
 
     SmtpOAuthError                    base; .temporary, .exit_code, .explain()
      +-- ConfigurationError           bad/missing settings (file, key)            exit 78
+     +-- StorageFullError             the local disk is full: try again later     exit 75
      +-- TokenError                   the identity platform refused or was unreachable
      |                                (.error, .aadsts_code, .correlation_id)     exit 77, or 75 if temporary
      +-- DeliveryError                the SMTP server said no, or could not be reached
@@ -35,6 +36,7 @@ __all__ = [
     "MessageError",
     "PermanentDeliveryError",
     "SmtpOAuthError",
+    "StorageFullError",
     "TemporaryDeliveryError",
     "TokenError",
 ]
@@ -111,6 +113,20 @@ class ConfigurationError(SmtpOAuthError):
         super().__init__(message, context=context)
         self.file = file
         self.key = key
+        self.hint = hint
+
+    def explain(self) -> str | None:
+        return self.hint
+
+
+class StorageFullError(SmtpOAuthError):
+    """Local storage (the relay's spool) has no room: temporary, a restart later will work."""
+
+    temporary = True
+    exit_code = ExitCode.TEMPFAIL
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
         self.hint = hint
 
     def explain(self) -> str | None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import resource
 import signal
+import sqlite3
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.errors import ConfigurationError, StorageFullError
 from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager, SessionFactory
 from smtp_oauth.relay.listener.server import AcceptedMessage, ListenerTuning, RelayListener
 from smtp_oauth.relay.metrics import MetricsServer, TokenWatch, render_metrics
@@ -97,7 +100,8 @@ class RelayService:
         self._stop.set()
 
     async def run(self, *, ready: Ready | None = None) -> None:
-        spool = await SqliteSpool.open(self.settings.spool_path, exclusive=True)
+        _raise_descriptor_limit()
+        spool = await self._open_spool()
         self.spool = spool
         metrics: MetricsServer | None = None
         delivery_task: asyncio.Task[None] | None = None
@@ -128,6 +132,19 @@ class RelayService:
                 delivery_task.result()  # raises what broke delivery; the relay exits non-zero
         finally:
             await self._shut_down(spool, delivery_task, metrics)
+
+    async def _open_spool(self) -> SqliteSpool:
+        """The spool; a full disk is temporary (exit 75: systemd restarts the relay), not a config error."""
+        try:
+            return await SqliteSpool.open(self.settings.spool_path, exclusive=True)
+        except ConfigurationError as error:
+            if not _disk_full(error.__cause__):
+                raise
+            raise StorageFullError(
+                f"cannot open the relay spool in {self.settings.spool_path}: its file system is full",
+                hint="Free space there (or grow it); the relay starts again by itself under systemd. "
+                "Nothing queued is lost.",
+            ) from error
 
     async def _shut_down(
         self, spool: SqliteSpool, delivery_task: asyncio.Task[None] | None, metrics: MetricsServer | None
@@ -210,8 +227,10 @@ class RelayService:
     # -- metrics ------------------------------------------------------------------------------
 
     async def healthy(self) -> bool:
-        """Listening, and the spool answers a query."""
+        """Listening, able to take mail (relay.min_free_space), and the spool answers a query."""
         if not self._listening or self.spool is None:
+            return False
+        if await self.listener.storage_low():
             return False
         try:
             await self.spool.counts_by_state()
@@ -246,6 +265,23 @@ async def run_relay(
     ``{"backoff_base": 0.1}``) exist for tests.
     """
     await RelayService(settings, sessions=sessions, delivery_tuning=delivery_tuning).run(ready=ready)
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` (what the spool failed with) means the disk or a quota is full."""
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(error)
+    return isinstance(error, OSError) and error.errno in {errno.ENOSPC, errno.EDQUOT}
+
+
+def _raise_descriptor_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard one: the default 1024 is what a connection flood
+    exhausts (the relay's own limits, relay.max_connections, are what should refuse first)."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _log_reload_failure(task: asyncio.Task[bool]) -> None:

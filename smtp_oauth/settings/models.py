@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -302,6 +303,12 @@ class RelaySettings(_Section):
     allow_networks: list[AllowNetwork] = []
     metrics_listen: str = ""
     users: list[RelayUser] = []
+    # Limits and defences (interface.md, "Relay limits and defences"); Postfix's anvil and
+    # queue_minfree are the models.
+    max_connections: int = Field(200, ge=1)
+    max_connections_per_client: int = Field(20, ge=1)
+    min_free_space: ByteSize = Field(ByteSize(100 * 1024 * 1024), ge=0)  # "100MiB", "1GB", bytes
+    upstream_idle_timeout: Duration = timedelta(seconds=5)
 
     @field_validator("listen")
     @classmethod

@@ -164,10 +164,11 @@ async def test_store_failure_answers_451_without_internals() -> None:
 
 
 async def test_hundred_concurrent_clients_are_all_accepted() -> None:
-    """100 clients connected at the same time each get their message stored."""
+    """100 clients connected at the same time each get their message stored (within the limits)."""
     clients = 100
     barrier = threading.Barrier(clients, timeout=30)
-    async with running_listener() as (listener, store):
+    relay = relay_settings(max_connections_per_client=clients)
+    async with running_listener(relay) as (listener, store):
 
         def one_client(index: int) -> dict[str, tuple[int, bytes]]:
             with connect(listener) as client:

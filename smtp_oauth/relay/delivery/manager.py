@@ -78,13 +78,16 @@ class DeliveryConfig:
     backoff_base: float = BACKOFF_BASE  # tests shrink these to retry in a fraction of a second
     backoff_cap: float = BACKOFF_CAP
     poll_interval: float = 2.0  # notice work queued by other processes (`smtp-oauth queue retry`)
-    idle_timeout: float = 60.0  # close an upstream session unused this long
+    # relay.upstream_idle_timeout: a session kept open is one of the mailbox's 3 that its other
+    # senders (send-mail, the library) cannot have.
+    idle_timeout: float = 5.0
 
     @classmethod
     def from_relay(
         cls, relay: RelaySettings, *, upstream_host: str | None = None, **tuning: float
     ) -> DeliveryConfig:
         """The config for ``[relay]``; ``tuning`` overrides the internal knobs (tests)."""
+        public: dict[str, float] = {"idle_timeout": relay.upstream_idle_timeout.total_seconds()}
         return cls(
             upstream_connections=relay.upstream_connections,
             messages_per_minute=relay.messages_per_minute,
@@ -92,7 +95,7 @@ class DeliveryConfig:
             retention=relay.retention.total_seconds(),
             bounce=relay.bounce,
             upstream_host=upstream_host,
-            **tuning,
+            **{**public, **tuning},
         )
 
 

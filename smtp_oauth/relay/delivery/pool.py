@@ -130,6 +130,10 @@ class MailboxPool:
                     session = await self._claim_and_send(session, stack)
                 except Exception:  # the spool failed (disk full?): keep the worker, try again soon
                     logger.exception("delivery worker for %s", self.mailbox)
+                    # The session may be open in the stack: close it, or the next claim opens
+                    # another one and the mailbox gets more than upstream_connections sessions.
+                    await self._close(stack)
+                    session = None
                     await asyncio.sleep(1.0)
         finally:
             await self._close(stack)

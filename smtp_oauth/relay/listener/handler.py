@@ -16,7 +16,9 @@ from typing import Any
 
 from aiosmtpd.smtp import TLSSetupException
 
+from smtp_oauth.relay.listener.accept import QuietLog
 from smtp_oauth.relay.listener.incoming import SPILL_AT, read_file_headers
+from smtp_oauth.relay.listener.limits import REPLY_INSUFFICIENT_STORAGE
 from smtp_oauth.relay.listener.sasl import SaslCredentials, read_login, read_plain
 from smtp_oauth.relay.listener.session import (
     REPLY_SHUTTING_DOWN,
@@ -80,6 +82,7 @@ class RelayHandler:
         self._listener = listener
         self._tuning = tuning
         self._throttle = _LoginThrottle(tuning)
+        self._quiet = QuietLog(log)
 
     async def handle_AUTH(
         self, server: RelaySession, session: Any, envelope: Any, args: list[str]
@@ -138,6 +141,14 @@ class RelayHandler:
             return REPLY_AUTH_REQUIRED
         if not user.may_send_as(address):
             return self._refuse_sender(server, user, address, "MAIL FROM")
+        if await self._listener.storage_low():
+            # Postfix's queue_minfree: refuse before anything is written, the client tries later.
+            self._quiet.log(
+                logging.WARNING,
+                "storage_low",
+                "refusing new mail: the spool's file system has less than relay.min_free_space free",
+            )
+            return REPLY_INSUFFICIENT_STORAGE
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         envelope.user = user

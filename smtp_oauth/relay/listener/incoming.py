@@ -9,7 +9,14 @@ with the same rules, writing dot-unstuffed lines to a ``BodyWriter``:
   data (no smuggled second message, CVE-2023-51764 and kin);
 - a line over the limit (1001 octets with its CRLF) turns the reply into 500, more octets than
   ``data_size_limit`` into 552; either way the rest is drained up to the final dot first
-  (RFC 5321 4.2.5), and nothing is stored.
+  (RFC 5321 4.2.5), and nothing is stored;
+- a body that cannot be written (disk full, I/O error, the client's share of the disk used up)
+  is drained the same way, then answered 452 or 451: what follows the failure is still message
+  text, never SMTP commands (the smuggling Postfix avoids by reading on to the final dot);
+- "<LF>.<LF>" (a lone dot between bare LFs) is what a bare-LF client sends to end DATA: it gets
+  ``521 Error: bare <LF> received`` and the connection is closed, as Postfix's
+  ``smtpd_forbid_bare_newline`` does, instead of silence until the idle timeout. Other bare-LF
+  lines are accepted (and sent upstream as CRLF).
 
 A ``BodyWriter`` keeps up to ``SPILL_AT`` bytes in memory (the spool stores such bodies in its
 rows); past that, and when given a directory (the spool's ``incoming/``), it writes them to a new
@@ -23,17 +30,27 @@ section 64 KiB at a time, one field in memory, so a huge header costs no more th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import errno
 import io
 import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from smtp_oauth.relay.policy import LINE_END, MessageHeaders, read_headers
 
-__all__ = ["SPILL_AT", "BodyWriter", "DataState", "read_file_headers", "receive_data"]
+__all__ = [
+    "NO_SPACE_ERRNOS",
+    "SPILL_AT",
+    "BodyWriter",
+    "DataState",
+    "SpillGuard",
+    "read_file_headers",
+    "receive_data",
+]
 
 SPILL_AT = 256 * 1024  # the spool's inline limit: smaller bodies never touch a file here
 HEADER_CHUNK = 64 * 1024
@@ -47,6 +64,33 @@ class DataState(enum.Enum):
     COMPLETE = "complete"
     TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
     TOO_MUCH = "552 Error: Too much mail data"
+    NO_SPACE = "452 4.3.1 Insufficient system storage"
+    WRITE_FAILED = "451 4.3.0 Requested action aborted: local error in processing"
+    BARE_LF = "521 5.5.2 Error: bare <LF> received"  # then the connection is closed
+
+    @property
+    def closes(self) -> bool:
+        """Whether the connection is closed after this reply."""
+        return self is DataState.BARE_LF
+
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class SpillGuard(Protocol):
+    """Who may write how much of a body to disk (``limits.ClientBytes`` and ``limits.FreeSpace``)."""
+
+    def take(self, size: int) -> None:
+        """Charge ``size`` bytes about to be written; OSError (ENOSPC, EDQUOT) to refuse them."""
+        ...
+
+    def give_back(self, size: int) -> None:
+        """The transfer ended: what it was charged no longer counts."""
+        ...
+
+    def check_space(self) -> None:
+        """OSError(ENOSPC) if the disk is too full to write more. Blocking: runs in the writer's thread."""
+        ...
 
 
 class BodyWriter:
@@ -55,9 +99,14 @@ class BodyWriter:
     ``directory=None`` keeps everything in memory (a listener without a spool, in tests).
     """
 
-    def __init__(self, directory: Path | None, *, spill_at: int = SPILL_AT) -> None:
+    def __init__(
+        self, directory: Path | None, *, spill_at: int = SPILL_AT, guard: SpillGuard | None = None
+    ) -> None:
         self.size = 0
         self.path: Path | None = None
+        self.error: OSError | None = None  # why writing failed, once it has
+        self._guard = guard
+        self._charged = 0
         self._directory = directory
         self._spill_at = spill_at
         self._buffer = io.BytesIO()
@@ -76,10 +125,15 @@ class BodyWriter:
             # Named here, before the thread runs, so that discard() can always remove it.
             self.path = self._directory / f"{secrets.token_hex(8)}.tmp"
         data = self._buffer.getvalue()  # the BytesIO's own bytes: no copy
+        if self._guard is not None:
+            self._guard.take(len(data))
+            self._charged += len(data)
         self._buffer = io.BytesIO()
         await asyncio.to_thread(self._write, self.path, data)
 
     def _write(self, path: Path, data: bytes) -> None:
+        if self._guard is not None:
+            self._guard.check_space()
         if self._file is None:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -101,13 +155,21 @@ class BodyWriter:
         Not awaited, so that it also runs while the session's task is being cancelled.
         """
         self._buffer = io.BytesIO()
+        self.release()
         if self.path is not None:
             asyncio.get_running_loop().run_in_executor(None, self._remove, self.path)
+
+    def release(self) -> None:
+        """The transfer is over (stored or dropped): give back what it was charged."""
+        if self._guard is not None and self._charged:
+            self._guard.give_back(self._charged)
+        self._charged = 0
 
     def _remove(self, path: Path) -> None:
         if self._file is not None:
             self._file.close()
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # never created (the failure this cleans up after)
+            path.unlink(missing_ok=True)
 
 
 async def receive_data(
@@ -130,32 +192,52 @@ async def receive_data(
     progress_at = PROGRESS_EVERY
     state = DataState.COMPLETE
     fragments: list[bytes] = []
+    after_bare_lf = True  # the DATA command's line has ended; a bare-LF client may send ".<LF>" now
     while True:
         try:
-            line = await reader.readuntil(b"\r\n")  # RFC 5321 2.3.8: CRLF and nothing else ends a line
+            # RFC 5321 2.3.8: CRLF and nothing else ends a line. Reading up to each LF still finds
+            # CRLF, and also sees the lines a bare-LF client ends with LF alone.
+            line = await reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as exc:
             if state is DataState.COMPLETE:
                 state = DataState.TOO_LONG
             line = await reader.read(exc.consumed)  # drain the overlong line in pieces
         if not fragments and line == _END_OF_DATA:
             return state
+        if after_bare_lf and line == b".\n":
+            return DataState.BARE_LF  # nothing is stored: the client meant "<LF>.<LF>" as the end
+        # A drained overlong line may have been cut between its CR and its LF.
+        ends_crlf = line.endswith(b"\r\n") or (
+            line == b"\n" and bool(fragments) and fragments[-1][-1:] == b"\r"
+        )
+        after_bare_lf = line.endswith(b"\n") and not ends_crlf
         received += len(line)
         if progress is not None and received >= progress_at:
             progress()
             progress_at = received + PROGRESS_EVERY
         if state is DataState.COMPLETE and size_limit and received > size_limit:
             state = DataState.TOO_MUCH
+        if state is DataState.COMPLETE and len(line) > line_length_limit:
+            state = DataState.TOO_LONG  # a bare-LF line counts as a line of its own
         fragments.append(line)
-        if not line.endswith(b"\r\n"):
+        if not ends_crlf:
             continue
         if state is DataState.COMPLETE:
             whole = line if len(fragments) == 1 else b"".join(fragments)
-            if len(whole) > line_length_limit:
-                state = DataState.TOO_LONG
             # RFC 5321 4.5.2: a client doubled each line's leading dot; take one away.
-            elif body.add(whole[1:] if whole.startswith(b".") else whole):
-                await body.flush()
+            if body.add(whole[1:] if whole.startswith(b".") else whole):
+                state = await _flush(body)
         fragments.clear()
+
+
+async def _flush(body: BodyWriter) -> DataState:
+    """Write what ``body`` holds; on failure the state that drains the rest and answers 452/451."""
+    try:
+        await body.flush()
+    except OSError as exc:
+        body.error = exc
+        return DataState.NO_SPACE if exc.errno in NO_SPACE_ERRNOS else DataState.WRITE_FAILED
+    return DataState.COMPLETE
 
 
 def read_file_headers(path: Path, *, chunk_size: int = HEADER_CHUNK) -> MessageHeaders:

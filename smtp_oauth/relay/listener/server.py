@@ -15,6 +15,11 @@ The 250 after DATA is sent only when ``store`` has returned, i.e. the message is
 With ``incoming_dir`` (the spool's ``incoming/``), a body bigger than ``incoming.SPILL_AT`` is
 written there while it arrives and ``store`` gets its path: the spool takes the file over by a
 rename. Once ``store`` has finished, the listener removes whatever file is left (a failed store).
+
+Limits (``limits.py``): ``relay.max_connections`` in all and ``relay.max_connections_per_client``
+per address (421 4.7.0 beyond them), the disk a client's unfinished transfers may hold, and
+``relay.min_free_space`` on the spool's file system (452 4.3.1 at MAIL FROM below it). Sockets are
+accepted by ``accept.Acceptor``, which pauses while the process is out of file descriptors.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.relay.listener.accept import Acceptor, bind
 from smtp_oauth.relay.listener.handler import RelayHandler
+from smtp_oauth.relay.listener.incoming import SpillGuard
+from smtp_oauth.relay.listener.limits import ClientBytes, ConnectionLimits, FreeSpace
 from smtp_oauth.relay.listener.session import (
     REPLY_SHUTTING_DOWN,
     AcceptedMessage,
@@ -90,7 +98,16 @@ class RelayListener:
         self._config = self._load(relay)
         self._handler = RelayHandler(self, self._tuning)
         self._hostname = socket.gethostname()  # not getfqdn(): a DNS lookup per connection
-        self._server: asyncio.Server | None = None
+        self._acceptor: Acceptor | None = None
+        self._connections = ConnectionLimits(
+            total=relay.max_connections, per_client=relay.max_connections_per_client
+        )
+        self._client_bytes = ClientBytes(
+            per_client=self._tuning.unfinished_bytes_per_client or 2 * relay.max_message_size
+        )
+        self.free_space = (
+            FreeSpace(incoming_dir, minimum=int(relay.min_free_space)) if incoming_dir is not None else None
+        )
         self._sessions: set[RelaySession] = set()
         self._all_closed = asyncio.Event()
         self._stores: set[asyncio.Task[str]] = set()
@@ -122,9 +139,7 @@ class RelayListener:
         host, port = parse_listen(self._config.relay.listen)
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(
-                lambda: self._new_session(loop), host.strip("[]"), port, backlog=256
-            )
+            sockets = await bind(host.strip("[]"), port, backlog=256)
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot listen on relay.listen {self._config.relay.listen}: {exc.strerror or exc}",
@@ -132,8 +147,40 @@ class RelayListener:
                 hint="Another program (or another relay) may use that port; pick another one, "
                 "or use a port above 1023 when not running as root.",
             ) from exc
-        self.addresses = [sock.getsockname()[:2] for sock in self._server.sockets]
+        self._acceptor = Acceptor(sockets, lambda: self._new_session(loop))
+        self._acceptor.start()
+        self.addresses = [sock.getsockname()[:2] for sock in sockets]
         log.info("relay listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
+
+    def admit(self, peer: str) -> str | None:
+        """A new connection from ``peer``: None to serve it, or the 421 reply that refuses it."""
+        refusal = self._connections.admit(peer)
+        if refusal is not None:
+            log.warning(
+                "refused a connection from %s: %s (%d open from it, relay.max_connections %d, "
+                "relay.max_connections_per_client %d)",
+                peer,
+                refusal[10:],
+                self._connections.open_from(peer),
+                self._connections.total,
+                self._connections.per_client,
+                extra={"event": "connection_refused", "peer": peer},
+            )
+        return refusal
+
+    def release(self, peer: str) -> None:
+        """A connection ``admit`` let in has closed."""
+        self._connections.release(peer)
+
+    def spill_guard(self, peer: str) -> SpillGuard | None:
+        """The disk a body from ``peer`` may use: its share of unfinished bytes, and free space."""
+        if self.incoming_dir is None:
+            return None
+        return _PeerSpillGuard(self._client_bytes, peer, self.free_space)
+
+    async def storage_low(self) -> bool:
+        """True while the spool's file system has less than relay.min_free_space free."""
+        return self.free_space is not None and await self.free_space.low()
 
     def _new_session(self, loop: asyncio.AbstractEventLoop) -> RelaySession:
         config = self._config
@@ -161,6 +208,10 @@ class RelayListener:
                 relay.listen,
             )
         self._config = config
+        self._connections.total = relay.max_connections
+        self._connections.per_client = relay.max_connections_per_client
+        if self.free_space is not None:
+            self.free_space.minimum = int(relay.min_free_space)
         log.info(
             "relay configuration reloaded: %d users, %d networks",
             len(config.policy.users),
@@ -193,8 +244,8 @@ class RelayListener:
     async def stop(self) -> None:
         """Stop accepting; idle sessions get 421, busy ones finish (bounded), stores always complete."""
         self.stopping = True
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
         for session in list(self._sessions):
             if not session.busy:
                 session.hang_up(REPLY_SHUTTING_DOWN)
@@ -206,7 +257,26 @@ class RelayListener:
             session.hang_up()
         if self._stores:
             await asyncio.wait(set(self._stores))
-        if self._server is not None:
+        if self._acceptor is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
+                await asyncio.wait_for(self._acceptor.wait_closed(), timeout=1.0)
         log.info("relay listener stopped")
+
+
+@dataclass(frozen=True)
+class _PeerSpillGuard:
+    """``incoming.SpillGuard`` for one client address."""
+
+    held: ClientBytes
+    peer: str
+    free_space: FreeSpace | None
+
+    def take(self, size: int) -> None:
+        self.held.take(self.peer, size)
+
+    def give_back(self, size: int) -> None:
+        self.held.give_back(self.peer, size)
+
+    def check_space(self) -> None:
+        if self.free_space is not None:
+            self.free_space.check()

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 
-from smtp_oauth.relay.listener.incoming import BodyWriter, DataState, receive_data
+from smtp_oauth.relay.listener.incoming import (
+    NO_SPACE_ERRNOS,
+    BodyWriter,
+    DataState,
+    SpillGuard,
+    receive_data,
+)
 from smtp_oauth.relay.policy import LocalUser, RelayPolicy, cleartext_auth_allowed
 
 if TYPE_CHECKING:
@@ -31,6 +37,7 @@ __all__ = ["REPLY_SHUTTING_DOWN", "AcceptedMessage", "ListenerState", "ListenerT
 log = logging.getLogger("smtp_oauth.relay.listener")
 
 REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing connection"
+REPLY_LOCAL_ERROR_CLOSING = "421 4.3.0 Local error in processing, closing connection"
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class ListenerTuning:
     auth_failure_window: float = 900.0  # failures older than this are forgotten
     auth_failures_per_session: int = 3  # then 421 and hang up, as Postfix's smtpd_hard_error_limit
     shutdown_grace: float = 30.0  # stop(): how long busy sessions may take to finish
+    # Disk one client address may hold in unfinished DATA transfers; 0: twice max_message_size.
+    unfinished_bytes_per_client: int = 0
 
 
 class ListenerState(Protocol):
@@ -90,7 +99,19 @@ class ListenerState(Protocol):
         """Where big bodies are written while they arrive (None: kept in memory)."""
         ...
 
+    def spill_guard(self, peer: str) -> SpillGuard | None:
+        """What limits the disk a body from ``peer`` may use while it arrives."""
+        ...
+
     async def store(self, message: AcceptedMessage) -> str: ...
+
+    def admit(self, peer: str) -> str | None:
+        """None to serve a new connection from ``peer``, or the reply refusing it."""
+        ...
+
+    def release(self, peer: str) -> None: ...
+
+    async def storage_low(self) -> bool: ...
 
     def session_opened(self, session: RelaySession) -> None: ...
 
@@ -116,6 +137,8 @@ class RelaySession(SMTP):
         self.listener = listener
         self.auth_failures = 0
         self.peer_host = ""
+        self._admitted = False  # counted by the listener's connection limits, until released
+        self._refused = False  # over a limit: answered 421 in connection_made, no SMTP session
         # aiosmtpd keeps command_size_limits on the class and EHLO adds SIZE's 26 octets to it, so
         # concurrent sessions would keep raising each other's MAIL limit: give each its own.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
@@ -137,9 +160,19 @@ class RelaySession(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
-        super().connection_made(transport)  # also called again after STARTTLS, with a fresh session
         peer = transport.get_extra_info("peername")
-        self.peer_host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        peer_host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if first:
+            refusal = self.listener.admit(peer_host)
+            if refusal is not None:  # over a connection limit: no session, just the 421
+                assert isinstance(transport, asyncio.WriteTransport)  # a TCP transport
+                transport.write(f"{refusal}\r\n".encode("ascii"))
+                transport.close()
+                self._refused = True
+                return
+            self._admitted = True
+        super().connection_made(transport)  # also called again after STARTTLS, with a fresh session
+        self.peer_host = peer_host
         # aiosmtpd only knows "AUTH needs TLS" globally; we allow cleartext AUTH for loopback peers.
         self._auth_require_tls = not cleartext_auth_allowed(
             self.peer_host, tls_active=self._tls_protocol is not None
@@ -148,7 +181,12 @@ class RelaySession(SMTP):
             self.listener.session_opened(self)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return  # aiosmtpd never started
         super().connection_lost(error)
+        if self._admitted:  # once, though aiosmtpd calls this twice after a failed STARTTLS
+            self._admitted = False
+            self.listener.release(self.peer_host)
         self.listener.session_closed(self)
 
     async def smtp_DATA(self, arg: str) -> None:
@@ -166,7 +204,7 @@ class RelaySession(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        body = BodyWriter(self.listener.incoming_dir)
+        body = BodyWriter(self.listener.incoming_dir, guard=self.listener.spill_guard(self.peer_host))
         try:
             try:
                 state = await receive_data(
@@ -177,20 +215,40 @@ class RelaySession(SMTP):
                     # aiosmtpd times the whole command: idle must mean no data, not a long message.
                     progress=self._reset_timeout,
                 )
+                if state is DataState.COMPLETE:
+                    envelope.body = await body.finish()
+                    envelope.body_size = body.size
             except asyncio.CancelledError:
                 log.info("connection lost during DATA")
                 self._writer.close()
                 raise
+            except OSError as exc:  # finish() after the final dot: the stream is in step
+                body.error = exc
+                state = DataState.NO_SPACE if exc.errno in NO_SPACE_ERRNOS else DataState.WRITE_FAILED
+            except Exception:
+                # Where in the client's data we are is unknown: never read what follows as commands.
+                log.exception("internal error during DATA from %s; closing the connection", self.peer_host)
+                self.hang_up(REPLY_LOCAL_ERROR_CLOSING)
+                return
             if state is not DataState.COMPLETE:
+                if body.error is not None:
+                    log.warning(
+                        "could not take a message from %s: %s",
+                        self.peer_host,
+                        body.error.strerror or body.error,
+                        extra={"event": "receive_failed", "peer": self.peer_host},
+                    )
                 self._set_post_data_state()  # type: ignore[no-untyped-call]  # unannotated in aiosmtpd
+                if state.closes:
+                    self.hang_up(state.value)
+                    return
                 await self.push(state.value)
                 return
-            envelope.body = await body.finish()
-            envelope.body_size = body.size
             status = await self._call_handler_hook("DATA")
             self._set_post_data_state()  # type: ignore[no-untyped-call]  # unannotated in aiosmtpd
             await self.push("250 OK" if status is MISSING else status)
         finally:
+            body.release()  # stored or not, the transfer no longer holds the client's share
             if not envelope.body_stored:
                 body.discard()  # refused, failed or cut off: nothing of it stays on disk
 
