@@ -27,6 +27,7 @@ from smtp_oauth.errors import (
     MessageError,
     PermanentDeliveryError,
     SmtpOAuthError,
+    StorageFullError,
     TemporaryDeliveryError,
     TokenError,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "SendResult",
     "Settings",
     "SmtpOAuthError",
+    "StorageFullError",
     "TemporaryDeliveryError",
     "TokenError",
     "TokenProvider",

@@ -21,6 +21,7 @@ PUBLIC_NAMES = {
     "SendResult",
     "Settings",
     "SmtpOAuthError",
+    "StorageFullError",
     "TemporaryDeliveryError",
     "TokenError",
     "TokenProvider",

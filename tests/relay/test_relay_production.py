@@ -25,7 +25,7 @@ from tests.relay.test_service import http_get
 
 
 async def test_idle_upstream_sessions_are_closed_for_the_mailbox_s_other_senders(sandbox: Sandbox) -> None:
-    """After a burst, the relay's upstream sessions close within upstream_idle_timeout: send-mail is not 432'd."""
+    """After a burst the relay's upstream sessions close within upstream_idle_timeout: no 432 for others."""
     sandbox.write_config(relay=relay_section(upstream_idle_timeout="0.5s"))
     async with running_relay(sandbox) as (service, port):
         mailbox = sandbox.tenant.mailbox
@@ -79,7 +79,7 @@ class FullDiskSpool(SqliteSpool):
 
 
 async def test_upstream_sessions_stay_within_the_limit_after_spool_errors(tmp_path: Path) -> None:
-    """When recording an outcome fails, the worker's session is closed: never more than upstream_connections."""
+    """When recording an outcome fails the worker's session is closed: at most upstream_connections."""
     spool = await FullDiskSpool.open(tmp_path / "spool", exclusive=True)
     spool.failures = 6
     upstream = FakeUpstream(delay=0.01)
