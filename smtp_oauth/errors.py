@@ -208,9 +208,11 @@ class TokenError(SmtpOAuthError):
         correlation_id: str | None = None,
         temporary: bool = False,
         context: Mapping[str, str] | None = None,
+        hint: str | None = None,
     ) -> None:
         super().__init__(message, context=context)
         self.error = error
+        self.hint = hint  # what to do, when the AADSTS table has nothing better
         self.aadsts_code = aadsts_code
         self.description = description
         self.correlation_id = correlation_id
@@ -218,9 +220,11 @@ class TokenError(SmtpOAuthError):
         if temporary:
             self.exit_code = ExitCode.TEMPFAIL
 
-    def explain(self) -> str | None:
+    def explain(self) -> str | None:  # noqa: PLR0911  # one early return per kind of failure
         if self.aadsts_code in _AADSTS_HINTS:
             return _fill(_AADSTS_HINTS[self.aadsts_code], self.context)
+        if self.hint:
+            return self.hint
         if self.error == "untrusted_certificate":
             return (
                 "The identity provider's TLS certificate is not trusted. Behind a TLS-inspecting proxy, "

@@ -128,14 +128,15 @@ def _audience_problem(claims: Mapping[str, Any], settings: Settings, now: dateti
 def _issuer_problem(claims: Mapping[str, Any], settings: Settings, now: datetime) -> Problem | None:
     client, tenant = settings.identity.client_id, settings.identity.tenant_id
     app_id = claims.get("appid") or claims.get("azp")
-    if isinstance(app_id, str) and app_id.lower() != client.lower():
+    # A system-assigned managed identity has no configured client id; nor a tenant.
+    if isinstance(app_id, str) and client is not None and app_id.lower() != client.lower():
         return (
             f"the token was issued to application {app_id}, not identity.client_id {client}",
             "Check identity.client_id, and that identity.token_cache is not shared with another app.",
         )
     tid = claims.get("tid")
     # A tenant configured by domain name cannot be compared with the token's GUID.
-    if isinstance(tid, str) and _GUID.match(tenant) and tid.lower() != tenant.lower():
+    if isinstance(tid, str) and tenant is not None and _GUID.match(tenant) and tid.lower() != tenant.lower():
         return (
             f"the token was issued by tenant {tid}, not identity.tenant_id {tenant}",
             "Set identity.tenant_id to the tenant that holds the mailbox.",

@@ -91,8 +91,8 @@ async def run_checks(
     loaded = _config_step(run, settings)
     if loaded is not None:
         run.report.identity = {
-            "tenant_id": loaded.identity.tenant_id,
-            "client_id": loaded.identity.client_id,
+            "tenant_id": loaded.identity.tenant_id or "",
+            "client_id": loaded.identity.client_id or "",
             "flow": loaded.identity.flow,
             "mailbox": loaded.smtp.username,
             "smtp": f"{loaded.smtp_host}:{loaded.smtp.port}",
@@ -116,7 +116,8 @@ def _config_step(run: _Run, settings: Settings | Callable[[], Settings]) -> Sett
             "config",
             STEPS["config"],
             Status.PASS,
-            f"{source}: flow {identity.flow}, tenant {identity.tenant_id}, client {identity.client_id}, "
+            f"{source}: flow {identity.flow}, tenant {identity.tenant_id or '-'}, "
+            f"client {identity.client_id or '(system-assigned)'}, "
             f"mailbox {loaded.smtp.username}, {loaded.smtp_host}:{loaded.smtp.port} {loaded.smtp.security}",
             facts={"file": loaded.source_file and str(loaded.source_file)},
         )

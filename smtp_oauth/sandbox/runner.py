@@ -17,6 +17,10 @@ What lands in the directory ``D``::
     D/mail/             delivered messages: one .eml plus its envelope as JSON each
     D/token-cache       where the generated configs put MSAL's token cache
     D/spool/            where they put the relay's spool
+    D/federated-token   a workload token of the sandbox's OIDC issuer (workload identity
+                        federation), rewritten every half-lifetime as Kubernetes does
+    D/managed-identity.env  IDENTITY_ENDPOINT and IDENTITY_HEADER of the fake managed identity
+                        endpoint (0600): ``set -a; . D/managed-identity.env`` and msal uses it
 
 The identity provider runs on a thread; the fake Exchange runs on the event loop that started the
 sandbox, so that loop must keep running: use it from async tests and run blocking clients
@@ -26,8 +30,12 @@ sandbox, so that loop must keep running: use it from async tests and run blockin
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shlex
 import socket
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,7 @@ from smtp_oauth.sandbox.exchange.server import DeliveredMessage, FakeExchange
 from smtp_oauth.sandbox.idp.provider import SandboxIdentityProvider
 from smtp_oauth.sandbox.keys import SigningKey
 from smtp_oauth.sandbox.sandbox_config import (
+    FEDERATED_TOKEN_FILE,
     SandboxEndpoints,
     merge_sections,
     render_toml,
@@ -81,6 +90,7 @@ class Sandbox:
         certificates: SandboxCertificates | None = None,
         signing_key: SigningKey | None = None,
         graph_permissions: tuple[str, ...] = DEFAULT_GRAPH_PERMISSIONS,
+        federated_token_lifetime: int = 3600,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.config_path = self.directory / "sandbox.toml"
@@ -105,6 +115,9 @@ class Sandbox:
         self._parts: (
             tuple[SandboxCertificates, SandboxTenant, SandboxIdentityProvider, FakeExchange] | None
         ) = None
+        self.federated_token_file = self.directory / FEDERATED_TOKEN_FILE
+        self._federated_token_lifetime = federated_token_lifetime
+        self._token_refresher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         state = (
@@ -134,8 +147,9 @@ class Sandbox:
             signing_key=key,
             tls_context=certificates.server_context(),
             store_dir=self.directory / "mail",
-            mailboxes=[tenant.mailbox],
-            app_grants={tenant.app.client_id: [tenant.mailbox]},
+            mailboxes=tenant.mailboxes,
+            app_grants=tenant.mailbox_permissions(),
+            rbac_grants=tenant.rbac_assignments(),
             tenant_id=tenant.tenant_id,
             host=LOOPBACK,
             port=self._smtp_port,
@@ -150,7 +164,22 @@ class Sandbox:
         self._parts = (certificates, tenant, idp, exchange)
         if self._relay_listen is None:
             self._relay_listen = f"{LOOPBACK}:{_free_port(LOOPBACK)}"
+        await asyncio.to_thread(self._write_identity_files)
+        self._token_refresher = asyncio.create_task(self._refresh_federated_token())
         await asyncio.to_thread(self.write_config)
+
+    def _write_identity_files(self) -> None:
+        self.rotate_federated_token()
+        lines = [
+            f"{name}={shlex.quote(value)}" for name, value in self.managed_identity_environment().items()
+        ]
+        write_private_text(self.directory / "managed-identity.env", "\n".join(lines) + "\n")
+
+    async def _refresh_federated_token(self) -> None:
+        # As the kubelet does with projected service account tokens: renew well before expiry.
+        while True:
+            await asyncio.sleep(max(1.0, self._federated_token_lifetime / 2))
+            await asyncio.to_thread(self.rotate_federated_token)
 
     def _prepare(self) -> tuple[SandboxCertificates, SigningKey, SandboxTenant]:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -167,6 +196,11 @@ class Sandbox:
         if parts is None:
             return
         _, _, idp, exchange = parts
+        refresher, self._token_refresher = self._token_refresher, None
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
         try:
             await exchange.stop()
         finally:
@@ -225,6 +259,25 @@ class Sandbox:
     def mail_dir(self) -> Path:
         return self.exchange.store_dir
 
+    # --- identities without secrets ----------------------------------------------------------------
+
+    def managed_identity_environment(self) -> dict[str, str]:
+        """``IDENTITY_ENDPOINT`` and ``IDENTITY_HEADER``: with these exported, msal's
+        ManagedIdentityClient asks the sandbox (App Service form) for managed identity tokens."""
+        return self.idp.managed_identity_environment()
+
+    def rotate_federated_token(self, *, revoke_previous: bool = False) -> str:
+        """Write a new workload token to ``federated_token_file`` (atomically, as the kubelet does);
+        ``revoke_previous`` makes the IdP refuse the tokens written before. Returns the new token."""
+        if revoke_previous:
+            self.idp.federation.revoke_issued_before(time.time())
+            time.sleep(1.0 - time.time() % 1.0)  # the new token's iat (whole seconds) comes after
+        token = self.idp.federated_token(lifetime=self._federated_token_lifetime)
+        temporary = self.federated_token_file.with_name(f".{self.federated_token_file.name}.new")
+        write_private_text(temporary, token)
+        os.replace(temporary, self.federated_token_file)
+        return token
+
     # --- configuration ----------------------------------------------------------------------------
 
     def write_config(
@@ -249,6 +302,7 @@ class Sandbox:
             relay_listen=self.relay_listen,
             token_cache=self.directory / "token-cache",
             spool_dir=self.directory / "spool",
+            federated_token_file=self.federated_token_file,
         )
         sections = sandbox_sections(self.tenant, endpoints, flow=flow, credential=credential)
         target = self.config_path if path is None else Path(path)

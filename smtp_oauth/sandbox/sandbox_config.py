@@ -17,8 +17,19 @@ from smtp_oauth.sandbox.tenant import SandboxTenant
 
 __all__ = ["FLOWS", "SandboxEndpoints", "render_toml", "sandbox_sections", "write_private_text"]
 
-FLOWS = ("client_credentials", "device_code", "interactive", "username_password")
-CREDENTIALS = ("secret", "certificate")
+FLOWS = (
+    "client_credentials",
+    "device_code",
+    "interactive",
+    "username_password",
+    "managed_identity",
+    "workload_identity",
+)
+# client_credentials: "secret" | "certificate" (the daemon app, API permission + FullAccess on
+# sender@) | "rbac" (the scanner app's secret: no API permission, SMTP App RBAC on scanner@);
+# managed_identity: "system" | "user" (assigned); the other flows ignore it.
+CREDENTIALS = ("secret", "certificate", "rbac", "system", "user")
+FEDERATED_TOKEN_FILE = "federated-token"  # noqa: S105  # a file name, not a secret
 
 _HEADER = """\
 # smtp-oauth sandbox configuration: FOR TESTING ONLY.
@@ -45,6 +56,7 @@ class SandboxEndpoints:
     relay_listen: str
     token_cache: Path
     spool_dir: Path
+    federated_token_file: Path | None = None
 
 
 def sandbox_sections(
@@ -57,15 +69,31 @@ def sandbox_sections(
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}; use one of {', '.join(FLOWS)}")
     if credential not in CREDENTIALS:
-        raise ValueError(f"unknown credential {credential!r}; use 'secret' or 'certificate'")
+        raise ValueError(f"unknown credential {credential!r}; use one of {', '.join(CREDENTIALS)}")
     identity: dict[str, Any] = {"tenant_id": tenant.tenant_id}
+    mailbox = tenant.mailbox
     if flow == "client_credentials":
         identity["client_id"] = tenant.app.client_id
         identity["flow"] = flow
-        if credential == "secret":
-            identity["client_secret"] = tenant.app.client_secret
-        else:
+        if credential == "rbac":
+            identity["client_id"] = tenant.rbac_app.client_id
+            identity["client_secret"] = tenant.rbac_app.client_secret
+            mailbox = tenant.second_user.upn
+        elif credential == "certificate":
             identity["certificate_path"] = tenant.certificate_path
+        else:
+            identity["client_secret"] = tenant.app.client_secret
+    elif flow == "managed_identity":
+        # No tenant, no secret: the endpoint in IDENTITY_ENDPOINT/IDENTITY_HEADER issues the tokens.
+        identity = {"flow": flow}
+        if credential == "user":
+            identity["client_id"] = tenant.user_identity.client_id
+        identity.update(ca_file=endpoints.ca_file, token_cache=endpoints.token_cache)
+        return _sections(identity, endpoints, mailbox)
+    elif flow == "workload_identity":
+        identity.update(
+            client_id=tenant.app.client_id, flow=flow, federated_token_file=endpoints.federated_token_file
+        )
     else:
         identity["client_id"] = tenant.public_app.client_id
         identity["flow"] = flow
@@ -75,13 +103,17 @@ def sandbox_sections(
     identity.update(
         authority_host=endpoints.authority_host, ca_file=endpoints.ca_file, token_cache=endpoints.token_cache
     )
+    return _sections(identity, endpoints, mailbox)
+
+
+def _sections(identity: dict[str, Any], endpoints: SandboxEndpoints, mailbox: str) -> dict[str, Any]:
     return {
         "identity": identity,
         "smtp": {
             "host": endpoints.smtp_host,
             "port": endpoints.smtp_port,
             "security": "starttls",
-            "username": tenant.mailbox,
+            "username": mailbox,
             "ca_file": endpoints.ca_file,
         },
         "relay": {"listen": endpoints.relay_listen, "spool_dir": endpoints.spool_dir},

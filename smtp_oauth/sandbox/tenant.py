@@ -13,7 +13,17 @@ Registered, mirroring a real tenant set up for SMTP AUTH with OAuth:
 - a public client app ("smtp-oauth sandbox desktop", "Allow public client flows" on) with the
   ``http://localhost`` redirect URI and consent for the delegated ``SMTP.Send`` permission and
   Graph's delegated ``Mail.Send`` and ``Mail.ReadWrite``;
-- a user and mailbox ``sender@sandbox.test`` with a random password.
+- a user and mailbox ``sender@sandbox.test`` with a random password;
+- the confidential app also trusts tokens of the sandbox's OIDC issuer as a federated identity
+  credential (workload identity federation: subject ``system:serviceaccount:mail:sender``,
+  audience ``api://AzureADTokenExchange``), and may exchange a user's token for one of its own
+  on-behalf-of the user (its API is exposed as ``api://<client id>``, scope ``access_as_user``);
+- a second confidential app ("smtp-oauth sandbox scanner", secret only, *no* API permission)
+  granted a second mailbox ``scanner@sandbox.test`` through Exchange's SMTP App RBAC
+  (``New-ManagementRoleAssignment -Role "Application SMTP.SendAsApp"``): its tokens carry no roles;
+- two managed identities (a system-assigned one with the ``SMTP.SendAsApp`` app role and FullAccess
+  on ``sender@``, a user-assigned one granted ``sender@`` through RBAC), served by the sandbox's
+  App Service-style managed identity endpoint.
 """
 
 from __future__ import annotations
@@ -32,9 +42,23 @@ from cryptography.x509.oid import NameOID
 
 from smtp_oauth.sandbox.certs import write_private
 
-__all__ = ["RegisteredApp", "SandboxTenant", "SandboxUser", "make_tenant"]
+__all__ = [
+    "FEDERATED_AUDIENCE",
+    "FEDERATED_SUBJECT",
+    "FederatedCredential",
+    "ManagedIdentity",
+    "RegisteredApp",
+    "SandboxTenant",
+    "SandboxUser",
+    "make_tenant",
+]
 
 TENANT_DOMAIN = "sandbox.test"
+# What Entra expects in a federated token's aud for workload identity federation:
+# https://learn.microsoft.com/en-us/entra/workload-id/workload-identity-federation
+FEDERATED_AUDIENCE = "api://AzureADTokenExchange"
+FEDERATED_SUBJECT = "system:serviceaccount:mail:sender"  # AKS: system:serviceaccount:<ns>:<sa>
+OBO_SCOPE = "access_as_user"
 APP_ROLE_SEND_AS_APP = "SMTP.SendAsApp"
 DELEGATED_SMTP_SEND = "SMTP.Send"
 # Microsoft Graph permissions (same names for the application and the delegated kind).
@@ -52,6 +76,15 @@ _CERTIFICATE_VALIDITY = datetime.timedelta(days=365)
 
 
 @dataclass(frozen=True)
+class FederatedCredential:
+    """A federated identity credential: tokens of ``issuer`` for ``subject`` prove the app."""
+
+    issuer: str
+    subject: str
+    audience: str = FEDERATED_AUDIENCE
+
+
+@dataclass(frozen=True)
 class RegisteredApp:
     """An app registration as the identity provider sees it (secrets hidden from ``repr``)."""
 
@@ -66,6 +99,8 @@ class RegisteredApp:
     graph_delegated_consent: tuple[str, ...] = ()  # delegated permissions consented on Graph
     client_secret: str | None = field(default=None, repr=False)
     certificate: x509.Certificate | None = field(default=None, repr=False)
+    # Mutable on purpose: the issuer's URL is known only once the sandbox IdP listens.
+    federated_credentials: list[FederatedCredential] = field(default_factory=list, compare=False)
 
     @property
     def certificate_thumbprint_sha256(self) -> bytes | None:
@@ -93,23 +128,50 @@ class SandboxUser:
 
 
 @dataclass(frozen=True)
+class ManagedIdentity:
+    """An Azure managed identity: a service principal without credentials of its own."""
+
+    client_id: str
+    service_principal_id: str
+    display_name: str
+    system_assigned: bool
+    app_roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SandboxTenant:
     """Everything registered in the sandbox tenant; see the module docstring."""
 
     tenant_id: str
     domain: str
-    app: RegisteredApp  # confidential: client secret and certificate
+    app: RegisteredApp  # confidential: client secret, certificate, federated credential
     public_app: RegisteredApp  # public client for device code, interactive and ROPC
     user: SandboxUser
     certificate_path: Path  # app.pem: the confidential app's private key + certificate, 0600
+    rbac_app: RegisteredApp  # confidential, secret only, no API permission: SMTP App RBAC
+    second_user: SandboxUser  # scanner@: the mailbox rbac_app may send as
+    system_identity: ManagedIdentity  # app role SMTP.SendAsApp + FullAccess on user's mailbox
+    user_identity: ManagedIdentity  # no app role; RBAC on user's mailbox
 
     @property
     def mailbox(self) -> str:
         return self.user.upn
 
+    @property
+    def users(self) -> tuple[SandboxUser, ...]:
+        return (self.user, self.second_user)
+
+    @property
+    def mailboxes(self) -> list[str]:
+        return [user.upn for user in self.users]
+
+    @property
+    def managed_identities(self) -> tuple[ManagedIdentity, ...]:
+        return (self.system_identity, self.user_identity)
+
     def application(self, client_id: str) -> RegisteredApp | None:
         """The app registered with ``client_id`` (case-insensitive, as GUIDs are), if any."""
-        for candidate in (self.app, self.public_app):
+        for candidate in (self.app, self.public_app, self.rbac_app):
             if candidate.client_id.lower() == client_id.lower():
                 return candidate
         return None
@@ -119,7 +181,30 @@ class SandboxTenant:
         return tenant.lower() in {self.tenant_id.lower(), self.domain.lower()}
 
     def find_user(self, username: str) -> SandboxUser | None:
-        return self.user if username.lower() == self.user.upn.lower() else None
+        for user in self.users:
+            if username.lower() == user.upn.lower():
+                return user
+        return None
+
+    def find_user_by_id(self, object_id: str) -> SandboxUser | None:
+        for user in self.users:
+            if object_id.lower() == user.object_id.lower():
+                return user
+        return None
+
+    def mailbox_permissions(self) -> dict[str, list[str]]:
+        """Client id -> mailboxes it has FullAccess on (``Add-MailboxPermission``), the classic model."""
+        return {
+            self.app.client_id: [self.mailbox],
+            self.system_identity.client_id: [self.mailbox],
+        }
+
+    def rbac_assignments(self) -> dict[str, list[str]]:
+        """Client id -> mailboxes in its ``Application SMTP.SendAsApp`` role assignment's scope."""
+        return {
+            self.rbac_app.client_id: [self.second_user.upn],
+            self.user_identity.client_id: [self.mailbox],
+        }
 
 
 def _new_secret() -> str:
@@ -189,6 +274,19 @@ def make_tenant(
         display_name="Sandbox Sender",
         password=secrets.token_urlsafe(18),
     )
+    rbac_app = RegisteredApp(
+        client_id=str(uuid.uuid4()),
+        display_name="smtp-oauth sandbox scanner",
+        is_public=False,
+        service_principal_id=str(uuid.uuid4()),
+        client_secret=_new_secret(),
+    )
+    second_user = SandboxUser(
+        upn=f"scanner@{TENANT_DOMAIN}",
+        object_id=str(uuid.uuid4()),
+        display_name="Sandbox Scanner",
+        password=secrets.token_urlsafe(18),
+    )
     return SandboxTenant(
         tenant_id=str(uuid.uuid4()),
         domain=TENANT_DOMAIN,
@@ -196,4 +294,19 @@ def make_tenant(
         public_app=public_app,
         user=user,
         certificate_path=certificate_path,
+        rbac_app=rbac_app,
+        second_user=second_user,
+        system_identity=ManagedIdentity(
+            client_id=str(uuid.uuid4()),
+            service_principal_id=str(uuid.uuid4()),
+            display_name="smtp-oauth-sandbox-vm",
+            system_assigned=True,
+            app_roles=(APP_ROLE_SEND_AS_APP,),
+        ),
+        user_identity=ManagedIdentity(
+            client_id=str(uuid.uuid4()),
+            service_principal_id=str(uuid.uuid4()),
+            display_name="id-smtp-oauth-sandbox",
+            system_assigned=False,
+        ),
     )

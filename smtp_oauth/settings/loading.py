@@ -200,7 +200,7 @@ def _resolve_relative_paths(settings: Settings, base: Path) -> Settings:
         return path if path.is_absolute() else base / path
 
     identity, smtp, relay = settings.identity, settings.smtp, settings.relay
-    identity_paths = ("certificate_path", "ca_file", "token_cache")
+    identity_paths = ("certificate_path", "federated_token_file", "ca_file", "token_cache")
     relay_paths = ("spool_dir", "tls_certificate", "tls_key")
     return settings.model_copy(
         update={

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -51,11 +53,20 @@ IMPLICIT_TLS_PORT = 465
 DEFAULT_RELAY_LISTEN = "127.0.0.1:2525"
 EXCHANGE_MAX_MESSAGE_SIZE = 35 * 1024 * 1024  # Exchange Online's default MaxSendSize (35 MB)
 
-Flow = Literal["client_credentials", "device_code", "interactive", "username_password"]
+Flow = Literal[
+    "client_credentials",
+    "device_code",
+    "interactive",
+    "username_password",
+    "managed_identity",
+    "workload_identity",
+]
 TransportName = Literal["smtp", "graph"]
 # `smtp-oauth token --resource` names; anything else is taken as a resource URI.
 RESOURCES = ("exchange", "graph")
 DELEGATED_FLOWS: frozenset[str] = frozenset({"device_code", "interactive", "username_password"})
+# App-only flows: no user, a token for "<resource>/.default" that the app itself holds.
+APP_ONLY_FLOWS: frozenset[str] = frozenset({"client_credentials", "managed_identity", "workload_identity"})
 
 
 @dataclass(frozen=True)
@@ -149,17 +160,31 @@ def parse_listen(value: str, *, default_port: int = 2525) -> tuple[str, int]:
     return host, port
 
 
+def _https_url(value: str) -> str:
+    value = value.rstrip("/")
+    if not value.startswith("https://"):
+        # MSAL refuses anything but https authorities (msal/authority.py canonicalize()).
+        raise ValueError("must be an https:// URL, e.g. https://login.microsoftonline.com")
+    return value
+
+
 class _Section(BaseModel):
     # Typos inside a section are errors, not silently ignored keys; values never change once made.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=False, frozen=True)
 
 
 class IdentitySettings(_Section):
-    """``[identity]``: who we are to the Microsoft identity platform."""
+    """``[identity]``: who we are to the Microsoft identity platform.
 
-    tenant_id: str = Field(min_length=1)
-    client_id: str = Field(min_length=1)
+    ``tenant_id`` and ``client_id`` are required, except for a managed identity (no tenant; a
+    ``client_id`` picks a user-assigned identity) and for workload identity federation, where
+    they default to the ``AZURE_*`` variables AKS's webhook and azure-identity use.
+    """
+
+    tenant_id: str | None = Field(None, min_length=1)
+    client_id: str | None = Field(None, min_length=1)
     flow: Flow = "client_credentials"
+    federated_token_file: Path | None = None
     client_secret: SecretStr | None = None
     certificate_path: Path | None = None
     certificate_password: SecretStr | None = None
@@ -175,13 +200,49 @@ class IdentitySettings(_Section):
     @field_validator("authority_host")
     @classmethod
     def _https_authority(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.rstrip("/")
-        if not value.startswith("https://"):
-            # MSAL refuses anything but https authorities (libraries.md §2).
-            raise ValueError("must be an https:// URL, e.g. https://login.microsoftonline.com")
-        return value
+        return None if value is None else _https_url(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _workload_identity_defaults(cls, data: object) -> object:
+        if not isinstance(data, Mapping) or data.get("flow") != "workload_identity":
+            return data
+        # The names AKS's workload identity webhook injects and azure-identity reads:
+        # https://learn.microsoft.com/en-us/azure/aks/workload-identity-overview
+        defaults = {
+            "tenant_id": "AZURE_TENANT_ID",
+            "client_id": "AZURE_CLIENT_ID",
+            "federated_token_file": "AZURE_FEDERATED_TOKEN_FILE",
+            "authority_host": "AZURE_AUTHORITY_HOST",
+        }
+        filled = dict(data)
+        for key, variable in defaults.items():
+            if filled.get(key) is None and os.environ.get(variable):
+                filled[key] = os.environ[variable]
+        if filled.get("federated_token_file") is None:
+            raise ValueError(
+                "flow 'workload_identity' needs identity.federated_token_file "
+                "(or $AZURE_FEDERATED_TOKEN_FILE): the file the platform writes the OIDC token to"
+            )
+        return filled
+
+    @model_validator(mode="after")
+    def _ids_fit_flow(self) -> IdentitySettings:
+        if self.flow == "managed_identity":
+            if self.client_secret or self.certificate_path or self.federated_token_file:
+                raise ValueError(
+                    "flow 'managed_identity' uses no secret, certificate or federated token file: "
+                    "remove identity.client_secret / certificate_path / federated_token_file"
+                )
+            return self
+        missing = [name for name in ("tenant_id", "client_id") if getattr(self, name) is None]
+        if missing:
+            # Reported per key ("identity.tenant_id: required but not set"), as a missing field is.
+            raise ValidationError.from_exception_data(
+                "IdentitySettings",
+                [InitErrorDetails(type="missing", loc=(name,), input=None) for name in missing],
+            )
+        return self
 
     @model_validator(mode="after")
     def _credentials_fit_flow(self) -> IdentitySettings:
@@ -200,6 +261,17 @@ class IdentitySettings(_Section):
         return self.flow in DELEGATED_FLOWS
 
     @property
+    def is_managed_identity(self) -> bool:
+        return self.flow == "managed_identity"
+
+    @property
+    def cache_key(self) -> str:
+        """What tells this identity's tokens apart from other identities' (authority + client)."""
+        if self.is_managed_identity:
+            return f"managed_identity\n{self.client_id or 'system-assigned'}"
+        return f"{self.authority.lower()}\n{self.client_id}"
+
+    @property
     def cloud_preset(self) -> Cloud:
         return CLOUDS[self.cloud]
 
@@ -209,7 +281,14 @@ class IdentitySettings(_Section):
 
     @property
     def authority(self) -> str:
-        """Tenant-specific authority URL (``/common`` is unreliable for these flows)."""
+        """Tenant-specific authority URL (``/common`` is unreliable for these flows).
+
+        A managed identity has none: Azure's local endpoint issues its tokens.
+        """
+        if self.tenant_id is None:
+            return (
+                "the managed identity endpoint" if self.is_managed_identity else self.effective_authority_host
+            )
         return f"{self.effective_authority_host}/{self.tenant_id}"
 
     @property
@@ -431,7 +510,7 @@ class Settings(BaseSettings):
     def hint_context(self) -> dict[str, str]:
         """Ids used to fill in the hints of errors (never a secret)."""
         return {
-            "tenant_id": self.identity.tenant_id,
-            "client_id": self.identity.client_id,
+            "tenant_id": self.identity.tenant_id or "(managed identity's tenant)",
+            "client_id": self.identity.client_id or "(system-assigned managed identity)",
             "mailbox": self.smtp.username,
         }

@@ -71,9 +71,9 @@ _GROUP_OTHER_BITS = 0o077
 def cache_file_path(settings: Settings) -> Path:
     """Where this identity's cache file lives (the directory is ``settings.token_cache_path``)."""
     identity = settings.identity
-    key = f"{identity.authority.lower()}\n{identity.client_id}".encode()
-    digest = hashlib.sha256(key).hexdigest()[:12]
-    readable = re.sub(r"[^A-Za-z0-9._-]", "_", identity.client_id)[:64]
+    digest = hashlib.sha256(identity.cache_key.encode()).hexdigest()[:12]
+    name = identity.client_id or "managed-identity"
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64]
     return settings.token_cache_path.expanduser() / f"{readable}-{digest}.json"
 
 

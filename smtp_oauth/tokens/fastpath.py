@@ -68,7 +68,10 @@ def read_cached_token(
     home_ids = _matching_home_accounts(cache, settings, environment) if identity.is_delegated else set()
     # MSAL files tokens under the tenant GUID from the discovered token endpoint; a tenant configured
     # by domain name cannot be compared, but the cache file is this authority's alone anyway.
-    tenant_is_guid = _GUID.fullmatch(identity.tenant_id) is not None
+    if identity.is_managed_identity or identity.tenant_id is None:
+        return None  # msal files these under its own realm; the slow path reads them
+    tenant = identity.tenant_id
+    tenant_is_guid = _GUID.fullmatch(tenant) is not None
     now, best_expiry, best = time.time(), 0.0, None
     for entry in (cache.get("AccessToken") or {}).values():
         if not isinstance(entry, dict) or entry.get("key_id") or entry.get("ext_cache_key"):
@@ -82,7 +85,7 @@ def read_cached_token(
         if (
             entry.get("client_id") != identity.client_id
             or str(entry.get("environment", "")).lower() != environment
-            or (tenant_is_guid and str(entry.get("realm", "")).lower() != identity.tenant_id.lower())
+            or (tenant_is_guid and str(entry.get("realm", "")).lower() != tenant.lower())
             or not wanted_scopes <= set(str(entry.get("target", "")).lower().split())
             or (home not in home_ids if identity.is_delegated else home is not None)
             or expires_on - now < min_validity.total_seconds()

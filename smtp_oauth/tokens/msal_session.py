@@ -143,6 +143,15 @@ class MsalSession:
         }
         if not self._identity.is_microsoft_authority:
             common["instance_discovery"] = False  # the sandbox or a private IdP: used as given
+        if self._identity.flow == "workload_identity":
+            from smtp_oauth.tokens.federated import FederatedTokenFile
+
+            assert self._identity.federated_token_file is not None  # settings require it
+            # A callable: MSAL calls it for each token request, so a rotated file is always re-read.
+            assertion = {"client_assertion": FederatedTokenFile(self._identity.federated_token_file)}
+            return msal.ConfidentialClientApplication(
+                self._identity.client_id, client_credential=assertion, **common
+            )
         if self._identity.flow == "client_credentials":
             credential: str | dict[str, str]
             if self._identity.client_secret is not None:
@@ -201,7 +210,7 @@ class MsalSession:
 
         def run() -> IssuedToken:
             with self._cache.locked():
-                if self._identity.flow == "client_credentials":
+                if not self._identity.is_delegated:  # client credentials, workload identity
                     return self._client_credentials(wanted, force_refresh, min_validity)
                 return self._delegated(wanted, force_refresh, min_validity)
 
@@ -378,7 +387,7 @@ class MsalSession:
         def run() -> int:
             with self._cache.locked():
                 before = self._cache.count_entries()
-                if self._identity.flow == "client_credentials":
+                if not self._identity.is_delegated:
                     self._app.remove_tokens_for_client()
                 else:
                     for account in self._accounts_to_forget():

@@ -192,11 +192,17 @@ class MsalTokenProvider:
     def _msal_session(self) -> Any:
         if self._session is None:
             from smtp_oauth.tokens.cache import open_token_cache
-            from smtp_oauth.tokens.msal_session import MsalSession
 
             if self._cache is None:
                 self._cache = open_token_cache(self._settings)
-            self._session = MsalSession(self._settings, self._cache)
+            if self._settings.identity.is_managed_identity:
+                from smtp_oauth.tokens.managed_identity import ManagedIdentitySession
+
+                self._session = ManagedIdentitySession(self._settings, self._cache)
+            else:
+                from smtp_oauth.tokens.msal_session import MsalSession
+
+                self._session = MsalSession(self._settings, self._cache)
         return self._session
 
     def _run_msal(self, call: Callable[[Any], _T]) -> _T:

@@ -7,8 +7,13 @@ connection using OAuth"):
 - its audience is Exchange Online: ``https://outlook.office365.com``, ``https://outlook.office.com``
   (both are seen in the wild, for app-only and delegated tokens alike) or the resource's app id;
 - it was issued for the tenant that hosts the mailbox (``tid``);
-- app-only (client credentials): ``roles`` holds ``SMTP.SendAsApp`` and the service principal
+- app-only with an API permission: ``roles`` holds ``SMTP.SendAsApp`` and the service principal
   (``appid``/``azp``) was given access to the ``user=`` mailbox (``Add-MailboxPermission``);
+- app-only through SMTP App RBAC (October 2025): no ``roles`` at all, and the ``user=`` mailbox is
+  in the scope of the app's ``Application SMTP.SendAsApp`` role assignment. A token that does carry
+  the role is checked for mailbox permissions instead ("Including the SMTP.SendAsApp claim would
+  trigger an unnecessary check for mailbox permissions",
+  https://learn.microsoft.com/en-us/exchange/client-developer/legacy-protocols/smtp-app-rbac-onboarding);
 - delegated: ``scp`` holds ``SMTP.Send`` and the signed-in user (``upn``) is the ``user=`` mailbox.
 
 Every refusal looks the same to the client (``535 5.7.3``); the reason goes to the sandbox's log.
@@ -64,6 +69,7 @@ class TokenVerifier:
         tenant_id: str,
         mailboxes: Iterable[str],
         app_grants: Mapping[str, Iterable[str]],
+        rbac_grants: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self._signing_key = signing_key
         self._tenant_id = tenant_id
@@ -73,6 +79,15 @@ class TokenVerifier:
             client_id: frozenset(address.casefold() for address in granted)
             for client_id, granted in app_grants.items()
         }
+        self._rbac = {
+            client_id: frozenset(address.casefold() for address in granted)
+            for client_id, granted in (rbac_grants or {}).items()
+        }
+
+    def grant(self, client_id: str, mailbox: str, *, model: str = "rbac") -> None:
+        """Give ``client_id`` a mailbox: ``"rbac"`` (role assignment) or ``"fullaccess"``."""
+        table = self._rbac if model == "rbac" else self._grants
+        table[client_id] = table.get(client_id, frozenset()) | {mailbox.casefold()}
 
     def verify(self, credentials: XOAuth2Credentials) -> AuthenticatedMailbox:
         """The mailbox these credentials may send as; AuthRejected with the reason otherwise."""
@@ -103,10 +118,17 @@ class TokenVerifier:
             raise AuthRejected(f"token belongs to {signed_in!r}, but user={user!r}")
 
     def _check_app_only(self, claims: Mapping[str, Any], client_id: str, user: str) -> None:
-        roles = claims.get("roles")
-        if not isinstance(roles, list) or SEND_AS_APP_ROLE not in roles:
-            raise AuthRejected(f"app-only token lacks role {SEND_AS_APP_ROLE} (roles={roles!r})")
         if not client_id:
             raise AuthRejected("app-only token names no application (appid/azp)")
+        roles = claims.get("roles")
+        if roles is None or roles == []:
+            if user.casefold() not in self._rbac.get(client_id, frozenset()):
+                raise AuthRejected(
+                    f"app-only token without roles: application {client_id!r} has no "
+                    f"'Application SMTP.SendAsApp' role assignment covering mailbox {user!r}"
+                )
+            return
+        if not isinstance(roles, list) or SEND_AS_APP_ROLE not in roles:
+            raise AuthRejected(f"app-only token lacks role {SEND_AS_APP_ROLE} (roles={roles!r})")
         if user.casefold() not in self._grants.get(client_id, frozenset()):
             raise AuthRejected(f"application {client_id!r} has no access to mailbox {user!r}")

@@ -50,6 +50,7 @@ class FakeExchange:
         mailboxes: Iterable[str],
         app_grants: Mapping[str, Iterable[str]],
         tenant_id: str,
+        rbac_grants: Mapping[str, Iterable[str]] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         max_sessions_per_mailbox: int = 3,
@@ -66,7 +67,11 @@ class FakeExchange:
         self._handler = ExchangeHandler(
             hostname=self.hostname,
             verifier=TokenVerifier(
-                signing_key=signing_key, tenant_id=tenant_id, mailboxes=mailboxes, app_grants=app_grants
+                signing_key=signing_key,
+                tenant_id=tenant_id,
+                mailboxes=mailboxes,
+                app_grants=app_grants,
+                rbac_grants=rbac_grants,
             ),
             store=self._store,
             faults=self._faults,

@@ -5,6 +5,8 @@
   certificate, ``x5t#S256``/``x5t`` naming it, ``aud`` = the token endpoint, ``iss`` = ``sub`` =
   the client id, not expired). MSAL signs with PS256 when it knows the SHA-256 thumbprint, RS256
   with the legacy SHA-1 one.
+- A federated credential: the ``client_assertion`` is a token of a trusted OIDC issuer
+  (workload identity federation), checked by ``federation.FederatedIssuer``.
 - Public clients must not send either (AADSTS700025).
 """
 
@@ -12,12 +14,16 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import jwt
 
 from smtp_oauth.sandbox.idp.errors import AadError
 from smtp_oauth.sandbox.tenant import RegisteredApp
+
+if TYPE_CHECKING:
+    from smtp_oauth.sandbox.idp.federation import FederatedIssuer
 
 __all__ = ["JWT_BEARER", "authenticate_client"]
 
@@ -28,10 +34,17 @@ def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def authenticate_client(app: RegisteredApp, form: Mapping[str, str], *, audiences: list[str]) -> str:
-    """How the client proved itself: ``"secret"``, ``"certificate"`` or ``"none"`` (public client).
+def authenticate_client(
+    app: RegisteredApp,
+    form: Mapping[str, str],
+    *,
+    audiences: list[str],
+    issuers: Sequence[FederatedIssuer] = (),
+) -> str:
+    """How the client proved itself: ``"secret"``, ``"certificate"``, ``"federated"`` or ``"none"``.
 
-    ``audiences`` are the values a client assertion's ``aud`` may hold (the token endpoint URL).
+    ``audiences`` are the values a client assertion's ``aud`` may hold (the token endpoint URL);
+    ``issuers`` the OIDC issuers whose tokens may stand in for a credential.
     """
     secret = form.get("client_secret")
     assertion = form.get("client_assertion")
@@ -45,18 +58,27 @@ def authenticate_client(app: RegisteredApp, form: Mapping[str, str], *, audience
             raise AadError.wrong_secret(app.client_id)
         return "secret"
     if assertion:
+        for issuer in issuers:
+            if issuer.trusts(assertion):
+                _check_assertion_type(form.get("client_assertion_type", ""))
+                issuer.verify(app, assertion)
+                return "federated"
         _verify_assertion(app, assertion, form.get("client_assertion_type", ""), audiences)
         return "certificate"
     raise AadError.no_credential()
 
 
-def _verify_assertion(app: RegisteredApp, assertion: str, assertion_type: str, audiences: list[str]) -> None:
+def _check_assertion_type(assertion_type: str) -> None:
     if assertion_type != JWT_BEARER:
         raise AadError(
             "invalid_request",
             700023,
             f"The client_assertion_type must be '{JWT_BEARER}'.",
         )
+
+
+def _verify_assertion(app: RegisteredApp, assertion: str, assertion_type: str, audiences: list[str]) -> None:
+    _check_assertion_type(assertion_type)
     try:
         header = jwt.get_unverified_header(assertion)
     except jwt.PyJWTError as exc:

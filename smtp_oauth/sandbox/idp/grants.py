@@ -27,6 +27,7 @@ from typing import Any
 
 from smtp_oauth.sandbox.idp.client_auth import authenticate_client
 from smtp_oauth.sandbox.idp.errors import AadError
+from smtp_oauth.sandbox.idp.federation import FederatedIssuer
 from smtp_oauth.sandbox.idp.tokens import DelegatedScope, IdpOptions, TokenIssuer, resolve_app_scope
 from smtp_oauth.sandbox.tenant import RegisteredApp, SandboxTenant, SandboxUser
 
@@ -100,6 +101,7 @@ class GrantStore:
         self._refresh_tokens: dict[str, _RefreshToken] = {}
         self._codes: dict[str, _AuthorizationCode] = {}
         self._device_codes: dict[str, _DeviceCode] = {}
+        self.issuers: list[FederatedIssuer] = []  # OIDC issuers trusted for federated credentials
         self._grants: dict[str, Callable[[RegisteredApp, Mapping[str, str], str], dict[str, Any]]] = {
             "client_credentials": self._client_credentials,
             "password": self._password,
@@ -126,7 +128,7 @@ class GrantStore:
         grant = self._grants.get(grant_type)
         if grant is None:
             raise AadError.unsupported_grant_type(grant_type)
-        credential = authenticate_client(app, form, audiences=audiences)
+        credential = authenticate_client(app, form, audiences=audiences, issuers=self.issuers)
         return grant(app, form, credential)
 
     def _client_credentials(

@@ -10,6 +10,7 @@ FOR TESTING ONLY. It speaks enough of the v2.0 endpoints that unmodified MSAL wo
     POST /{tenant}/oauth2/v2.0/token                    the grants of idp_grants.py
     POST /{tenant}/oauth2/v2.0/devicecode
     GET|POST /devicelogin                               type a device code to approve it
+    GET  /msi/token                                     managed identity tokens (App Service form)
 
 ``{tenant}`` is the tenant id, its domain, or ``common``/``organizations``; anything else is
 AADSTS90002. Requests are answered on threads (MSAL is synchronous), so it runs in a daemon
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import ssl
 import threading
 from collections import Counter
@@ -29,12 +31,19 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from smtp_oauth.sandbox.idp.discovery import MULTI_TENANT, instance_metadata, openid_configuration
 from smtp_oauth.sandbox.idp.errors import AadError
+from smtp_oauth.sandbox.idp.federation import FEDERATION_PATH, FederatedIssuer
 from smtp_oauth.sandbox.idp.grants import DEVICE_CODE_GRANT, GrantStore
+from smtp_oauth.sandbox.idp.managed_identity import MANAGED_IDENTITY_PATH, ManagedIdentityEndpoint
 from smtp_oauth.sandbox.idp.pages import HttpReply, authorize, device_login_page
 from smtp_oauth.sandbox.idp.server import TlsHttpServer
 from smtp_oauth.sandbox.idp.tokens import IdpOptions, TokenIssuer
 from smtp_oauth.sandbox.keys import SigningKey
-from smtp_oauth.sandbox.tenant import SandboxTenant
+from smtp_oauth.sandbox.tenant import (
+    FEDERATED_AUDIENCE,
+    FEDERATED_SUBJECT,
+    FederatedCredential,
+    SandboxTenant,
+)
 
 __all__ = ["IdpOptions", "SandboxIdentityProvider"]
 
@@ -75,6 +84,13 @@ class SandboxIdentityProvider:
         )
         self._issuer = TokenIssuer(tenant, signing_key, self.options)
         self.grants = GrantStore(tenant, self._issuer, self.options)
+        # The IDENTITY_HEADER secret of the managed identity endpoint (App Service rotates its own).
+        self.identity_header = secrets.token_urlsafe(24)
+        self._managed_identity = ManagedIdentityEndpoint(
+            tenant, self._issuer, self.options, self.identity_header
+        )
+        self.federation = FederatedIssuer()
+        self.grants.issuers.append(self.federation)
         self.token_requests: Counter[str] = Counter()  # grant type -> requests, failed ones included
         self._tls = tls_context
         self._address = (host, port)
@@ -95,6 +111,10 @@ class SandboxIdentityProvider:
         self._server = server
         self.port = server.server_address[1]
         self._issuer.base_url = self.authority_host
+        self.federation.url = f"{self.authority_host}/{FEDERATION_PATH}"
+        credential = FederatedCredential(self.federation.url, FEDERATED_SUBJECT)
+        if credential not in self.tenant.app.federated_credentials:
+            self.tenant.app.federated_credentials.append(credential)
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="sandbox-idp", daemon=True
         )
@@ -133,11 +153,24 @@ class SandboxIdentityProvider:
         return f"{self.authority}/oauth2/v2.0/token"
 
     @property
+    def managed_identity_endpoint(self) -> str:
+        """The ``IDENTITY_ENDPOINT`` to export (with ``IDENTITY_HEADER`` = ``identity_header``)."""
+        return f"{self.authority_host}{MANAGED_IDENTITY_PATH}"
+
+    def managed_identity_environment(self) -> dict[str, str]:
+        """The variables that make msal's ManagedIdentityClient use this endpoint (App Service form)."""
+        return {"IDENTITY_ENDPOINT": self.managed_identity_endpoint, "IDENTITY_HEADER": self.identity_header}
+
+    @property
     def instance_discovery_endpoint(self) -> str:
         """Pass as MSAL's ``instance_discovery=`` to have it discover this host instead of Microsoft's."""
         return f"{self.authority_host}/common/discovery/instance"
 
     # --- test hooks -------------------------------------------------------------------------------
+
+    def federated_token(self, *, lifetime: int | None = None) -> str:
+        """A workload token the confidential app's federated credential accepts."""
+        return self.federation.issue(FEDERATED_SUBJECT, audience=FEDERATED_AUDIENCE, lifetime=lifetime)
 
     def fail_next(self, n: int = 1, status: int = 503, *, retry_after: int | None = None) -> None:
         """The next ``n`` token/devicecode requests get ``status`` (temporarily_unavailable).
@@ -169,12 +202,22 @@ class SandboxIdentityProvider:
     # --- HTTP -------------------------------------------------------------------------------------
 
     def dispatch(
-        self, method: str, target: str, form: dict[str, str], correlation_id: str | None = None
+        self, method: str, target: str, form: dict[str, str], headers: Mapping[str, str] | None = None
     ) -> HttpReply:
         """Route one request; every AadError becomes Entra's JSON error."""
         url = urlsplit(target)
         parts = [unquote(p) for p in url.path.split("/") if p]
         query = dict(parse_qsl(url.query, keep_blank_values=True))
+        headers = headers or {}
+        correlation_id = headers.get("client-request-id")
+        if url.path == MANAGED_IDENTITY_PATH and method == "GET":
+            with self._lock:
+                self.token_requests["managed_identity"] += 1
+            reply = self._managed_identity.answer(query, headers)
+            log.info("managed identity token request -> HTTP %d", reply.status)
+            return reply
+        if parts[:1] == [FEDERATION_PATH] and method == "GET":
+            return self._federation_document(parts[1:])
         try:
             return self._route(method, parts, query, form)
         except AadError as error:
@@ -211,6 +254,13 @@ class SandboxIdentityProvider:
             self._maybe_fail()
             verification_uri = f"{self.authority_host}/devicelogin"
             return _json(200, self.grants.device_authorization(form, verification_uri=verification_uri))
+        return _json(404, {"error": "not_found"})
+
+    def _federation_document(self, rest: list[str]) -> HttpReply:
+        if rest == [".well-known", "openid-configuration"]:
+            return _json(200, self.federation.openid_configuration())
+        if rest == ["keys"]:
+            return _json(200, self.federation.jwks())
         return _json(404, {"error": "not_found"})
 
     def _check_tenant(self, tenant: str) -> None:

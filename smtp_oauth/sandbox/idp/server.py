@@ -24,8 +24,8 @@ __all__ = ["Dispatch", "TlsHttpServer"]
 
 log = logging.getLogger("smtp_oauth.sandbox.idp.provider")
 
-# (method, request target, form fields, correlation id) -> reply
-Dispatch = Callable[[str, str, dict[str, str], str | None], HttpReply]
+# (method, request target, form fields, request headers with lower-case names) -> reply
+Dispatch = Callable[[str, str, dict[str, str], dict[str, str]], HttpReply]
 _MAX_BODY = 1024 * 1024
 
 
@@ -111,9 +111,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(reply.body)
 
+    def _headers(self) -> dict[str, str]:
+        return {name.lower(): value for name, value in self.headers.items()}
+
     def do_GET(self) -> None:
-        self._reply(self.server.dispatch("GET", self.path, {}, self.headers.get("client-request-id")))
+        self._reply(self.server.dispatch("GET", self.path, {}, self._headers()))
 
     def do_POST(self) -> None:
         form = self._form()
-        self._reply(self.server.dispatch("POST", self.path, form, self.headers.get("client-request-id")))
+        self._reply(self.server.dispatch("POST", self.path, form, self._headers()))

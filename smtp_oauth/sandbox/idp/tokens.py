@@ -26,12 +26,21 @@ from smtp_oauth.sandbox.idp.errors import AadError
 from smtp_oauth.sandbox.keys import SigningKey
 from smtp_oauth.sandbox.tenant import RegisteredApp, SandboxTenant, SandboxUser
 
-__all__ = ["OIDC_SCOPES", "DelegatedScope", "IdpOptions", "TokenIssuer", "resolve_app_scope"]
+__all__ = [
+    "APP_RESOURCES",
+    "OIDC_SCOPES",
+    "AppPrincipal",
+    "DelegatedScope",
+    "IdpOptions",
+    "TokenIssuer",
+    "resolve_app_scope",
+]
 
 # Exchange Online's resource, by application ID URI and by app id; aud echoes the one asked for.
 EXCHANGE_RESOURCES = frozenset(
     {"https://outlook.office365.com", "https://outlook.office.com", "00000002-0000-0ff1-ce00-000000000000"}
 )
+ACS_RESOURCE = "https://communication.azure.com"  # Azure Communication Services (its SMTP endpoint)
 # Delegated permissions Exchange Online defines (consent decides which an app actually gets).
 EXCHANGE_DELEGATED_PERMISSIONS = frozenset(
     {"SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "EWS.AccessAsUser.All"}
@@ -40,6 +49,8 @@ EXCHANGE_DELEGATED_PERMISSIONS = frozenset(
 GRAPH_RESOURCES = frozenset({"https://graph.microsoft.com", "00000003-0000-0000-c000-000000000000"})
 GRAPH_DELEGATED_PERMISSIONS = frozenset({"Mail.Send", "Mail.ReadWrite", "Mail.Send.Shared", "User.Read"})
 OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
+# Resources app-only tokens can be asked for ("<resource>/.default").
+APP_RESOURCES = EXCHANGE_RESOURCES | GRAPH_RESOURCES | {ACS_RESOURCE}
 
 
 def is_graph(resource: str) -> bool:
@@ -83,10 +94,31 @@ def resolve_app_scope(scope_text: str, tenant: SandboxTenant) -> str:
         raise AadError.missing_parameter("scope")
     if len(scopes) != 1 or not scopes[0].endswith("/.default"):
         raise AadError.app_only_scope_not_default(scope_text)
-    resource = scopes[0].removesuffix("/.default")
-    if resource not in EXCHANGE_RESOURCES | GRAPH_RESOURCES:
+    return check_app_resource(scopes[0].removesuffix("/.default"), tenant)
+
+
+def check_app_resource(resource: str, tenant: SandboxTenant) -> str:
+    """``resource`` if app-only tokens can be issued for it; AADSTS500011 otherwise."""
+    if resource not in APP_RESOURCES:
         raise AadError.unknown_resource(resource, tenant.tenant_id)
     return resource
+
+
+@dataclass(frozen=True)
+class AppPrincipal:
+    """Who an app-only token is for: an app registration's or a managed identity's principal."""
+
+    client_id: str
+    service_principal_id: str
+    display_name: str
+    app_roles: tuple[str, ...]  # on Exchange Online
+    graph_app_roles: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, app: RegisteredApp) -> AppPrincipal:
+        return cls(
+            app.client_id, app.service_principal_id, app.display_name, app.app_roles, app.graph_app_roles
+        )
 
 
 @dataclass(frozen=True)
@@ -172,29 +204,35 @@ class TokenIssuer:
 
     def app_token(self, app: RegisteredApp, resource: str, *, credential: str) -> dict[str, Any]:
         """The response to a client credentials grant."""
+        return self._response(self.app_access_token(AppPrincipal.of(app), resource, credential=credential))
+
+    def app_access_token(self, principal: AppPrincipal, resource: str, *, credential: str) -> str:
+        """An app-only access token; ``roles`` only when the principal was assigned some, as Entra
+        omits the claim for an app without application permissions (SMTP App RBAC)."""
         now, expires = self._times()
-        claims = {
+        claims: dict[str, Any] = {
             "aud": resource,
             "iss": self.access_token_issuer,
             "iat": now,
             "nbf": now,
             "exp": expires,
-            "app_displayname": app.display_name,
-            "appid": app.client_id,
-            "azp": app.client_id,
-            "appidacr": "2" if credential == "certificate" else "1",
+            "app_displayname": principal.display_name,
+            "appid": principal.client_id,
+            "azp": principal.client_id,
+            # 2: a certificate or another assertion (federated, managed identity); 1: a secret.
+            "appidacr": "1" if credential == "secret" else "2",
             "idp": self.access_token_issuer,
             "idtyp": "app",
-            "oid": app.service_principal_id,
-            "sub": app.service_principal_id,
+            "oid": principal.service_principal_id,
+            "sub": principal.service_principal_id,
             "tid": self._tenant.tenant_id,
             "uti": uuid.uuid4().hex,
             "ver": "1.0",
         }
-        roles = app_roles_for(app, resource)
-        if roles:  # Entra leaves the claim out when no application permission is granted
+        roles = principal.graph_app_roles if is_graph(resource) else principal.app_roles
+        if roles:  # Entra leaves the claim out when no application permission is granted (RBAC)
             claims["roles"] = list(roles)
-        return self._response(self._key.sign(claims))
+        return self._key.sign(claims)
 
     def user_tokens(
         self,
@@ -219,7 +257,7 @@ class TokenIssuer:
             "app_displayname": app.display_name,
             "appid": app.client_id,
             "azp": app.client_id,
-            "appidacr": {"none": "0", "secret": "1", "certificate": "2"}[credential],
+            "appidacr": {"none": "0", "secret": "1"}.get(credential, "2"),
             "idtyp": "user",
             "name": user.display_name,
             "oid": user.object_id,
