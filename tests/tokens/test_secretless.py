@@ -12,7 +12,8 @@ import pytest
 
 from smtp_oauth.errors import ConfigurationError, TokenError
 from smtp_oauth.sandbox.runner import Sandbox
-from smtp_oauth.settings.models import Settings, load_settings
+from smtp_oauth.settings.loading import load_settings
+from smtp_oauth.settings.models import Settings
 from smtp_oauth.tokens.claims import decode_claims
 from smtp_oauth.tokens.provider import create_token_provider
 from smtp_oauth.transport import create_transport
