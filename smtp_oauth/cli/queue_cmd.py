@@ -15,13 +15,12 @@ import time
 from collections.abc import Awaitable, Callable
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
-from pathlib import Path
 
 from smtp_oauth.cli.common import add_config_option
 from smtp_oauth.errors import ExitCode
 from smtp_oauth.logs import configure_logging
-from smtp_oauth.relay.spool.base import STATES, SpooledMessage
-from smtp_oauth.relay.spool.sqlite import SqliteSpool
+from smtp_oauth.relay.spool import open_spool
+from smtp_oauth.relay.spool.base import STATES, MessageGone, SpoolAdmin, SpooledMessage, SpoolError
 from smtp_oauth.settings.loading import load_settings
 from smtp_oauth.settings.models import Settings
 
@@ -29,6 +28,7 @@ __all__ = ["add_arguments", "run"]
 
 HELP = "list, show, retry or delete relay queue entries"
 NOT_FOUND = 1
+HEADER_LIMIT = 64 * 1024  # `show` prints the header section; a body is never read whole
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,16 +100,17 @@ def _print_entry(entry: SpooledMessage, headers: str) -> None:
         print(headers.rstrip())
 
 
-async def _headers_of(spool: SqliteSpool, queue_id: str) -> str:
+async def _headers_of(spool: SpoolAdmin, queue_id: str) -> str:
     try:
-        data = await spool.read_data(queue_id)
-    except FileNotFoundError:
+        async with spool.open_body(queue_id) as body:
+            data = await asyncio.to_thread(body.read, HEADER_LIMIT)
+    except MessageGone:
         return ""  # delivered: the body is gone, the record stays
     parsed = BytesHeaderParser(policy=default_policy).parsebytes(data)
     return "".join(f"{name}: {value}\n" for name, value in parsed.items())
 
 
-async def _list(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _list(spool: SpoolAdmin, args: argparse.Namespace) -> int:
     entries = await spool.list(args.state)
     if args.json:
         print(json.dumps([entry.to_json() for entry in entries], indent=2))
@@ -118,7 +119,7 @@ async def _list(spool: SqliteSpool, args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-async def _show(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _show(spool: SpoolAdmin, args: argparse.Namespace) -> int:
     entry = await spool.get(args.id)
     if entry is None:
         return _not_found(args.id)
@@ -130,7 +131,7 @@ async def _show(spool: SqliteSpool, args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-async def _retry(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _retry(spool: SpoolAdmin, args: argparse.Namespace) -> int:
     count = await spool.retry(args.id)
     if args.id is not None and count == 0:
         entry = await spool.get(args.id)
@@ -142,7 +143,7 @@ async def _retry(spool: SqliteSpool, args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-async def _delete(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _delete(spool: SpoolAdmin, args: argparse.Namespace) -> int:
     if not await spool.delete(args.id):
         return _not_found(args.id)
     print(f"deleted {args.id}", file=sys.stderr)
@@ -154,7 +155,7 @@ def _not_found(queue_id: str, where: str = "") -> int:
     return NOT_FOUND
 
 
-ACTIONS: dict[str, Callable[[SqliteSpool, argparse.Namespace], Awaitable[int]]] = {
+ACTIONS: dict[str, Callable[[SpoolAdmin, argparse.Namespace], Awaitable[int]]] = {
     "list": _list,
     "show": _show,
     "retry": _retry,
@@ -162,10 +163,10 @@ ACTIONS: dict[str, Callable[[SqliteSpool, argparse.Namespace], Awaitable[int]]] 
 }
 
 
-async def _run(directory: Path, args: argparse.Namespace) -> int | None:
+async def _run(settings: Settings, args: argparse.Namespace) -> int | None:
     """The action's exit code, or None when there is no spool (the relay never ran here)."""
     try:
-        spool = await SqliteSpool.open(directory, create=False)
+        spool = await open_spool(settings.relay, spool_dir=settings.spool_path, create=False)
     except FileNotFoundError:
         return None
     try:
@@ -189,7 +190,11 @@ def _queue_settings(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     settings = _queue_settings(args)
     directory = settings.spool_path
-    result = asyncio.run(_run(directory, args))
+    try:
+        result = asyncio.run(_run(settings, args))
+    except SpoolError as error:
+        print(f"smtp-oauth: {error}", file=sys.stderr)
+        return int(error.exit_code)
     if result is not None:
         return result
     if args.action == "list":

@@ -5,10 +5,10 @@ How the modules fit together::
     server.py / session.py / sasl.py   the SMTP listener (aiosmtpd): AUTH, sender policy, limits
     handler.py / incoming.py           its hooks and replies; DATA streamed to spool_dir/incoming/
     policy.py / passwords.py           local users, allowed senders, allow_networks; scrypt hashes
-            | store(AcceptedMessage) -> queue id, after a durable commit
+            | store(spool.base.Message) -> queue id, after a durable commit
             v
-    spool.py (interface) / spool_sqlite.py   the queue: queued -> sending -> delivered | deferred | dead
-            ^ claim_due / mark_*
+    spool/ base.py (the protocols) / sqlite.py   the queue: queued -> sending -> delivered | deferred | dead
+            ^ claim_due / open_body / mark_*
             |
     delivery.py / mailbox_worker.py    per-mailbox workers: <= 3 sessions, pacing, retries
     backoff.py / bounce.py             retry timing; RFC 3464 non-delivery reports

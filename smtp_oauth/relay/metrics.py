@@ -55,8 +55,13 @@ def render_metrics(
     accepted: int,
     up: bool,
     token_expires_at: float | None = None,
+    spool: Mapping[str, float] | None = None,
 ) -> str:
-    """Prometheus exposition text for the relay's queue depth, delivery outcomes and token expiry."""
+    """Prometheus exposition text for the relay's queue depth, delivery outcomes and token expiry.
+
+    ``queue`` counts the whole queue (every relay's, when several share it); ``accepted`` and
+    ``deliveries`` are this relay's; ``spool`` adds the backend's figures (``spool_<name>``).
+    """
     lines = [
         "# HELP smtp_oauth_relay_up 1 when the listener and the spool are working.",
         "# TYPE smtp_oauth_relay_up gauge",
@@ -78,6 +83,8 @@ def render_metrics(
     ]
     if token_expires_at is not None:  # no sample before the first token (nothing sent yet)
         lines.append(f"smtp_oauth_relay_token_expiry_timestamp_seconds {token_expires_at:.0f}")
+    for name, value in sorted((spool or {}).items()):
+        lines += [f"# TYPE smtp_oauth_relay_{name} gauge", f"smtp_oauth_relay_{name} {value:g}"]
     return "\n".join(lines) + "\n"
 
 

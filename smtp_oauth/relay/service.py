@@ -1,7 +1,7 @@
 """The relay as a whole: listener -> spool -> delivery, plus metrics and signals.
 
-Start-up: check the listener's configuration (never an open relay), open the spool (exclusively:
-one relay per spool), put messages a killed relay left in ``sending`` back in the queue, listen,
+Start-up: check the listener's configuration (never an open relay), open the spool
+(``open_spool``), put messages a killed relay left in ``sending`` back in the queue, listen,
 deliver. SIGTERM/SIGINT stop it within ``relay.shutdown_timeout``: no new connections, sessions
 and sends in progress finish or (sends) go back to the queue. SIGHUP re-reads the configuration
 file and hands users and sender rules to the listener; open connections are kept.
@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 
 from smtp_oauth.errors import ConfigurationError, StorageFullError
 from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager, SessionFactory
-from smtp_oauth.relay.listener.server import AcceptedMessage, ListenerTuning, RelayListener
+from smtp_oauth.relay.listener.server import ListenerTuning, Message, RelayListener
 from smtp_oauth.relay.metrics import MetricsServer, TokenWatch, render_metrics
-from smtp_oauth.relay.spool.sqlite import SqliteSpool, incoming_directory
+from smtp_oauth.relay.spool import open_spool
+from smtp_oauth.relay.spool.base import SpoolError
 from smtp_oauth.settings.loading import load_settings
 from smtp_oauth.settings.models import Settings
 
@@ -77,8 +78,10 @@ class RelayService:
             default_mailbox=settings.smtp.username,
             store=self._store,
             tuning=listener_tuning or ListenerTuning(shutdown_grace=self._grace),
-            incoming_dir=incoming_directory(settings.spool_path),  # big bodies stream to the spool
+            # Big bodies are written here as they arrive, and the spool takes the file (its staging_dir).
+            incoming_dir=settings.spool_path / "incoming",
         )
+
         self._sessions = sessions
         self._config = DeliveryConfig.from_relay(
             relay, upstream_host=settings.smtp_host, **dict(delivery_tuning or {})
@@ -133,10 +136,10 @@ class RelayService:
         finally:
             await self._shut_down(spool, delivery_task, metrics)
 
-    async def _open_spool(self) -> SqliteSpool:
+    async def _open_spool(self) -> Spool:
         """The spool; a full disk is temporary (exit 75: systemd restarts the relay), not a config error."""
         try:
-            return await SqliteSpool.open(self.settings.spool_path, exclusive=True)
+            return await open_spool(self.settings.relay, spool_dir=self.settings.spool_path, deliver=True)
         except ConfigurationError as error:
             if not _disk_full(error.__cause__):
                 raise
@@ -147,7 +150,7 @@ class RelayService:
             ) from error
 
     async def _shut_down(
-        self, spool: SqliteSpool, delivery_task: asyncio.Task[None] | None, metrics: MetricsServer | None
+        self, spool: Spool, delivery_task: asyncio.Task[None] | None, metrics: MetricsServer | None
     ) -> None:
         log.info("relay stopping")
         self._remove_signals()
@@ -164,7 +167,7 @@ class RelayService:
         await spool.close()
         log.info("relay stopped")
 
-    async def _store(self, message: AcceptedMessage) -> str:
+    async def _store(self, message: Message) -> str:
         """The listener's ``store``: commit durably, log, and tell delivery there is work."""
         spool, delivery = self._running()
         queue_id = await spool.enqueue(message)
@@ -242,6 +245,7 @@ class RelayService:
     async def metrics(self) -> str:
         spool, delivery = self._running()
         counts = await spool.counts_by_state()
+        figures = await spool.figures()
         # The spool has just answered, which is all healthy() would query: up needs no second query.
         return render_metrics(
             queue={str(state): n for state, n in counts.items()},
@@ -249,6 +253,7 @@ class RelayService:
             accepted=self.accepted,
             up=self._listening,
             token_expires_at=self.tokens.expires_at if self.tokens is not None else None,
+            spool=figures,
         )
 
 
@@ -268,7 +273,10 @@ async def run_relay(
 
 
 def _disk_full(error: BaseException | None) -> bool:
-    """Whether ``error`` (what the spool failed with) means the disk or a quota is full."""
+    """Whether ``error`` (what the spool failed with, or what that was caused by) means the disk or
+    a quota is full."""
+    if isinstance(error, SpoolError):
+        return _disk_full(error.__cause__)
     if isinstance(error, sqlite3.Error):
         return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(error)
     return isinstance(error, OSError) and error.errno in {errno.ENOSPC, errno.EDQUOT}

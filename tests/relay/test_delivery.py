@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -22,8 +22,9 @@ from smtp_oauth.errors import (
     TemporaryDeliveryError,
 )
 from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager, Session, SessionFactory
-from smtp_oauth.relay.spool.base import NewMessage, QueueState, SpooledMessage
+from smtp_oauth.relay.spool.base import Message, QueueState, SpooledMessage, SpoolError
 from smtp_oauth.relay.spool.sqlite import SqliteSpool
+from tests.relay.spool_helpers import body_of
 
 MAILBOX = "box@example.com"
 FAST: dict[str, object] = {
@@ -60,6 +61,7 @@ class FakeUpstream:
     open_now: dict[str, int] = field(default_factory=dict)
     peak: dict[str, int] = field(default_factory=dict)
     send_times: list[float] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # the name of each file sent (bodies in files)
 
     def factory(self) -> SessionFactory:
         upstream = self
@@ -68,14 +70,15 @@ class FakeUpstream:
             def __init__(self, mailbox: str) -> None:
                 self.mailbox = mailbox
 
-            async def send(self, message: bytes, /, *, sender: str, recipients: Sequence[str]) -> Result:
+            async def send(self, message: BinaryIO, /, *, sender: str, recipients: Sequence[str]) -> Result:
                 upstream.send_times.append(time.monotonic())
+                upstream.files.append(str(getattr(message, "name", "")))
                 if self.mailbox in upstream.hang_for:
                     await asyncio.sleep(3600)
                 await asyncio.sleep(upstream.delay)
                 if upstream.failures:
                     raise upstream.failures.pop(0)
-                upstream.sent.append((self.mailbox, sender, list(recipients), message))
+                upstream.sent.append((self.mailbox, sender, list(recipients), message.read()))
                 accepted = [r for r in recipients if r not in upstream.refuse]
                 refused = {r: upstream.refuse[r] for r in recipients if r in upstream.refuse}
                 return Result(accepted, refused, "250 2.0.0 queued")
@@ -97,18 +100,11 @@ class FakeUpstream:
 
 def incoming(
     n: int = 0, *, mailbox: str = MAILBOX, sender: str = "app@example.com", rcpts: list[str] | None = None
-) -> NewMessage:
+) -> Message:
     data = f"From: {sender}\r\nSubject: message {n}\r\nMessage-ID: <{n}@example.com>\r\n\r\nbody {n}\r\n"
-    return NewMessage(
+    return Message(
         "fern", mailbox, sender, rcpts or ["to@example.net"], data.encode(), "127.0.0.1", f"<{n}@example.com>"
     )
-
-
-@pytest.fixture
-async def spool(tmp_path: Path) -> AsyncIterator[SqliteSpool]:
-    opened = await SqliteSpool.open(tmp_path / "spool", exclusive=True)
-    yield opened
-    await opened.close()
 
 
 @asynccontextmanager
@@ -199,7 +195,7 @@ async def test_permanent_failure_is_dead_at_once(spool: SqliteSpool) -> None:
     async with running(spool, upstream):
         entry = await wait_for_state(spool, queue_id, "dead")
     assert (entry.attempts, entry.last_reply) == (1, "550 5.7.60 SendAs denied")
-    assert await spool.read_data(queue_id) == incoming(1).data
+    assert await body_of(spool, queue_id) == incoming(1).data
 
 
 async def test_dead_message_is_bounced_to_the_sender(spool: SqliteSpool) -> None:
@@ -395,7 +391,7 @@ class FlakySpool(SqliteSpool):
     async def pending_by_mailbox(self) -> dict[str, float]:
         if self.failures:
             self.failures -= 1
-            raise sqlite3.OperationalError("database is locked")
+            raise SpoolError("the relay's queue failed: database is locked")
         return await super().pending_by_mailbox()
 
 
@@ -408,5 +404,40 @@ async def test_a_failing_queue_read_does_not_stop_delivery(tmp_path: Path) -> No
         async with running(spool, upstream, poll_interval=0.1):
             await wait_for_state(spool, queue_id, "delivered")
         assert spool.failures == 0  # the failing read did happen, and delivery went on after it
+    finally:
+        await spool.close()
+
+
+class BookkeepingFailsSpool(SqliteSpool):
+    """A real spool whose first outcome records fail, as a full or unreachable database does."""
+
+    failures = 2  # mark_delivered, then the release after it
+
+    async def mark_delivered(
+        self, queue_id: str, *, reply: str, refused: dict[str, tuple[int, str]] | None = None
+    ) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise SpoolError("the relay's queue failed: disk I/O error")
+        await super().mark_delivered(queue_id, reply=reply, refused=refused)
+
+    async def release(self, queue_id: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise SpoolError("the relay's queue failed: disk I/O error")
+        await super().release(queue_id)
+
+
+async def test_a_failed_outcome_record_never_leaves_a_message_sending(tmp_path: Path) -> None:
+    """When recording a delivery and then the release fail, the message is released later and sent
+    again (at-least-once), not left in sending until a restart."""
+    spool = await BookkeepingFailsSpool.open(tmp_path / "spool", exclusive=True)
+    try:
+        upstream = FakeUpstream()
+        queue_id = await spool.enqueue(incoming(1))
+        async with running(spool, upstream, poll_interval=0.1):
+            await wait_for_state(spool, queue_id, "delivered")
+        assert spool.failures == 0
+        assert len(upstream.sent) == 2  # once unrecorded, once more after the release
     finally:
         await spool.close()

@@ -1,41 +1,29 @@
-"""Delivery of bodies the spool keeps in files: the session gets the path, reports quote the header."""
+"""Delivery of bodies the spool keeps in files: the session streams the file, reports quote the header."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
-from smtp_oauth.relay.spool.base import NewMessage
+from smtp_oauth.relay.spool.base import Message
 from smtp_oauth.relay.spool.sqlite import INLINE_LIMIT, SqliteSpool
 from tests.relay.test_delivery import MAILBOX, FakeUpstream, running, wait_for_state
 
 HEADER = b"From: app@example.com\r\nSubject: big scan\r\nMessage-ID: <big@example.com>\r\n\r\n"
 
 
-@pytest.fixture
-async def spool(tmp_path: Path) -> AsyncIterator[SqliteSpool]:
-    opened = await SqliteSpool.open(tmp_path / "spool", exclusive=True)
-    yield opened
-    await opened.close()
-
-
-def big_incoming(rcpts: list[str]) -> NewMessage:
+def big_incoming(rcpts: list[str]) -> Message:
     body = HEADER + b"scan data line\r\n" * (2 * INLINE_LIMIT // 16)
-    return NewMessage("fern", MAILBOX, "app@example.com", rcpts, body, "127.0.0.1", "<big@example.com>")
+    return Message("fern", MAILBOX, "app@example.com", rcpts, body, "127.0.0.1", "<big@example.com>")
 
 
-async def test_a_body_in_a_file_reaches_the_session_as_its_path(spool: SqliteSpool) -> None:
-    """The worker hands the session the spool file's path (streamed by the Mailer), not its bytes."""
+async def test_a_body_in_a_file_reaches_the_session_as_that_file(spool: SqliteSpool) -> None:
+    """The worker hands the session the spool's open file (streamed by the Mailer), not its bytes."""
     upstream = FakeUpstream()
     message = big_incoming(["to@example.net"])
     queue_id = await spool.enqueue(message)
     async with running(spool, upstream):
         await wait_for_state(spool, queue_id, "delivered")
     [(_, _, _, sent)] = upstream.sent
-    assert isinstance(sent, Path)
-    assert sent.name == f"{queue_id}.eml"
+    assert sent == message.data
+    assert upstream.files[0].endswith(f"{queue_id}.eml")
 
 
 async def test_report_for_a_body_in_a_file_quotes_its_header(spool: SqliteSpool) -> None:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 from smtp_oauth.errors import ConfigurationError
-from smtp_oauth.relay.listener.server import AcceptedMessage, ListenerTuning, RelayListener
+from smtp_oauth.relay.listener.server import ListenerTuning, Message, RelayListener
 from smtp_oauth.relay.passwords import hash_password
 from smtp_oauth.settings.models import RelaySettings
 
@@ -45,12 +45,12 @@ class RecordingStore:
     """A ``store`` that keeps what it is given; ``fail`` makes it raise like a broken disk would."""
 
     def __init__(self) -> None:
-        self.messages: list[AcceptedMessage] = []
+        self.messages: list[Message] = []
         self.fail = False
         self.delay = 0.0
         self.started = asyncio.Event()
 
-    async def __call__(self, message: AcceptedMessage) -> str:
+    async def __call__(self, message: Message) -> str:
         self.started.set()
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -147,7 +147,7 @@ async def test_correct_password_stores_the_message() -> None:
         refused = await in_thread(lambda: send(listener))
     assert refused == {}
     assert store.messages == [
-        AcceptedMessage(
+        Message(
             local_user="fern",
             mailbox="fern@contoso.com",
             mail_from="fern@contoso.com",

@@ -26,6 +26,7 @@ from tests.relay.relay_harness import (
     wait_for_count,
     wait_until,
 )
+from tests.relay.spool_helpers import body_of
 from tests.relay.test_listener import (
     DEFAULT_MAILBOX,
     FAST,
@@ -54,7 +55,7 @@ async def spooled_listener(
 ) -> AsyncIterator[tuple[RelayListener, SqliteSpool, Path]]:
     """A listener storing into a real SqliteSpool, streaming big bodies into its incoming/."""
     spool = await SqliteSpool.open(directory)
-    incoming = incoming_directory(directory)
+    incoming = spool.staging_dir
     listener = RelayListener(
         relay_settings(**{"max_message_size": 4 * SPILL_AT, **relay}),
         default_mailbox=DEFAULT_MAILBOX,
@@ -81,8 +82,8 @@ async def test_big_message_round_trips_byte_for_byte(tmp_path: Path) -> None:
     async with spooled_listener(tmp_path) as (listener, spool, incoming):
         assert await in_thread(lambda: send(listener, data=data)) == {}
         [entry] = await spool.list()
-        assert await spool.read_data(entry.id) == data
-        assert isinstance(await spool.read_body(entry.id), Path)  # taken over as a file, not inline
+        assert await body_of(spool, entry.id) == data
+        assert (spool.data_dir / f"{entry.id}.eml").exists()  # taken over as a file, not inline
         assert entry.size == len(data)
         assert entry.message_id == "<big@fern>"
         await nothing_left_in(incoming)
@@ -119,7 +120,7 @@ async def test_bare_lf_smuggling_after_a_spill_stays_one_message(tmp_path: Path)
         transcript = await in_thread(lambda: raw_conversation(listener.addresses[0], lines))
         assert transcript.count(b"250 2.0.0 Ok: queued as") == 1
         [entry] = await spool.list()
-        stored = await spool.read_data(entry.id)
+        stored = await body_of(spool, entry.id)
     assert entry.rcpt_tos == ["alice@example.com"]
     assert stored.endswith(b"first\n.\r\nMAIL FROM:<ceo@contoso.com>\r\nRCPT TO:<victim@example.com>\r\n"
                            b"DATA\r\nFrom: ceo@contoso.com\r\n\r\nwire money\r\n\nQUIT\r\n")  # fmt: skip

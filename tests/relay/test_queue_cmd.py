@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from smtp_oauth.relay.spool.base import NewMessage
+from smtp_oauth.relay.spool.base import Message
 from smtp_oauth.relay.spool.sqlite import SqliteSpool
 from smtp_oauth.sandbox import Sandbox
 from tests.cli.admin_cli import clean_env
@@ -120,7 +120,7 @@ async def test_queue_works_without_the_credential_only_the_relay_gets(tmp_path: 
     spool = await SqliteSpool.open(tmp_path / "spool")
     try:
         queue_id = await spool.enqueue(
-            NewMessage(
+            Message(
                 "fern", "box@contoso.com", "fern@contoso.com", ["a@example.net"], b"Subject: x\r\n\r\nx\r\n"
             )
         )

@@ -11,18 +11,19 @@ import textwrap
 from pathlib import Path
 
 from smtp_oauth.relay.spool.sqlite import SqliteSpool
+from tests.relay.spool_helpers import body_of
 
 # Enqueues forever, 8 at a time, small and large bodies mixed; prints each id once it is committed.
 WRITER = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from smtp_oauth.relay.spool.base import NewMessage
+    from smtp_oauth.relay.spool.base import Message
     from smtp_oauth.relay.spool.sqlite import SqliteSpool
 
     async def one(spool, n):
         size = 300_000 if n % 5 == 0 else 2_000
-        msg = NewMessage("u", "box@example.com", "a@example.com", ["b@example.net"], b"x" * size)
+        msg = Message("u", "box@example.com", "a@example.com", ["b@example.net"], b"x" * size)
         queue_id = await spool.enqueue(msg)
         print(queue_id, flush=True)
 
@@ -64,7 +65,6 @@ async def assert_all_present(directory: Path, acknowledged: list[str]) -> None:
         for queue_id in acknowledged:
             entry = await spool.get(queue_id)
             assert entry is not None, queue_id
-            data = await spool.read_data(queue_id)
-            assert len(data) == entry.size
+            assert len(await body_of(spool, queue_id)) == entry.size
     finally:
         await spool.close()

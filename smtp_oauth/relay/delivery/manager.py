@@ -28,12 +28,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from smtp_oauth.relay.delivery.backoff import BACKOFF_BASE, BACKOFF_CAP, Pacer
 from smtp_oauth.relay.delivery.pool import MailboxPool
-from smtp_oauth.relay.spool.base import Spool
+from smtp_oauth.relay.spool.base import SpoolDelivery
 from smtp_oauth.settings.models import RelaySettings
 
 __all__ = ["DeliveryConfig", "DeliveryManager", "Receipt", "Session", "SessionFactory"]
@@ -56,8 +55,8 @@ class Receipt(Protocol):
 class Session(Protocol):
     """An authenticated upstream SMTP session (``smtp_oauth.smtp.mailer.Mailer`` fits)."""
 
-    async def send(self, message: bytes | Path, /, *, sender: str, recipients: Sequence[str]) -> Receipt:
-        """Send ``message``: bytes, or the path of a file holding it (streamed, not read whole)."""
+    async def send(self, message: BinaryIO, /, *, sender: str, recipients: Sequence[str]) -> Receipt:
+        """Send the message in the seekable binary file ``message`` (streamed, not read whole)."""
         ...
 
 
@@ -102,7 +101,7 @@ class DeliveryConfig:
 class DeliveryManager:
     """Watches the spool and keeps one ``MailboxPool`` per mailbox with due messages busy."""
 
-    def __init__(self, spool: Spool, sessions: SessionFactory, config: DeliveryConfig) -> None:
+    def __init__(self, spool: SpoolDelivery, sessions: SessionFactory, config: DeliveryConfig) -> None:
         self.spool = spool
         self.sessions = sessions
         self.config = config
@@ -111,6 +110,7 @@ class DeliveryManager:
         self._wake = asyncio.Event()
         self._stopping = False
         self._last_prune = 0.0
+        spool.watch(self.wake)  # work queued by another process (a relay sharing the queue)
 
     def wake(self) -> None:
         """Something changed in the spool (a new message, a deferral): look again now."""

@@ -1,9 +1,13 @@
 """One upstream mailbox's delivery: up to N workers, each owning one reused upstream session.
 
 A worker claims a due message, waits for the mailbox's pacing slot, sends it, and records the
-outcome (see ``delivery.py`` for the rules). Workers start when the pool is first woken and
-keep running; an idle worker closes its session after ``idle_timeout``. A body stored in a file is
-handed to the session as its path (the Mailer streams it); a report reads only its start.
+outcome (see ``manager.py`` for the rules). Workers start when the pool is first woken and
+keep running; an idle worker closes its session after ``idle_timeout``. The body is handed to the
+session as the file ``Spool.open_body`` gives (the Mailer streams it); a report reads only its start.
+
+A claimed message never stays ``sending`` because recording its outcome failed (the queue's
+database locked, full or unreachable): it is given back (``release``: queued again, sent again,
+at-least-once), and a release that fails too is tried again before the worker's next claim.
 """
 
 from __future__ import annotations
@@ -14,10 +18,9 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from smtp_oauth.errors import (
     AuthenticationError,
@@ -29,7 +32,7 @@ from smtp_oauth.errors import (
 )
 from smtp_oauth.relay.delivery.backoff import Pacer, next_attempt_at
 from smtp_oauth.relay.delivery.bounce import BOUNCE_USER, MAX_ORIGINAL_HEADERS, build_report, should_bounce
-from smtp_oauth.relay.spool.base import NewMessage, Spool, SpooledMessage
+from smtp_oauth.relay.spool.base import Message, MessageGone, SpoolDelivery, SpooledMessage
 
 if TYPE_CHECKING:
     from smtp_oauth.relay.delivery.manager import DeliveryConfig, Receipt, Session, SessionFactory
@@ -39,18 +42,19 @@ __all__ = ["MailboxPool"]
 logger = logging.getLogger("smtp_oauth.relay")
 SESSION_CLOSE_TIMEOUT = 10.0
 SHUTDOWN_CLOSE_TIMEOUT = 1.0  # at stop: relay.shutdown_timeout is a promise, QUIT is a courtesy
-Body = bytes | Path  # as ``Spool.read_body`` gives it
+RELEASE_RETRY = 1.0  # seconds before a worker tries again to give back what it could not record
+Body = BinaryIO | None  # the open body of the message being handled (None: it was gone)
 
 
 def _report_original(body: Body) -> bytes:
-    """What a report quotes of the original (its header, at most 64 KiB): a file's start only.
+    """What a report quotes of the original (its header, at most 64 KiB): the file's start only.
 
-    Blocking for a file: call it in a thread.
+    Blocking: call it in a thread.
     """
-    if isinstance(body, bytes):
-        return body
-    with body.open("rb") as file:
-        return file.read(MAX_ORIGINAL_HEADERS + 4)  # + the blank line that may end the header there
+    if body is None:
+        return b""
+    body.seek(0)
+    return body.read(MAX_ORIGINAL_HEADERS + 4)  # + the blank line that may end the header there
 
 
 def _reply_of(error: BaseException) -> str:
@@ -83,7 +87,7 @@ class MailboxPool:
         self,
         mailbox: str,
         *,
-        spool: Spool,
+        spool: SpoolDelivery,
         sessions: SessionFactory,
         config: DeliveryConfig,
         pacer: Pacer,
@@ -100,6 +104,7 @@ class MailboxPool:
         self._work = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._unreleased: set[str] = set()  # claimed, outcome not recorded, release failed too
 
     def wake(self) -> None:
         """There are due messages: start the workers if needed and let idle ones claim."""
@@ -139,6 +144,7 @@ class MailboxPool:
             await self._close(stack)
 
     async def _claim_and_send(self, session: Session | None, stack: AsyncExitStack) -> Session | None:
+        await self._release_unrecorded()
         self._work.clear()  # before claiming: a wake-up that comes during the claim is not lost
         claimed = await self.spool.claim_due(self.mailbox, 1)
         if not claimed:
@@ -170,32 +176,67 @@ class MailboxPool:
     ) -> Session | None:
         """Send one claimed message; returns the session to keep (None: open a new one next time)."""
         try:
-            try:
-                data = await self.spool.read_body(entry.id)
-            except FileNotFoundError:
-                await self._dead(entry, b"", "the message's body is missing from the spool", None)
-                return session
+            async with self.spool.open_body(entry.id) as body:
+                return await self._send(entry, body, session, stack)
+        except MessageGone:
+            gone = "the message's body is missing from the spool"
+            await self._record(entry, self._dead(entry, None, gone, None))
+            return session
+
+    async def _send(
+        self, entry: SpooledMessage, body: BinaryIO, session: Session | None, stack: AsyncExitStack
+    ) -> Session | None:
+        try:
             await self.pacer.wait()
             if session is None:
                 session = await stack.enter_async_context(self.sessions(self.mailbox))
-            receipt = await session.send(data, sender=entry.mail_from, recipients=entry.rcpt_tos)
+            receipt = await session.send(body, sender=entry.mail_from, recipients=entry.rcpt_tos)
         except asyncio.CancelledError:
             # Shutting down: give the message back untried (it may have gone out: at-least-once).
-            await asyncio.shield(self.spool.release(entry.id))
+            await asyncio.shield(self._give_back(entry))
             raise
         except PermanentDeliveryError as error:
-            await self._dead(entry, data, _reply_of(error), error)
+            await self._record(entry, self._dead(entry, body, _reply_of(error), error))
             return session  # a 5xx for this message; the session itself is fine
         except (SmtpOAuthError, OSError) as error:
-            await self._deferred(entry, error)
+            await self._record(entry, self._deferred(entry, body, error))
         except Exception as error:  # a bug of ours must not lose the message
             logger.exception("unexpected error delivering %s", entry.id)
-            await self._deferred(entry, error)
+            await self._record(entry, self._deferred(entry, body, error))
         else:
-            await self._delivered(entry, data, receipt)
+            await self._record(entry, self._delivered(entry, body, receipt))
             return session
         await self._close(stack)  # after a failure start afresh: new connection, new token
         return None
+
+    async def _record(self, entry: SpooledMessage, outcome: Coroutine[object, object, None]) -> None:
+        """Record an outcome; if that fails, give the message back rather than leave it ``sending``."""
+        try:
+            await outcome
+        except Exception:
+            logger.exception(
+                "could not record what happened to %s; it goes back to the queue and will be sent again",
+                entry.id,
+                extra={"event": "requeued", "queue_id": entry.id, "mailbox": entry.mailbox},
+            )
+            await self._give_back(entry)
+
+    async def _give_back(self, entry: SpooledMessage) -> None:
+        try:
+            await self.spool.release(entry.id)
+        except Exception:
+            logger.warning("could not give %s back to the queue yet; trying again shortly", entry.id)
+            self._unreleased.add(entry.id)
+
+    async def _release_unrecorded(self) -> None:
+        """Give back what an earlier failure left claimed; raises (and waits) while the spool fails."""
+        for queue_id in sorted(self._unreleased):
+            try:
+                await self.spool.release(queue_id)
+            except Exception:
+                await asyncio.sleep(RELEASE_RETRY)
+                raise
+            self._unreleased.discard(queue_id)
 
     async def _delivered(self, entry: SpooledMessage, data: Body, receipt: Receipt) -> None:
         # Recipients refused with a 4xx are tried again (the entry stays, for them alone); the
@@ -205,8 +246,7 @@ class MailboxPool:
         if retry_at is None:
             temporary = []  # none, or too old to try again: final like a 5xx
         permanent = {addr: reply for addr, reply in receipt.refused.items() if addr not in temporary}
-        if permanent:
-            data = await self._original(data)  # before mark_delivered drops the body file
+        original = await self._original(data) if permanent else b""  # before mark_delivered drops it
         refused = {**entry.refused, **permanent}
         if retry_at is None:
             await self.spool.mark_delivered(entry.id, reply=receipt.reply, refused=refused)
@@ -244,7 +284,7 @@ class MailboxPool:
         if permanent:
             failed = {addr: f"{code} {text}" for addr, (code, text) in permanent.items()}
             _log(logging.WARNING, entry, "refused", "some recipients were refused", refused=failed)
-            await self._bounce(entry, data, failed, "the server refused these recipients", None)
+            await self._bounce(entry, original, failed, "the server refused these recipients", None)
 
     def _retry_at(self, entry: SpooledMessage) -> float | None:
         """When to try ``entry`` again after this failed attempt; None once it is too old."""
@@ -257,14 +297,13 @@ class MailboxPool:
             cap=self.config.backoff_cap,
         )
 
-    async def _deferred(self, entry: SpooledMessage, error: BaseException) -> None:
+    async def _deferred(self, entry: SpooledMessage, data: Body, error: BaseException) -> None:
         now = time.time()
         attempts = entry.attempts + 1
         retry_at = self._retry_at(entry)
         reply = _reply_of(error)
         hint = error.explain() if isinstance(error, SmtpOAuthError) else None
         if retry_at is None:
-            data = await self._read_or_empty(entry.id)
             reason = f"still failing after {attempts} attempts, at the queue age limit: {reply}"
             await self._dead(entry, data, reason, error)
             return
@@ -285,12 +324,6 @@ class MailboxPool:
         )
         self.on_change()
 
-    async def _read_or_empty(self, queue_id: str) -> Body:
-        try:
-            return await self.spool.read_body(queue_id)
-        except FileNotFoundError:
-            return b""
-
     async def _dead(
         self, entry: SpooledMessage, data: Body, reason: str, error: BaseException | None
     ) -> None:
@@ -308,17 +341,18 @@ class MailboxPool:
         failed = dict.fromkeys(entry.rcpt_tos, reason)
         if isinstance(error, DeliveryError) and error.recipients:
             failed = {addr: f"{code} {text}" for addr, (code, text) in error.recipients.items()}
-        await self._bounce(entry, data, failed, reason, hint)
+        original = await self._original(data) if self.config.bounce else b""
+        await self._bounce(entry, original, failed, reason, hint)
 
     async def _original(self, data: Body) -> bytes:
-        """``_report_original`` off the loop; a body deleted meanwhile gives a report without it."""
+        """``_report_original`` off the loop; a body that cannot be read gives a report without it."""
         try:
             return await asyncio.to_thread(_report_original, data)
-        except FileNotFoundError:
+        except (OSError, ValueError):  # ValueError: the file was closed
             return b""
 
     async def _bounce(
-        self, entry: SpooledMessage, data: Body, failed: dict[str, str], reason: str, hint: str | None
+        self, entry: SpooledMessage, original: bytes, failed: dict[str, str], reason: str, hint: str | None
     ) -> None:
         if not (self.config.bounce and should_bounce(entry)):
             return
@@ -328,14 +362,14 @@ class MailboxPool:
             functools.partial(
                 build_report,
                 entry,
-                await self._original(data),
+                original,
                 failed=failed,
                 reason=reason,
                 hint=hint,
                 upstream_host=self.config.upstream_host,
             )
         )
-        ndr = NewMessage(BOUNCE_USER, entry.mailbox, entry.mailbox, [entry.mail_from], report)
+        ndr = Message(BOUNCE_USER, entry.mailbox, entry.mailbox, [entry.mail_from], report)
         report_id = await self.spool.enqueue(ndr)
         self.results["bounced"] += 1
         _log(logging.INFO, entry, "bounced", f"non-delivery report {report_id} queued", report_id=report_id)

@@ -22,9 +22,9 @@ from smtp_oauth.relay.listener.limits import REPLY_INSUFFICIENT_STORAGE
 from smtp_oauth.relay.listener.sasl import SaslCredentials, read_login, read_plain
 from smtp_oauth.relay.listener.session import (
     REPLY_SHUTTING_DOWN,
-    AcceptedMessage,
     ListenerState,
     ListenerTuning,
+    Message,
     RelayEnvelope,
     RelaySession,
 )
@@ -191,7 +191,7 @@ class RelayHandler:
         for address in headers.from_addresses:
             if not user.may_send_as(address):
                 return self._refuse_sender(server, user, address, "From:")
-        message = AcceptedMessage(
+        message = Message(
             local_user=user.name,
             mailbox=user.mailbox,
             mail_from="" if mail_from == NULL_SENDER else mail_from,

@@ -21,7 +21,8 @@ with the same rules, writing dot-unstuffed lines to a ``BodyWriter``:
 A ``BodyWriter`` keeps up to ``SPILL_AT`` bytes in memory (the spool stores such bodies in its
 rows); past that, and when given a directory (the spool's ``incoming/``), it writes them to a new
 file there and goes on appending in ``SPILL_AT`` pieces, off the event loop. The spool then takes
-the file over by a rename (``SqliteSpool.enqueue``); whatever is not taken is removed.
+the file over (``enqueue``: SQLite renames it, PostgreSQL streams it in); whatever is not taken
+is removed.
 
 ``read_file_headers`` is ``policy.read_headers`` for a message in a file: it reads the header
 section 64 KiB at a time, one field in memory, so a huge header costs no more than a small one.

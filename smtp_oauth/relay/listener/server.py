@@ -41,14 +41,14 @@ from smtp_oauth.relay.listener.incoming import SpillGuard
 from smtp_oauth.relay.listener.limits import ClientBytes, ConnectionLimits, FreeSpace
 from smtp_oauth.relay.listener.session import (
     REPLY_SHUTTING_DOWN,
-    AcceptedMessage,
     ListenerTuning,
+    Message,
     RelaySession,
 )
 from smtp_oauth.relay.policy import RelayPolicy, check_not_open_relay, is_loopback_address
 from smtp_oauth.settings.models import RelaySettings, parse_listen
 
-__all__ = ["AcceptedMessage", "ListenerTuning", "RelayListener", "build_tls_context"]
+__all__ = ["ListenerTuning", "Message", "RelayListener", "build_tls_context"]
 
 log = logging.getLogger("smtp_oauth.relay.listener")
 
@@ -87,7 +87,7 @@ class RelayListener:
         relay: RelaySettings,
         *,
         default_mailbox: str,
-        store: Callable[[AcceptedMessage], Awaitable[str]],
+        store: Callable[[Message], Awaitable[str]],
         tuning: ListenerTuning | None = None,
         incoming_dir: Path | None = None,
     ) -> None:
@@ -218,7 +218,7 @@ class RelayListener:
             len(config.policy.networks),
         )
 
-    async def store(self, message: AcceptedMessage) -> str:
+    async def store(self, message: Message) -> str:
         """Run ``store`` shielded: once started, a commit finishes even if the client hangs up."""
         task = asyncio.ensure_future(self._store(message))
         self._stores.add(task)

@@ -28,46 +28,17 @@ from smtp_oauth.relay.listener.incoming import (
     receive_data,
 )
 from smtp_oauth.relay.policy import LocalUser, RelayPolicy, cleartext_auth_allowed
+from smtp_oauth.relay.spool.base import Message  # what store() takes: the spool's one message type
 
 if TYPE_CHECKING:
     from smtp_oauth.relay.listener.handler import RelayHandler
 
-__all__ = ["REPLY_SHUTTING_DOWN", "AcceptedMessage", "ListenerState", "ListenerTuning", "RelaySession"]
+__all__ = ["REPLY_SHUTTING_DOWN", "ListenerState", "ListenerTuning", "Message", "RelaySession"]
 
 log = logging.getLogger("smtp_oauth.relay.listener")
 
 REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing connection"
 REPLY_LOCAL_ERROR_CLOSING = "421 4.3.0 Local error in processing, closing connection"
-
-
-@dataclass(frozen=True)
-class AcceptedMessage:
-    """A message the relay took responsibility for; ``mail_from`` is ``""`` for the null sender <>."""
-
-    local_user: str
-    mailbox: str  # the upstream mailbox (XOAUTH2 user) it goes out through
-    mail_from: str
-    rcpt_tos: list[str]
-    # Exactly as received, dot-unstuffed, never rewritten: in memory, or (a big one) the file in the
-    # spool's incoming/ directory that store() takes over; the listener removes it after store().
-    data: bytes | Path
-    peer: str  # the client's IP address
-    message_id: str | None  # from the Message-ID: header, for logs only
-    size: int = -1  # of ``data``; worked out for bytes, required for a path
-
-    def __post_init__(self) -> None:
-        if self.size < 0:
-            if isinstance(self.data, Path):
-                raise ValueError("AcceptedMessage with a body file needs its size")
-            object.__setattr__(self, "size", len(self.data))  # frozen: set once, here
-
-    def __repr__(self) -> str:
-        # Bodies never go into logs or tracebacks.
-        return (
-            f"AcceptedMessage(local_user={self.local_user!r}, mailbox={self.mailbox!r}, "
-            f"mail_from={self.mail_from!r}, rcpt_tos=<{len(self.rcpt_tos)}>, data=<{self.size} bytes>, "
-            f"peer={self.peer!r}, message_id={self.message_id!r})"
-        )
 
 
 @dataclass(frozen=True)
@@ -96,14 +67,14 @@ class ListenerState(Protocol):
 
     @property
     def incoming_dir(self) -> Path | None:
-        """Where big bodies are written while they arrive (None: kept in memory)."""
+        """Where big bodies are written while they arrive (the spool's ``staging_dir``; None: in memory)."""
         ...
 
     def spill_guard(self, peer: str) -> SpillGuard | None:
         """What limits the disk a body from ``peer`` may use while it arrives."""
         ...
 
-    async def store(self, message: AcceptedMessage) -> str: ...
+    async def store(self, message: Message) -> str: ...
 
     def admit(self, peer: str) -> str | None:
         """None to serve a new connection from ``peer``, or the reply refusing it."""

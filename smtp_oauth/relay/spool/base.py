@@ -6,38 +6,49 @@ A message moves through these states::
       ^                 |  \\--4xx/network--> deferred --due--> (claimed again; after a partial
       |                 |                          delivery, for the 4xx-refused recipients only)
       |                 |   \\--5xx or too old--> dead (kept, with its body, until deleted or retried)
-      +---- recover() --+   (a relay killed mid-delivery sends again: at-least-once)
+      +---- recover() --+   (a relay killed mid-delivery: sent again, at-least-once)
 
-``Spool`` is the small interface the listener, the delivery workers and ``smtp-oauth queue`` use.
-``SqliteSpool`` (``relay/spool_sqlite.py``) is the embedded default: stdlib sqlite3 in WAL mode
-with ``synchronous=FULL``, since the 250 after DATA promises the message survives a power cut.
-A PostgreSQL backend (several relays sharing one queue) can follow behind the same interface:
-``claim_due`` becomes ``SELECT ... FOR UPDATE SKIP LOCKED`` and ``recover`` a lease expiry instead
-of a blanket reset.
+Three roles use the queue, each through its own Protocol: the listener (``SpoolIntake``: enqueue),
+the delivery workers (``SpoolDelivery``: claim, read, record the outcome) and ``smtp-oauth queue``
+(``SpoolAdmin``). ``Spool`` is all three; ``open_spool`` (``relay/spool/__init__.py``) picks the
+backend: SQLite in ``relay.spool_dir`` (the embedded default) or PostgreSQL (``relay.spool_url``,
+several relays sharing one queue).
 
-A body crosses the interface as bytes or, when big, as a file: the listener writes a message it
-receives into the spool's ``incoming/`` directory and ``enqueue`` takes that file over (a rename,
-no copy); ``read_body`` hands delivery the path of a stored file rather than its bytes, and the
-Mailer streams it. A 35 MiB message is thus never held whole in the relay's memory.
+Bodies cross the seam as files to stream, never as "a path on the spool's file system": the
+listener writes a big message it receives into ``staging_dir`` (a local directory) and ``enqueue``
+takes that file over (SQLite renames it; PostgreSQL streams it into the database and removes
+it); delivery reads a body with ``open_body`` (a seekable binary file, which ``Mailer.send``
+streams). A 35 MiB message is never held whole in the relay's memory.
 
-This module holds the interface and the types that cross it; it imports nothing of smtp_oauth.
+Errors of the backends (sqlite3, psycopg, OSError) are turned into ``SpoolError`` at the backend's
+boundary: ``temporary`` says whether trying again can help (a locked or unreachable database, a
+full disk), ``MessageGone`` that the entry or its body no longer exists.
+
+This module holds the interface and the types that cross it; it imports only ``smtp_oauth.errors``.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
+
+from smtp_oauth.errors import ExitCode, SmtpOAuthError
 
 __all__ = [
     "STATES",
-    "IncomingMessage",
-    "NewMessage",
+    "Message",
+    "MessageGone",
     "QueueState",
     "Spool",
+    "SpoolAdmin",
+    "SpoolDelivery",
+    "SpoolError",
+    "SpoolIntake",
     "SpooledMessage",
     "new_queue_id",
 ]
@@ -46,50 +57,58 @@ QueueState = Literal["queued", "sending", "deferred", "delivered", "dead"]
 STATES: tuple[QueueState, ...] = ("queued", "sending", "deferred", "delivered", "dead")
 
 
-class IncomingMessage(Protocol):
-    """What ``enqueue`` needs; the listener's ``AcceptedMessage`` has this shape."""
+class SpoolError(SmtpOAuthError):
+    """The queue could not do what was asked; ``temporary``: trying again later may work."""
 
-    @property
-    def local_user(self) -> str: ...
-    @property
-    def mailbox(self) -> str: ...
-    @property
-    def mail_from(self) -> str: ...
-    @property
-    def rcpt_tos(self) -> list[str]: ...
-    @property
-    def data(self) -> bytes | Path:
-        """The body; a path is a file on the spool's file system that ``enqueue`` takes over."""
-        ...
-
-    @property
-    def size(self) -> int: ...
-    @property
-    def peer(self) -> str: ...
-    @property
-    def message_id(self) -> str | None: ...
+    def __init__(self, message: str, *, temporary: bool = True) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+        self.exit_code = ExitCode.TEMPFAIL if temporary else ExitCode.SOFTWARE
 
 
-@dataclass(frozen=True)
-class NewMessage:
-    """A message the relay makes itself (a non-delivery report), in ``IncomingMessage`` shape."""
+class MessageGone(SpoolError):  # the name says what happened, like FileNotFoundError
+    """The queue entry, or its body, no longer exists (deleted, or delivered meanwhile)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, temporary=False)
+
+
+@dataclass(frozen=True, repr=False)
+class Message:
+    """A message to queue: accepted by the listener, or made by the relay (a non-delivery report).
+
+    ``mail_from`` is ``""`` for the null sender <>. ``data`` is exactly what was received
+    (dot-unstuffed, never rewritten): bytes, or a file in the spool's ``staging_dir`` that
+    ``enqueue`` takes over (the caller removes it if ``enqueue`` fails).
+    """
 
     local_user: str
-    mailbox: str
+    mailbox: str  # the upstream mailbox (XOAUTH2 user) it goes out through
     mail_from: str
     rcpt_tos: list[str]
-    data: bytes
-    peer: str = ""
-    message_id: str | None = None
+    data: bytes | Path
+    peer: str = ""  # the client's IP address ("" for the relay's own reports)
+    message_id: str | None = None  # from the Message-ID: header, for logs only
+    size: int = field(default=-1)  # of ``data``; worked out for bytes, required for a file
 
-    @property
-    def size(self) -> int:
-        return len(self.data)
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            if isinstance(self.data, Path):
+                raise ValueError("a Message with a body file needs its size")
+            object.__setattr__(self, "size", len(self.data))  # frozen: set once, here
+
+    def __repr__(self) -> str:
+        # Bodies never go into logs or tracebacks.
+        return (
+            f"Message(local_user={self.local_user!r}, mailbox={self.mailbox!r}, "
+            f"mail_from={self.mail_from!r}, rcpt_tos=<{len(self.rcpt_tos)}>, data=<{self.size} bytes>, "
+            f"peer={self.peer!r}, message_id={self.message_id!r})"
+        )
 
 
 @dataclass(frozen=True)
 class SpooledMessage:
-    """One queue entry without its body (read that with ``Spool.read_data``)."""
+    """One queue entry without its body (read that with ``open_body``)."""
 
     id: str
     state: QueueState
@@ -106,6 +125,7 @@ class SpooledMessage:
     refused: dict[str, tuple[int, str]]
     created_at: float
     updated_at: float
+    claimed_by: str = ""  # the relay sending it (state sending, shared queue), else ""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``smtp-oauth queue --json``)."""
@@ -125,34 +145,53 @@ class SpooledMessage:
             "refused": {addr: list(reply) for addr, reply in self.refused.items()},
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "claimed_by": self.claimed_by,
         }
 
 
-class Spool(Protocol):
-    """The relay's queue. Every method that changes state returns after a durable commit."""
+Body = AbstractAsyncContextManager[BinaryIO]
+"""What ``open_body`` gives: ``async with spool.open_body(id) as file`` (seekable, binary)."""
 
-    async def enqueue(self, message: IncomingMessage) -> str:
-        """Store a new message (state queued, due now); return its queue id."""
+
+class SpoolIntake(Protocol):
+    """The listener's side: store what was accepted."""
+
+    @property
+    def staging_dir(self) -> Path:
+        """A local directory where a body being received may be written, for ``enqueue`` to take."""
+        ...
+
+    async def enqueue(self, message: Message) -> str:
+        """Store a new message durably (state queued, due now); return its queue id."""
+        ...
+
+
+class SpoolDelivery(Protocol):
+    """The delivery workers' side: claim due messages, read them, record what happened."""
+
+    async def enqueue(self, message: Message) -> str:
+        """Store a message of the relay's own (a non-delivery report)."""
         ...
 
     async def recover(self) -> int:
-        """At start-up: put messages left in ``sending`` by a dead relay back to ``queued``."""
+        """At start-up: put back in the queue what a dead relay left in ``sending``; the count."""
+        ...
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (on the event loop) whenever work may have appeared (another process)."""
         ...
 
     async def pending_by_mailbox(self) -> dict[str, float]:
-        """Mailbox -> earliest next_attempt_at among its queued and deferred messages."""
+        """Mailbox -> earliest next_attempt_at of its queued and deferred messages (for a shared
+        queue: of the mailboxes this relay delivers for)."""
         ...
 
     async def claim_due(self, mailbox: str, limit: int = 1) -> list[SpooledMessage]:
         """Move up to ``limit`` due messages of ``mailbox`` to ``sending`` and return them."""
         ...
 
-    async def read_data(self, queue_id: str) -> bytes:
-        """The raw message; FileNotFoundError if its body is gone."""
-        ...
-
-    async def read_body(self, queue_id: str) -> bytes | Path:
-        """The raw message, or the path of the file holding it (not read); FileNotFoundError if gone."""
+    def open_body(self, queue_id: str) -> Body:
+        """The raw message as a seekable binary file; ``MessageGone`` if its body is gone."""
         ...
 
     async def mark_delivered(
@@ -176,12 +215,22 @@ class Spool(Protocol):
     async def mark_dead(self, queue_id: str, *, reply: str) -> None: ...
 
     async def release(self, queue_id: str) -> None:
-        """Give a claimed message back untried (shutdown): ``sending`` -> ``queued``."""
+        """Give a claimed message back untried (shutdown, bookkeeping failure): -> ``queued``."""
         ...
+
+    async def prune(self, *, older_than: float) -> int:
+        """Forget delivered messages last updated before ``older_than`` (epoch seconds)."""
+        ...
+
+
+class SpoolAdmin(Protocol):
+    """``smtp-oauth queue``'s side: look at entries, retry or delete them."""
 
     async def list(self, states: Iterable[QueueState] | None = None) -> list[SpooledMessage]: ...
 
     async def get(self, queue_id: str) -> SpooledMessage | None: ...
+
+    def open_body(self, queue_id: str) -> Body: ...
 
     async def retry(self, queue_id: str | None = None) -> int:
         """Make one message (deferred or dead), or every deferred one, due now; the count."""
@@ -191,11 +240,15 @@ class Spool(Protocol):
 
     async def counts_by_state(self) -> dict[QueueState, int]: ...
 
-    async def prune(self, *, older_than: float) -> int:
-        """Forget delivered messages last updated before ``older_than`` (epoch seconds)."""
-        ...
-
     async def close(self) -> None: ...
+
+
+class Spool(SpoolIntake, SpoolDelivery, SpoolAdmin, Protocol):
+    """All three roles: what a running relay holds."""
+
+    async def figures(self) -> dict[str, float]:
+        """Backend figures for /metrics, by name (e.g. leases held, relays sharing the queue)."""
+        ...
 
 
 def new_queue_id() -> str:

@@ -1,4 +1,4 @@
-"""``SqliteSpool``: the relay's queue in one SQLite file (the ``Spool`` of ``relay/spool.py``).
+"""``SqliteSpool``: the relay's queue in one SQLite file (a ``Spool``, see ``base.py``).
 
 SQLite runs on its own thread with group commit (``sqlite_db.py``). Bodies up to
 ``inline_limit`` live in the row; larger ones in ``data/<id>.eml``, written and fsynced before the
@@ -6,29 +6,44 @@ row commits, so a 35 MiB message is never copied through SQLite's page cache and
 in memory by the spool. Delivered messages lose their body at once and keep their row (for
 ``smtp-oauth queue``) until ``prune``.
 
-The listener streams big bodies into ``incoming/`` as they arrive; ``enqueue`` fsyncs such a file
-and renames it to ``data/<id>.eml`` before the row commits (no copy: same file system). Files left
-in ``incoming/`` by a relay killed mid-receive are removed by ``recover``.
+The listener streams big bodies into ``incoming/`` (the ``staging_dir``) as they arrive;
+``enqueue`` fsyncs such a file and renames it to ``data/<id>.eml`` before the row commits (no
+copy: same file system). Files left in ``incoming/`` by a relay killed mid-receive are removed by
+``recover``. sqlite3 and OS errors leave as ``SpoolError``; the WAL is checkpointed after a prune
+and every ``CHECKPOINT_INTERVAL`` seconds of writing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
+import io
 import json
 import os
+import shutil
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from smtp_oauth.errors import ConfigurationError
-from smtp_oauth.relay.spool.base import STATES, IncomingMessage, QueueState, SpooledMessage, new_queue_id
-from smtp_oauth.relay.spool.sqlite_db import SqliteDatabase
+from smtp_oauth.relay.spool.base import (
+    STATES,
+    Message,
+    MessageGone,
+    QueueState,
+    SpooledMessage,
+    SpoolError,
+    new_queue_id,
+)
+from smtp_oauth.relay.spool.sqlite_db import SqliteDatabase, spool_error
 
 __all__ = ["SqliteSpool", "incoming_directory"]
+
+CHECKPOINT_INTERVAL = 300.0  # seconds between WAL checkpoints while the relay writes
 
 INLINE_LIMIT = 256 * 1024  # bodies above this go to data/<id>.eml
 INCOMING = "incoming"  # bodies being received, not yet enqueued
@@ -104,9 +119,19 @@ def incoming_directory(spool_dir: Path) -> Path:
 
 
 def _take_over(source: Path, path: Path) -> None:
-    """Make the received file ``source`` durable and move it to ``path``: a rename, not a copy."""
+    """Make the received file ``source`` durable and move it to ``path``: a rename when it is on
+    the spool's file system (``staging_dir`` is), a copy otherwise."""
     _fsync(source)
-    source.replace(path)  # same file system: incoming/ and data/ are both in the spool directory
+    try:
+        source.replace(path)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        tmp = path.with_suffix(".tmp")
+        shutil.copyfile(source, tmp)
+        _fsync(tmp)
+        tmp.replace(path)
+        source.unlink(missing_ok=True)
     _fsync(path.parent)
 
 
@@ -134,6 +159,15 @@ class SqliteSpool:
         self.inline_limit = INLINE_LIMIT
         self._db = db
         self._lock_fd = lock_fd
+        self._last_checkpoint = time.monotonic()
+
+    @property
+    def staging_dir(self) -> Path:
+        return incoming_directory(self.directory)
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Nothing to watch: the relay wakes its delivery itself; other processes' changes
+        (`smtp-oauth queue retry`) are noticed by delivery's poll."""
 
     @classmethod
     async def open(cls, directory: Path, *, exclusive: bool = False, create: bool = True) -> SqliteSpool:
@@ -152,21 +186,25 @@ class SqliteSpool:
             if exclusive:
                 lock_fd = await asyncio.to_thread(_take_lock, directory)
             db = await SqliteDatabase.open(database, schema=_SCHEMA, user_version=SCHEMA_VERSION)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, SpoolError) as exc:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise _cannot_open(directory, exc) from exc
         return cls(directory, db, lock_fd)
 
-    async def enqueue(self, message: IncomingMessage) -> str:
+    async def enqueue(self, message: Message) -> str:
         queue_id = new_queue_id()
         data = message.data
         path = self.data_dir / f"{queue_id}.eml"
         in_file = isinstance(data, Path) or len(data) > self.inline_limit
-        if isinstance(data, Path):
-            await asyncio.to_thread(_take_over, data, path)
-        elif in_file:
-            await asyncio.to_thread(_write_durably, path, data)
+        try:
+            if isinstance(data, Path):
+                await asyncio.to_thread(_take_over, data, path)
+            elif in_file:
+                await asyncio.to_thread(_write_durably, path, data)
+        except OSError as exc:
+            await self._unlink_body(queue_id)
+            raise spool_error(exc, f"writing the body of a message of {message.local_user!r}") from exc
         now = time.time()
         values = (
             queue_id,
@@ -186,11 +224,21 @@ class SqliteSpool:
         )
         try:
             await self._db.insert(_INSERT, values)
-        except sqlite3.Error:
+        except SpoolError:
             if in_file:
                 await self._unlink_body(queue_id)
             raise
+        await self._maybe_checkpoint()
         return queue_id
+
+    async def _maybe_checkpoint(self) -> None:
+        if time.monotonic() - self._last_checkpoint >= CHECKPOINT_INTERVAL:
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (``PRAGMA wal_checkpoint(TRUNCATE)``)."""
+        self._last_checkpoint = time.monotonic()
+        await self._db.call(lambda _: self._db.checkpoint_now())
 
     # -- delivery -----------------------------------------------------------------------------
 
@@ -199,7 +247,10 @@ class SqliteSpool:
             "UPDATE messages SET state = 'queued', updated_at = ? WHERE state = 'sending'", (time.time(),)
         )
         known = {row["id"] for row in await self._db.query("SELECT id FROM messages WHERE body_in_file = 1")}
-        await asyncio.to_thread(self._remove_orphan_files, known)
+        try:
+            await asyncio.to_thread(self._remove_orphan_files, known)
+        except OSError as exc:
+            raise spool_error(exc, "removing bodies no queue entry refers to") from exc
         return count
 
     def _remove_orphan_files(self, known: set[str]) -> None:
@@ -232,24 +283,27 @@ class SqliteSpool:
         )
         return sorted((_row_to_message(row) for row in rows), key=lambda m: m.next_attempt_at)
 
-    async def read_data(self, queue_id: str) -> bytes:
-        body = await self.read_body(queue_id)
-        if isinstance(body, Path):
-            return await asyncio.to_thread(body.read_bytes)
-        return body
-
-    async def read_body(self, queue_id: str) -> bytes | Path:
+    @contextlib.asynccontextmanager
+    async def open_body(self, queue_id: str) -> AsyncIterator[BinaryIO]:
         rows = await self._db.query("SELECT body, body_in_file FROM messages WHERE id = ?", (queue_id,))
         if not rows:
-            raise FileNotFoundError(f"queue entry {queue_id} does not exist")
-        if rows[0]["body_in_file"]:
-            path = self.data_dir / f"{queue_id}.eml"
-            if not await asyncio.to_thread(path.exists):
-                raise FileNotFoundError(f"queue entry {queue_id} has lost its body file {path.name}")
-            return path
-        if rows[0]["body"] is None:
-            raise FileNotFoundError(f"queue entry {queue_id} has no body any more")
-        return bytes(rows[0]["body"])
+            raise MessageGone(f"queue entry {queue_id} does not exist")
+        if not rows[0]["body_in_file"]:
+            if rows[0]["body"] is None:
+                raise MessageGone(f"queue entry {queue_id} has no body any more")
+            yield io.BytesIO(rows[0]["body"])
+            return
+        path = self.data_dir / f"{queue_id}.eml"
+        try:
+            file = await asyncio.to_thread(path.open, "rb")
+        except FileNotFoundError:
+            raise MessageGone(f"queue entry {queue_id} has lost its body file {path.name}") from None
+        except OSError as exc:
+            raise spool_error(exc, f"opening the body of {queue_id}") from exc
+        try:
+            yield file
+        finally:
+            await asyncio.to_thread(file.close)
 
     async def mark_delivered(
         self, queue_id: str, *, reply: str, refused: dict[str, tuple[int, str]] | None = None
@@ -291,21 +345,26 @@ class SqliteSpool:
         await self._finish(queue_id, "state = 'dead', attempts = attempts + 1, last_reply = ?", (reply,))
 
     async def release(self, queue_id: str) -> None:
-        await self._finish(queue_id, "state = 'queued'", ())
+        await self._finish(queue_id, "state = 'queued'", (), durable=False)
 
-    async def _finish(self, queue_id: str, assignments: str, params: tuple[Any, ...]) -> bool:
+    async def _finish(
+        self, queue_id: str, assignments: str, params: tuple[Any, ...], *, durable: bool = True
+    ) -> bool:
         """Update a message we claimed; True if its body lives in a file. A row deleted meanwhile
         (``smtp-oauth queue delete``) is left deleted."""
         rows, _ = await self._db.write(
             f"UPDATE messages SET {assignments}, updated_at = ? "  # noqa: S608  # fixed SQL of ours
             "WHERE id = ? AND state = 'sending' RETURNING body_in_file",
             (*params, time.time(), queue_id),
+            durable=durable,  # a release lost in a crash is what recover() does anyway
         )
         return bool(rows and rows[0]["body_in_file"])
 
     async def _unlink_body(self, queue_id: str) -> None:
+        """Remove a body file; one that cannot be removed is left for recover() (an orphan)."""
         path = self.data_dir / f"{queue_id}.eml"
-        await asyncio.to_thread(path.unlink, missing_ok=True)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(path.unlink, missing_ok=True)
 
     # -- administration (`smtp-oauth queue`) ----------------------------------------------------
 
@@ -360,7 +419,17 @@ class SqliteSpool:
         _, count = await self._db.write(
             "DELETE FROM messages WHERE state = 'delivered' AND updated_at < ?", (older_than,)
         )
+        await self.checkpoint()  # else the WAL keeps the pages the deleted rows took
         return count
+
+    async def figures(self) -> dict[str, float]:
+        """The WAL's size: it should stay small (checkpoints), a growing one means a stuck reader."""
+        wal = self.directory / "queue.sqlite3-wal"
+        try:
+            size = (await asyncio.to_thread(wal.stat)).st_size
+        except OSError:
+            size = 0
+        return {"spool_wal_bytes": float(size)}
 
     async def close(self) -> None:
         await self._db.close()
@@ -369,7 +438,7 @@ class SqliteSpool:
             self._lock_fd = None
 
 
-def _cannot_open(directory: Path, exc: OSError | sqlite3.Error) -> ConfigurationError:
+def _cannot_open(directory: Path, exc: OSError | sqlite3.Error | SpoolError) -> ConfigurationError:
     return ConfigurationError(
         f"cannot open the relay spool in {directory}: {getattr(exc, 'strerror', None) or exc}",
         key="relay.spool_dir",

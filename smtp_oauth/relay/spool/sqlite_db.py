@@ -6,7 +6,14 @@ loop must never wait on a disk), in WAL mode with ``synchronous=FULL``.
 
 Group commit: ``insert`` calls that arrive while the thread is busy are committed together in the
 next transaction, one fsync for all of them; this is what lets a relay that promises durability
-keep up with a sink that fsyncs each message.
+keep up with a sink that fsyncs each message. If that transaction fails, each insert is tried
+again alone, so one bad row does not fail its neighbours; every waiter is settled whatever is
+raised (a waiter left unsettled would hold an SMTP client without a reply forever).
+
+Errors: sqlite3's (and anything else raised on the database thread) come out as ``SpoolError``.
+``checkpoint`` copies the WAL back into the database and truncates it: without it, the WAL keeps
+the size of its largest burst, eating disk that pruning freed (https://sqlite.org/wal.html,
+"Avoiding Excessively Large WAL Files").
 """
 
 from __future__ import annotations
@@ -21,11 +28,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from smtp_oauth.relay.spool.base import SpoolError
+
 __all__ = ["SqliteDatabase"]
 
 T = TypeVar("T")
 Rows = list[sqlite3.Row]
 BUSY_TIMEOUT_MS = 10_000  # another process (`smtp-oauth queue`) may hold the write lock briefly
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024  # what a checkpoint leaves of the WAL file at most
+
+
+def spool_error(exc: BaseException, doing: str) -> SpoolError:
+    """``exc`` (raised while ``doing``) as a ``SpoolError``: temporary unless retrying cannot help."""
+    permanent = isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | ValueError | ArithmeticError
+    )
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
+        permanent = True
+    detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return SpoolError(f"the relay's queue failed while {doing}: {detail}", temporary=not permanent)
 
 
 @dataclass
@@ -65,6 +87,7 @@ class SqliteDatabase:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")  # the 250 after DATA is a durability promise
+        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
         conn.executescript(schema)
         conn.execute(f"PRAGMA user_version = {int(user_version)}")
         self._conn = conn
@@ -82,7 +105,14 @@ class SqliteDatabase:
         def run() -> T:
             return function(self._conn)  # type: ignore[arg-type]  # None only during open()
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        except SpoolError:
+            raise
+        except (sqlite3.Error, OSError, ValueError, OverflowError) as exc:
+            raise spool_error(exc, "reading or writing its database") from exc
+        except RuntimeError as exc:  # the executor was shut down: the spool is closed
+            raise SpoolError(f"the relay's queue is closed ({exc})") from exc
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> Rows:
         """The rows of one read-only statement."""
@@ -104,7 +134,8 @@ class SqliteDatabase:
             rows = cursor.fetchall()
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
             raise
         finally:
             if not durable:
@@ -136,22 +167,46 @@ class SqliteDatabase:
             self._flush_scheduled = False
         if not batch:
             return
-        error: BaseException | None = None
+        outcomes: list[BaseException | None] = [None] * len(batch)
+        fatal: BaseException | None = None
         try:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
             try:
-                for item in batch:
-                    db.execute(item.sql, item.values)
-                db.execute("COMMIT")
-            except BaseException:
+                self._commit(batch)
+            except Exception:
+                if len(batch) == 1:
+                    raise
+                for n, item in enumerate(batch):  # alone, so that one bad row fails only itself
+                    try:
+                        self._commit([item])
+                    except Exception as exc:
+                        outcomes[n] = spool_error(exc, "storing a message")
+        except Exception as exc:
+            outcomes = [spool_error(exc, "storing a message")] * len(batch)
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: settle the waiters, then go on up
+            fatal = exc
+            outcomes = [SpoolError("the relay's queue was interrupted while storing a message")] * len(batch)
+        finally:
+            for item, outcome in zip(batch, outcomes, strict=True):
+                with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting
+                    item.loop.call_soon_threadsafe(_settle, item.future, outcome)
+        if fatal is not None:
+            raise fatal
+
+    def _commit(self, batch: list[_PendingInsert]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for item in batch:
+                db.execute(item.sql, item.values)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
                 db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            error = exc
-        for item in batch:
-            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting
-                item.loop.call_soon_threadsafe(_settle, item.future, error)
+            raise
+
+    def checkpoint_now(self) -> None:
+        """On the database thread: copy the WAL into the database and truncate the WAL file."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     async def close(self) -> None:
         """Close the connection and stop the thread (idempotent)."""
