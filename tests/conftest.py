@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: a clean environment, and the sandbox plugin."""
+"""Fixtures shared by every test: a clean environment; the sandbox plugin and the coverage floor."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 
 # The plugin comes from the package's pytest11 entry point once that is registered; registering
 # it twice (entry point + pytest_plugins) is an error, so only name it here when it is missing.
+pytest_plugins = ["tests.coverage_floor"]
 if not any(ep.value == "smtp_oauth.testing" for ep in entry_points(group="pytest11")):
-    pytest_plugins = ["smtp_oauth.testing"]
+    pytest_plugins.append("smtp_oauth.testing")
 
 # Variables of this machine that would change what the code under test does.
 _FOREIGN_VARIABLES = (
