@@ -8,8 +8,9 @@ these at one boundary each (``settings.py``, ``tokens.py``, ``sender.py``)::
      +-- StorageFullError             the local disk is full: try again later     exit 75
      +-- TokenError                   the identity platform refused or was unreachable
      |                                (.error, .aadsts_code, .correlation_id)     exit 77, or 75 if temporary
-     +-- DeliveryError                the SMTP server said no, or could not be reached
-          |                           (.code, .enhanced_status, .text)
+     +-- DeliveryError                the mail service said no, or could not be reached
+          |                           (.code, .enhanced_status, .text: SMTP replies only;
+          |                           .retry_after: seconds the service asked to wait)
           +-- TemporaryDeliveryError  4xx, network, timeouts: retry later         exit 75
           +-- PermanentDeliveryError  5xx: retrying the same message won't help   exit 69
           |    +-- MessageError       the message itself is unusable              exit 65
@@ -364,6 +365,7 @@ class DeliveryError(SmtpOAuthError):
         enhanced_status: str | None = None,
         recipients: Mapping[str, tuple[int, str]] | None = None,
         hint: str | None = None,
+        retry_after: float | None = None,
         context: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, context=context)
@@ -374,6 +376,8 @@ class DeliveryError(SmtpOAuthError):
         self.recipients: dict[str, tuple[int, str]] = dict(recipients or {})
         # A cause known where the error is raised (TLS, STARTTLS or XOAUTH2 not offered): wins over the table.
         self.hint = hint
+        # Seconds the service asked us to wait before trying again (HTTP Retry-After), if it said.
+        self.retry_after = retry_after
 
     @property
     def reply(self) -> str:

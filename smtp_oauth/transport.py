@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Protocol, Self
 
 if TYPE_CHECKING:
+    from smtp_oauth.graph.client import GraphClient
     from smtp_oauth.settings.models import Settings
     from smtp_oauth.tokens.types import TokenProvider
 
@@ -87,12 +88,30 @@ def create_transport(
     *,
     mailbox: str | None = None,
     token_provider: TokenProvider | None = None,
+    graph_client: GraphClient | None = None,
 ) -> Transport:
     """The transport ``settings`` ask for, sending as ``mailbox`` (default: the configured one).
 
-    ``token_provider`` shares one provider (one token, one refresh) between several transports,
-    as the relay's per-mailbox workers do; by default the transport makes its own on first use.
+    ``transport = "smtp"`` gives the SMTP ``Mailer``, ``"graph"`` the Microsoft Graph transport;
+    ``fallback_transport = "graph"`` wraps the Mailer so that a message refused with 535 5.7.139
+    goes through Graph. ``token_provider`` shares one provider (one token per resource, one
+    refresh) between several transports, as the relay's per-mailbox workers do; ``graph_client``
+    likewise shares Graph's connections, its 4-requests-per-app limit and its Retry-After wait
+    (``smtp_oauth.graph.GraphClient``). By default each transport makes its own on first use.
     """
+    if settings.transport == "graph":
+        from smtp_oauth.graph.transport import GraphTransport
+
+        return GraphTransport(settings, mailbox=mailbox, token_provider=token_provider, client=graph_client)
     from smtp_oauth.smtp.mailer import Mailer
 
-    return Mailer(settings, token_provider=token_provider, mailbox=mailbox)
+    mailer = Mailer(settings, token_provider=token_provider, mailbox=mailbox)
+    if settings.fallback_transport != "graph":
+        return mailer
+    from smtp_oauth.graph.client import GraphClient
+    from smtp_oauth.graph.fallback import FallbackTransport
+    from smtp_oauth.graph.transport import GraphTransport
+
+    client = graph_client or GraphClient(settings, token_provider=token_provider)
+    graph = GraphTransport(settings, mailbox=mailbox, client=client, close_client=graph_client is None)
+    return FallbackTransport(mailer, graph, client)

@@ -1,4 +1,4 @@
-"""``Sandbox``: the fake Entra ID and the fake Exchange Online together, with a ready config file.
+"""``Sandbox``: the fake Entra ID, Exchange Online and Microsoft Graph together, with a ready config file.
 
 FOR TESTING ONLY. ::
 
@@ -15,6 +15,7 @@ What lands in the directory ``D``::
     D/tls/              the sandbox CA (sandbox-ca.pem, the ca_file of both services) and server cert
                         (unless ``certificates=`` shares ones made elsewhere)
     D/mail/             delivered messages: one .eml plus its envelope as JSON each
+    D/graph-mail/       messages sent through the fake Microsoft Graph, stored the same way
     D/token-cache       where the generated configs put MSAL's token cache
     D/spool/            where they put the relay's spool
     D/federated-token   a workload token of the sandbox's OIDC issuer (workload identity
@@ -22,7 +23,7 @@ What lands in the directory ``D``::
     D/managed-identity.env  IDENTITY_ENDPOINT and IDENTITY_HEADER of the fake managed identity
                         endpoint (0600): ``set -a; . D/managed-identity.env`` and msal uses it
 
-The identity provider runs on a thread; the fake Exchange runs on the event loop that started the
+The identity provider and Graph run on threads; the fake Exchange runs on the event loop that started the
 sandbox, so that loop must keep running: use it from async tests and run blocking clients
 (subprocesses, ``smtplib``) with ``asyncio.to_thread``.
 """
@@ -41,6 +42,7 @@ from typing import Any
 
 from smtp_oauth.sandbox.certs import SandboxCertificates, make_certificates
 from smtp_oauth.sandbox.exchange.server import DeliveredMessage, FakeExchange
+from smtp_oauth.sandbox.graph.server import FakeGraph
 from smtp_oauth.sandbox.idp.provider import SandboxIdentityProvider
 from smtp_oauth.sandbox.keys import SigningKey
 from smtp_oauth.sandbox.sandbox_config import (
@@ -118,6 +120,7 @@ class Sandbox:
         self.federated_token_file = self.directory / FEDERATED_TOKEN_FILE
         self._federated_token_lifetime = federated_token_lifetime
         self._token_refresher: asyncio.Task[None] | None = None
+        self._graph: FakeGraph | None = None
 
     def __repr__(self) -> str:
         state = (
@@ -155,13 +158,26 @@ class Sandbox:
             port=self._smtp_port,
             **self._exchange_options,
         )
+        graph = FakeGraph(
+            signing_key=key,
+            tls_context=certificates.server_context(),
+            store_dir=self.directory / "graph-mail",
+            tenant_id=tenant.tenant_id,
+            mailboxes=tenant.mailboxes,
+            # One RBAC scope can hold both roles, 'Application SMTP.SendAsApp' and 'Application Mail.Send'.
+            rbac_grants=tenant.rbac_assignments(),
+            host=LOOPBACK,
+        )
         await asyncio.to_thread(idp.start)
         try:
+            await asyncio.to_thread(graph.start)
             await exchange.start()
         except BaseException:
+            await asyncio.to_thread(graph.stop)
             await asyncio.to_thread(idp.stop)
             raise
         self._parts = (certificates, tenant, idp, exchange)
+        self._graph = graph
         if self._relay_listen is None:
             self._relay_listen = f"{LOOPBACK}:{_free_port(LOOPBACK)}"
         await asyncio.to_thread(self._write_identity_files)
@@ -201,9 +217,12 @@ class Sandbox:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
+        graph, self._graph = self._graph, None
         try:
             await exchange.stop()
         finally:
+            if graph is not None:
+                await asyncio.to_thread(graph.stop)
             await asyncio.to_thread(idp.stop)
 
     async def __aenter__(self) -> Sandbox:
@@ -231,6 +250,13 @@ class Sandbox:
     @property
     def exchange(self) -> FakeExchange:
         return self._running()[3]
+
+    @property
+    def graph(self) -> FakeGraph:
+        """The fake Microsoft Graph (``graph.endpoint`` of the generated configs)."""
+        self._running()
+        assert self._graph is not None  # started with the rest
+        return self._graph
 
     @property
     def ca_file(self) -> Path:
@@ -303,6 +329,7 @@ class Sandbox:
             token_cache=self.directory / "token-cache",
             spool_dir=self.directory / "spool",
             federated_token_file=self.federated_token_file,
+            graph_endpoint=self.graph.endpoint,
         )
         sections = sandbox_sections(self.tenant, endpoints, flow=flow, credential=credential)
         target = self.config_path if path is None else Path(path)
@@ -318,6 +345,23 @@ class Sandbox:
     def delivered(self) -> list[DeliveredMessage]:
         """Messages the fake Exchange accepted, oldest first."""
         return self.exchange.delivered()
+
+    def graph_delivered(self) -> list[DeliveredMessage]:
+        """Messages the fake Microsoft Graph accepted, oldest first."""
+        return self.graph.delivered()
+
+    def inject_graph(
+        self,
+        operation: str,
+        status: int,
+        code: str,
+        message: str = "",
+        *,
+        retry_after: str | int | None = None,
+        times: int = 1,
+    ) -> None:
+        """The next ``times`` Graph ``operation`` requests (sendMail, ...) fail; see FakeGraph.inject."""
+        self.graph.inject(operation, status, code, message, retry_after=retry_after, times=times)
 
     def inject(self, command: str, reply: str, *, times: int = 1, disconnect: bool = False) -> None:
         """The next ``times`` ``command`` (AUTH, MAIL, RCPT, DATA) get ``reply``; see FakeExchange.inject."""

@@ -35,6 +35,11 @@ _HEADER = """\
 # smtp-oauth sandbox configuration: FOR TESTING ONLY.
 # It points at a fake Entra ID and a fake Exchange Online on 127.0.0.1, with throwaway ids and
 # secrets that change every time the sandbox starts. Never use these settings for real mail.
+#
+# To send through the fake Microsoft Graph instead of SMTP, add at the top:
+#   transport = "graph"
+# or keep SMTP and let a mailbox with SMTP AUTH disabled (535 5.7.139) fall back to Graph:
+#   fallback_transport = "graph"
 """
 
 _RELAY_USERS_PLACE = """
@@ -57,6 +62,7 @@ class SandboxEndpoints:
     token_cache: Path
     spool_dir: Path
     federated_token_file: Path | None = None
+    graph_endpoint: str = ""
 
 
 def sandbox_sections(
@@ -116,6 +122,7 @@ def _sections(identity: dict[str, Any], endpoints: SandboxEndpoints, mailbox: st
             "username": mailbox,
             "ca_file": endpoints.ca_file,
         },
+        **({"graph": {"endpoint": endpoints.graph_endpoint}} if endpoints.graph_endpoint else {}),
         "relay": {"listen": endpoints.relay_listen, "spool_dir": endpoints.spool_dir},
     }
 

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from smtp_oauth.sandbox.idp.pages import HttpReply
 
-__all__ = ["Dispatch", "TlsHttpServer"]
+__all__ = ["Dispatch", "TlsHandler", "TlsHttpServer"]
 
 log = logging.getLogger("smtp_oauth.sandbox.idp.provider")
 
@@ -34,12 +34,20 @@ class TlsHttpServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], tls: ssl.SSLContext, dispatch: Dispatch) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        tls: ssl.SSLContext,
+        dispatch: Dispatch,
+        *,
+        handler: type[BaseHTTPRequestHandler] | None = None,
+    ) -> None:
+        """``handler`` replaces the form-based request handler (the fake Graph has its own)."""
         self.tls = tls
         self.dispatch = dispatch
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, handler or _Handler)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = self.socket.accept()
@@ -66,9 +74,10 @@ class TlsHttpServer(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class TlsHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive; the TLS handshake on the connection's own thread."""
+
     protocol_version = "HTTP/1.1"  # keep-alive, as requests' sessions expect
-    server_version = "smtp-oauth-sandbox-idp"
     timeout = 30
     server: TlsHttpServer
 
@@ -79,6 +88,10 @@ class _Handler(BaseHTTPRequestHandler):
             log.debug("TLS handshake with %s failed: %s", self.client_address, exc)
             return
         super().handle()
+
+
+class _Handler(TlsHandler):
+    server_version = "smtp-oauth-sandbox-idp"
 
     def log_message(self, format: str, *args: Any) -> None:  # stdlib's signature
         # The request line's query string can hold codes; log the path only, and only at DEBUG.
