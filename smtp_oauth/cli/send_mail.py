@@ -242,6 +242,39 @@ async def _deliver(
     return result.reply
 
 
+def _message_bytes(outgoing: Outgoing) -> bytes:
+    """The message as it goes on the wire: raw sendmail input as read, a composed one flattened."""
+    if isinstance(outgoing.message, bytes):
+        return outgoing.message
+    from email import policy
+    from email.generator import BytesGenerator
+    from io import BytesIO
+
+    from smtp_oauth.mail.compose import needs_smtputf8
+
+    utf8 = needs_smtputf8([outgoing.sender, *outgoing.recipients])
+    with BytesIO() as buffer:
+        BytesGenerator(buffer, policy=policy.SMTPUTF8 if utf8 else policy.SMTP).flatten(outgoing.message)
+        return buffer.getvalue()
+
+
+def _submit(settings: Settings, outgoing: Outgoing, *, verbose: bool, prog: str) -> int:
+    """``via = "relay"``: hand the message to the local relay; 0 once it is stored there."""
+    from smtp_oauth.relay.client import SubmissionClient
+    from smtp_oauth.settings.models import submission_socket_candidates
+
+    paths = submission_socket_candidates(settings.relay.submission_socket)
+    with SubmissionClient(paths, timeout=settings.smtp.timeout) as client:
+        reply, refused = client.send(
+            _message_bytes(outgoing), sender=outgoing.sender, recipients=outgoing.recipients
+        )
+    for address, (code, text) in refused.items():
+        print(f"{prog}: {address} refused: {code} {text}", file=sys.stderr)
+    if verbose:
+        print(f"{prog}: handed to the relay: {reply}", file=sys.stderr)
+    return int(ExitCode.OK)
+
+
 def _load_settings(args: SendMailArgs) -> Settings:
     """Settings from --config (or discovered), with logging set up for a command run by programs."""
     from smtp_oauth.logs import configure_logging
@@ -262,13 +295,14 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
             f"{', '.join(args.compose_options)} cannot be used in sendmail mode "
             "(-t, -i/-oi, or when called as sendmail): the message on stdin is sent as it is"
         )
-    if not args.dry_run:
-        from smtp_oauth.smtp.mailer import preload_tls_context
-
-        # The CA bundle loads on another core while pydantic is imported and the message built.
-        preload_tls_context()
     explicit_sender = bool(args.sender or (args.envelope_from and "@" in args.envelope_from))
     settings = None if args.dry_run and explicit_sender else _load_settings(args)
+    via_relay = settings is not None and settings.send_mail.via == "relay"
+    if not args.dry_run and not via_relay:
+        from smtp_oauth.smtp.mailer import preload_tls_context
+
+        # The CA bundle loads on another core while the message is built.
+        preload_tls_context()
     envelope, header_from = _sender_addresses(args, settings)
     build = _sendmail if sendmail_mode else _compose
     outgoing = build(args, envelope, header_from)
@@ -276,6 +310,8 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
         _print_dry_run(outgoing, prog)
         return int(ExitCode.OK)
     assert settings is not None  # loaded whenever not a dry run
+    if via_relay:
+        return _submit(settings, outgoing, verbose=bool(args.verbose), prog=prog)
 
     import asyncio
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from smtp_oauth.errors import ConfigurationError, StorageFullError
 from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager, SessionFactory
 from smtp_oauth.relay.listener.server import ListenerTuning, Message, RelayListener
+from smtp_oauth.relay.listener.submission import QueueEntry, SubmissionListener
 from smtp_oauth.relay.metrics import MetricsServer, TokenWatch, render_metrics
 from smtp_oauth.relay.spool import open_spool
 from smtp_oauth.relay.spool.base import SpoolError
@@ -81,7 +82,16 @@ class RelayService:
             # Big bodies are written here as they arrive, and the spool takes the file (its staging_dir).
             incoming_dir=settings.spool_path / "incoming",
         )
-
+        self.submission = SubmissionListener(
+            relay.submission_socket_path,
+            shared=self.listener,
+            queue=self,
+            mailbox=lambda: self.settings.smtp.username,
+            sender=lambda: self.settings.smtp.sender,
+            max_message_size=lambda: self.settings.relay.max_message_size,
+            tuning=listener_tuning or ListenerTuning(shutdown_grace=self._grace),
+            required=relay.submission_socket is not None,
+        )
         self._sessions = sessions
         self._config = DeliveryConfig.from_relay(
             relay, upstream_host=settings.smtp_host, **dict(delivery_tuning or {})
@@ -117,6 +127,7 @@ class RelayService:
             sessions = self._sessions or mailer_sessions(self.settings, watch=self._watch_tokens)
             self.delivery = DeliveryManager(spool, sessions, self._config)
             await self.listener.start()
+            await self.submission.start()
             self._listening = True
             if self.settings.relay.metrics_listen:
                 metrics = MetricsServer(
@@ -155,7 +166,7 @@ class RelayService:
         log.info("relay stopping")
         self._remove_signals()
         self._listening = False
-        stopping = [self.listener.stop()]
+        stopping = [self.listener.stop(), self.submission.stop()]
         if self.delivery is not None:
             stopping.append(self.delivery.stop(grace=self._grace))
         await asyncio.gather(*stopping, return_exceptions=True)
@@ -189,6 +200,35 @@ class RelayService:
         )
         delivery.wake()
         return queue_id
+
+    # -- the submission socket's queue verbs (QueueControl) -------------------------------------
+
+    async def waiting(self) -> list[QueueEntry]:
+        """Every message not yet delivered, oldest first (``sendmail -bp``)."""
+        spool, _ = self._running()
+        entries = await spool.list(["queued", "sending", "deferred", "dead"])
+        return [
+            QueueEntry(
+                id=entry.id,
+                state=entry.state,
+                size=entry.size,
+                created_at=entry.created_at,
+                mail_from=entry.mail_from,
+                rcpt_tos=entry.rcpt_tos,
+                attempts=entry.attempts,
+                next_attempt_at=entry.next_attempt_at,
+                last_reply=entry.last_reply,
+                local_user=entry.local_user,
+            )
+            for entry in entries
+        ]
+
+    async def retry_deferred(self) -> int:
+        """Make every deferred message due now and tell delivery (``sendmail -q``)."""
+        spool, delivery = self._running()
+        count = await spool.retry(None)
+        delivery.wake()
+        return count
 
     def _running(self) -> tuple[Spool, DeliveryManager]:
         if self.spool is None or self.delivery is None:  # the listener starts after both

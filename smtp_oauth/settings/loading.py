@@ -201,7 +201,7 @@ def _resolve_relative_paths(settings: Settings, base: Path) -> Settings:
 
     identity, smtp, relay = settings.identity, settings.smtp, settings.relay
     identity_paths = ("certificate_path", "federated_token_file", "ca_file", "token_cache")
-    relay_paths = ("spool_dir", "tls_certificate", "tls_key")
+    relay_paths = ("spool_dir", "tls_certificate", "tls_key", "submission_socket")
     return settings.model_copy(
         update={
             "identity": identity.model_copy(

@@ -41,11 +41,13 @@ __all__ = [
     "IdentitySettings",
     "RelaySettings",
     "RelayUser",
+    "SendMailSettings",
     "Settings",
     "SmtpSettings",
     "parse_duration",
     "parse_listen",
     "state_dir",
+    "submission_socket_candidates",
 ]
 
 ENV_PREFIX = "SMTP_OAUTH_"
@@ -53,6 +55,8 @@ SUBMISSION_PORT = 587
 IMPLICIT_TLS_PORT = 465
 DEFAULT_RELAY_LISTEN = "127.0.0.1:2525"
 EXCHANGE_MAX_MESSAGE_SIZE = 35 * 1024 * 1024  # Exchange Online's default MaxSendSize (35 MB)
+SUBMISSION_SOCKET_NAME = Path("smtp-oauth") / "submit.sock"
+SYSTEM_RUNTIME_DIR = Path("/run")  # a system service's RuntimeDirectory= lives here
 
 Flow = Literal[
     "client_credentials",
@@ -382,6 +386,8 @@ class RelaySettings(_Section):
     # pydantic call inspect.signature(list), which compiles tokenize's regexes at every start-up.
     allow_networks: list[AllowNetwork] = []
     metrics_listen: str = ""
+    # None: $XDG_RUNTIME_DIR/smtp-oauth/submit.sock, or /run/smtp-oauth/submit.sock without one.
+    submission_socket: Path | None = None
     users: list[RelayUser] = []
     # Limits and defences (interface.md, "Relay limits and defences"); Postfix's anvil and
     # queue_minfree are the models.
@@ -405,6 +411,35 @@ class RelaySettings(_Section):
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.listen)
+
+    @property
+    def submission_socket_path(self) -> Path:
+        """Where the relay puts its submission socket (the first of the candidates)."""
+        return submission_socket_candidates(self.submission_socket)[0]
+
+
+def submission_socket_candidates(
+    configured: Path | None, *, environ: Mapping[str, str] | None = None
+) -> list[Path]:
+    """The submission socket: the configured path, else the per-user one, then the system one.
+
+    A relay binds the first; ``send-mail`` tries them in order, so a cron job (which has no
+    ``$XDG_RUNTIME_DIR``) and a login shell (which has one) both find a system relay's socket.
+    """
+    if configured is not None:
+        return [configured]
+    env = os.environ if environ is None else environ
+    system = SYSTEM_RUNTIME_DIR / SUBMISSION_SOCKET_NAME
+    runtime = env.get("XDG_RUNTIME_DIR")
+    return [Path(runtime) / SUBMISSION_SOCKET_NAME, system] if runtime else [system]
+
+
+class SendMailSettings(_Section):
+    """``[send_mail]``: how ``send-mail`` hands over its message."""
+
+    # "direct": to Exchange Online itself; "relay": to the local relay's submission socket, which
+    # stores it durably and owns delivery and retries (as Postfix's sendmail hands mail to postdrop).
+    via: Literal["direct", "relay"] = "direct"
 
 
 def state_dir() -> Path:
@@ -434,6 +469,7 @@ class Settings(BaseSettings):
     smtp: SmtpSettings
     graph: GraphSettings = GraphSettings()
     relay: RelaySettings = RelaySettings()
+    send_mail: SendMailSettings = SendMailSettings()
     _source_file: Path | None = PrivateAttr(default=None)
 
     @property

@@ -95,6 +95,10 @@ _DERIVED: dict[str, tuple[str, Callable[[Settings], Any]]] = {
     "graph.mailbox": ("same as smtp.username", lambda s: s.graph_mailbox),
     "graph.scopes": ("from identity.flow and identity.cloud", lambda s: s.graph_scopes),
     "relay.spool_dir": ("$XDG_STATE_HOME/smtp-oauth/spool", lambda s: s.spool_path),
+    "relay.submission_socket": (
+        "$XDG_RUNTIME_DIR/smtp-oauth/submit.sock, else /run/smtp-oauth/submit.sock",
+        lambda s: s.relay.submission_socket_path,
+    ),
 }
 
 
