@@ -35,3 +35,5 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest
     home = Path(tmp_path_factory.mktemp("xdg"))
     monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    # Each relay a test starts puts its submission socket here, never in this machine's /run.
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home / "run"))

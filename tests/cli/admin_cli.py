@@ -35,6 +35,7 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     env.update(
         XDG_STATE_HOME=str(home / "state"),
         XDG_CONFIG_HOME=str(home / "config"),
+        XDG_RUNTIME_DIR=str(home / "run"),
         HOME=str(home),
         WAYLAND_DISPLAY="",
     )
