@@ -89,6 +89,7 @@ class RelayService:
             mailbox=lambda: self.settings.smtp.username,
             sender=lambda: self.settings.smtp.sender,
             max_message_size=lambda: self.settings.relay.max_message_size,
+            max_connections=lambda: self.settings.relay.max_connections,
             tuning=listener_tuning or ListenerTuning(shutdown_grace=self._grace),
             required=relay.submission_socket is not None,
         )

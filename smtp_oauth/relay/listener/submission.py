@@ -45,6 +45,7 @@ from aiosmtpd.smtp import syntax
 
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.relay.listener.handler import RelayHandler
+from smtp_oauth.relay.listener.incoming import SpillGuard
 from smtp_oauth.relay.listener.session import (
     REPLY_SHUTTING_DOWN,
     ListenerState,
@@ -66,6 +67,7 @@ MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path is 108 bytes on Linux, with the te
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (socket(7))
 # Local submitters never log in; a hash of nothing anybody knows keeps LocalUser's shape.
 _NO_PASSWORD = ScryptHash(log2_n=14, r=8, p=1, salt=secrets.token_bytes(16), digest=secrets.token_bytes(32))
+REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many local connections, try again later"
 REPLY_NO_CREDENTIALS = "421 4.7.0 Cannot tell who is connecting (no peer credentials), closing connection"
 
 
@@ -208,6 +210,10 @@ class _Shared(Protocol):
     @property
     def incoming_dir(self) -> Path | None: ...
 
+    def spill_guard(self, peer: str) -> SpillGuard | None: ...
+
+    async def storage_low(self) -> bool: ...
+
     async def store(self, message: Message) -> str: ...
 
 
@@ -223,6 +229,7 @@ class SubmissionListener:
         mailbox: Callable[[], str],
         sender: Callable[[], str],
         max_message_size: Callable[[], int],
+        max_connections: Callable[[], int],
         tuning: ListenerTuning | None = None,
         required: bool = True,
     ) -> None:
@@ -231,6 +238,7 @@ class SubmissionListener:
         self._tuning = tuning or ListenerTuning()
         self._handler = SubmissionHandler(self, self._tuning, queue=queue, mailbox=mailbox, sender=sender)
         self._max_message_size = max_message_size
+        self._max_connections = max_connections
         self._required = required  # an explicitly configured socket must work; the default may not
         self._server: asyncio.Server | None = None
         self._sessions: set[RelaySession] = set()
@@ -252,6 +260,22 @@ class SubmissionListener:
 
     async def store(self, message: Message) -> str:
         return await self._shared.store(message)
+
+    def spill_guard(self, peer: str) -> SpillGuard | None:
+        return self._shared.spill_guard(peer)
+
+    async def storage_low(self) -> bool:
+        return await self._shared.storage_low()
+
+    def admit(self, peer: str) -> str | None:
+        """Local connections share relay.max_connections among themselves (all have the same peer "")."""
+        if len(self._sessions) >= self._max_connections():
+            log.warning("refused a local submission: relay.max_connections local connections are open")
+            return REPLY_TOO_MANY_CONNECTIONS
+        return None
+
+    def release(self, peer: str) -> None:
+        """Counted by session_opened/session_closed instead."""
 
     def session_opened(self, session: RelaySession) -> None:
         self._sessions.add(session)
