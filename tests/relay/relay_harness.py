@@ -18,7 +18,13 @@ from smtp_oauth.sandbox import Sandbox
 
 USER, PASSWORD = "legacy-app", "correct horse battery staple"
 PASSWORD_HASH = hash_password(PASSWORD, log2_n=4)  # cheap on purpose: tests log in hundreds of times
-FAST_DELIVERY = {"backoff_base": 0.1, "backoff_cap": 0.3, "poll_interval": 0.3}
+FAST_DELIVERY = {
+    "backoff_base": 0.1,
+    "backoff_cap": 0.3,
+    "poll_interval": 0.3,
+    "probe_first": 0.2,
+    "probe_max": 0.5,
+}
 
 
 def relay_section(**extra: Any) -> dict[str, Any]:

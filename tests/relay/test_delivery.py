@@ -32,6 +32,8 @@ FAST: dict[str, object] = {
     "backoff_cap": 0.2,
     "poll_interval": 0.5,
     "idle_timeout": 5.0,
+    "probe_first": 0.1,
+    "probe_max": 0.3,
 }
 
 
@@ -134,6 +136,16 @@ async def wait_for_state(
         await asyncio.sleep(0.02)
 
 
+async def wait_for_report(spool: SqliteSpool, queue_id: str, *, within: float = 5.0) -> list[SpooledMessage]:
+    """The other entries once there are some: a report is queued just after its original is marked."""
+    deadline = time.monotonic() + within
+    while not (others := [e for e in await spool.list() if e.id != queue_id]):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no report for {queue_id}")
+        await asyncio.sleep(0.02)
+    return others
+
+
 async def test_queued_message_is_delivered(spool: SqliteSpool) -> None:
     """A queued message is sent with its envelope and bytes, then marked delivered."""
     upstream = FakeUpstream()
@@ -204,7 +216,7 @@ async def test_dead_message_is_bounced_to_the_sender(spool: SqliteSpool) -> None
     queue_id = await spool.enqueue(incoming(1))
     async with running(spool, upstream, bounce=True):
         await wait_for_state(spool, queue_id, "dead")
-        [report_entry] = await spool.list(["queued", "sending", "delivered"])
+        [report_entry] = await wait_for_report(spool, queue_id)
         await wait_for_state(spool, report_entry.id, "delivered")
     [(mailbox, sender, recipients, data)] = upstream.sent
     assert (mailbox, sender, recipients) == (MAILBOX, MAILBOX, ["app@example.com"])
@@ -219,7 +231,7 @@ async def test_dead_message_is_bounced_to_the_sender(spool: SqliteSpool) -> None
 async def test_authentication_failure_is_deferred_loudly(
     spool: SqliteSpool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A 535 after the fresh-token retry defers (not dead) and logs an ERROR with the hint."""
+    """A 535 after the fresh-token retry defers (not dead); the suspension is an ERROR with the hint."""
     failure = AuthenticationError("refused", code=535, text="5.7.139 Authentication unsuccessful")
     upstream = FakeUpstream(failures=[failure])
     queue_id = await spool.enqueue(incoming(1))
@@ -227,7 +239,7 @@ async def test_authentication_failure_is_deferred_loudly(
         async with running(spool, upstream, backoff_base=30.0):
             entry = await wait_for_state(spool, queue_id, "deferred")
     assert entry.last_reply == "535 5.7.139 Authentication unsuccessful"
-    [record] = [r for r in caplog.records if getattr(r, "event", None) == "deferred"]
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "upstream_suspended"]
     assert record.levelno == logging.ERROR
     assert "Set-CASMailbox" in record.getMessage()
 

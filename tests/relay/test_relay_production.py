@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import sqlite3
+import time
 from pathlib import Path
 
 from smtp_oauth.relay.delivery.manager import DeliveryManager
@@ -95,3 +96,54 @@ async def test_upstream_sessions_stay_within_the_limit_after_spool_errors(tmp_pa
         await asyncio.gather(task, return_exceptions=True)
         await spool.close()
     assert upstream.peak["box@example.com"] <= 3
+
+
+async def test_upstream_outage_is_probed_not_tried_per_message(sandbox: Sandbox) -> None:
+    """With AUTH refused (535) a queue of 20 costs a few logins, and goes out within a probe of recovery."""
+    mailbox = sandbox.tenant.mailbox
+    sandbox.inject("AUTH", "535 5.7.3 Authentication unsuccessful", times=10_000)
+    async with running_relay(sandbox, probe_first=0.5, probe_max=1.0) as (service, port):
+        await asyncio.to_thread(send_legacy, port, [make_message(mailbox, n) for n in range(20)])
+        await asyncio.sleep(3.0)
+        attempts_while_down = sandbox.exchange.auth_attempts
+        sandbox.exchange.clear_injections()
+        recovered = asyncio.get_running_loop().time()
+        await wait_for_count(service, "delivered", 20, within=10)
+        to_delivery = asyncio.get_running_loop().time() - recovered
+    # 3 workers may fail at once, then one probe a second; each try is 2 AUTHs (fresh-token retry).
+    assert attempts_while_down <= 2 * (3 + 4)
+    assert to_delivery < 3.0
+
+
+async def test_432_shrinks_the_mailbox_s_sessions_and_retries_within_seconds(sandbox: Sandbox) -> None:
+    """A 432 4.3.2 makes the pool use one session fewer and retries the message seconds later."""
+    sandbox.inject("MAIL", "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded", times=1)
+    async with running_relay(sandbox, backoff_base=60.0, backoff_cap=3600.0) as (service, port):
+        start = asyncio.get_running_loop().time()
+        await asyncio.to_thread(send_legacy, port, [make_message(sandbox.tenant.mailbox, 1)])
+        await wait_for_count(service, "delivered", 1, within=10)
+        took = asyncio.get_running_loop().time() - start
+        assert service.delivery is not None
+        [pool] = service.delivery._pools.values()
+    assert took < 5.0
+    assert pool.health.limit == 2
+
+
+async def test_deferred_messages_are_tried_at_once_at_start_up(tmp_path: Path) -> None:
+    """A message deferred for an hour by a previous run is sent as soon as delivery starts."""
+    spool = await SqliteSpool.open(tmp_path / "spool", exclusive=True)
+    upstream = FakeUpstream()
+    try:
+        queue_id = await spool.enqueue(incoming(1))
+        [claimed] = await spool.claim_due("box@example.com", 1)
+        await spool.mark_deferred(claimed.id, next_attempt_at=time.time() + 3600, reply="421 4.3.2 down")
+        manager = DeliveryManager(spool, upstream.factory(), fast_config())
+        task = asyncio.create_task(manager.run())
+        try:
+            await wait_for_state(spool, queue_id, "delivered", within=5)
+        finally:
+            await manager.stop(grace=1.0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await spool.close()

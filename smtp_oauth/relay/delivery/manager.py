@@ -32,7 +32,7 @@ from typing import BinaryIO, Protocol
 
 from smtp_oauth.relay.delivery.backoff import BACKOFF_BASE, BACKOFF_CAP, Pacer
 from smtp_oauth.relay.delivery.pool import MailboxPool
-from smtp_oauth.relay.spool.base import SpoolDelivery
+from smtp_oauth.relay.delivery.upstream import PROBE_FIRST, PROBE_MAX, DeliverySpool
 from smtp_oauth.settings.models import RelaySettings
 
 __all__ = ["DeliveryConfig", "DeliveryManager", "Receipt", "Session", "SessionFactory"]
@@ -80,6 +80,8 @@ class DeliveryConfig:
     # relay.upstream_idle_timeout: a session kept open is one of the mailbox's 3 that its other
     # senders (send-mail, the library) cannot have.
     idle_timeout: float = 5.0
+    probe_first: float = PROBE_FIRST  # a suspended mailbox's first probe, then doubling...
+    probe_max: float = PROBE_MAX  # ...up to this (the interface promises at most 30 s)
 
     @classmethod
     def from_relay(
@@ -101,7 +103,7 @@ class DeliveryConfig:
 class DeliveryManager:
     """Watches the spool and keeps one ``MailboxPool`` per mailbox with due messages busy."""
 
-    def __init__(self, spool: SpoolDelivery, sessions: SessionFactory, config: DeliveryConfig) -> None:
+    def __init__(self, spool: DeliverySpool, sessions: SessionFactory, config: DeliveryConfig) -> None:
         self.spool = spool
         self.sessions = sessions
         self.config = config
@@ -117,7 +119,20 @@ class DeliveryManager:
         self._wake.set()
 
     async def run(self) -> None:
-        """Dispatch until ``stop``: wake the pools whose mailboxes have due messages."""
+        """Dispatch until ``stop``: wake the pools whose mailboxes have due messages.
+
+        Deferred messages are tried at once at start-up: most were deferred because the upstream
+        was failing, and a restart is often what fixed it. If it still fails, each mailbox is
+        suspended after its first failure (``upstream.py``), so this costs one attempt, not one
+        per message.
+        """
+        try:
+            retried = await self.spool.retry()
+        except Exception:  # the spool failed (disk full?): the normal schedule will do
+            logger.exception("cannot make the deferred messages due at start-up")
+        else:
+            if retried:
+                logger.info("trying %d deferred message(s) now, at start-up", retried)
         while not self._stopping:
             self._wake.clear()
             try:

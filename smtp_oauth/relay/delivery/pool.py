@@ -5,6 +5,10 @@ outcome (see ``manager.py`` for the rules). Workers start when the pool is first
 keep running; an idle worker closes its session after ``idle_timeout``. The body is handed to the
 session as the file ``Spool.open_body`` gives (the Mailer streams it); a report reads only its start.
 
+``upstream.UpstreamHealth`` decides how many workers may send now (fewer after a 432) and
+suspends the mailbox after an upstream-wide failure: then only a probe is tried, and its success
+sends what was held back at once.
+
 A claimed message never stays ``sending`` because recording its outcome failed (the queue's
 database locked, full or unreachable): it is given back (``release``: queued again, sent again,
 at-least-once), and a release that fails too is tried again before the worker's next claim.
@@ -32,7 +36,14 @@ from smtp_oauth.errors import (
 )
 from smtp_oauth.relay.delivery.backoff import Pacer, next_attempt_at
 from smtp_oauth.relay.delivery.bounce import BOUNCE_USER, MAX_ORIGINAL_HEADERS, build_report, should_bounce
-from smtp_oauth.relay.spool.base import Message, MessageGone, SpoolDelivery, SpooledMessage
+from smtp_oauth.relay.delivery.upstream import (
+    CONGESTION_RETRY,
+    DeliverySpool,
+    UpstreamHealth,
+    is_congestion,
+    is_upstream_wide,
+)
+from smtp_oauth.relay.spool.base import Message, MessageGone, SpooledMessage
 
 if TYPE_CHECKING:
     from smtp_oauth.relay.delivery.manager import DeliveryConfig, Receipt, Session, SessionFactory
@@ -64,6 +75,13 @@ def _reply_of(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def _needs_operator(error: BaseException) -> bool:
+    """Refused credentials or configuration: a person has to act, the log says so at ERROR."""
+    return isinstance(error, AuthenticationError | ConfigurationError) or (
+        isinstance(error, TokenError) and not error.temporary
+    )
+
+
 def _log(level: int, entry: SpooledMessage, event: str, detail: str = "", **fields: object) -> None:
     """One structured line per message event; addresses and sizes, never bodies or tokens."""
     extra = {
@@ -87,7 +105,7 @@ class MailboxPool:
         self,
         mailbox: str,
         *,
-        spool: SpoolDelivery,
+        spool: DeliverySpool,
         sessions: SessionFactory,
         config: DeliveryConfig,
         pacer: Pacer,
@@ -105,12 +123,15 @@ class MailboxPool:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._unreleased: set[str] = set()  # claimed, outcome not recorded, release failed too
+        self.health = UpstreamHealth(
+            config.upstream_connections, probe_first=config.probe_first, probe_max=config.probe_max
+        )
 
     def wake(self) -> None:
         """There are due messages: start the workers if needed and let idle ones claim."""
         if not self._tasks and not self._stopping:
             self._tasks = [
-                asyncio.create_task(self._worker(), name=f"deliver {self.mailbox} #{n}")
+                asyncio.create_task(self._worker(n), name=f"deliver {self.mailbox} #{n}")
                 for n in range(self.config.upstream_connections)
             ]
         self._work.set()
@@ -126,13 +147,13 @@ class MailboxPool:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _worker(self) -> None:
+    async def _worker(self, index: int) -> None:
         stack = AsyncExitStack()  # holds the upstream session while it is open
         session: Session | None = None
         try:
             while not self._stopping:
                 try:
-                    session = await self._claim_and_send(session, stack)
+                    session = await self._claim_and_send(index, session, stack)
                 except Exception:  # the spool failed (disk full?): keep the worker, try again soon
                     logger.exception("delivery worker for %s", self.mailbox)
                     # The session may be open in the stack: close it, or the next claim opens
@@ -143,10 +164,29 @@ class MailboxPool:
         finally:
             await self._close(stack)
 
-    async def _claim_and_send(self, session: Session | None, stack: AsyncExitStack) -> Session | None:
+    async def _claim_and_send(
+        self, index: int, session: Session | None, stack: AsyncExitStack
+    ) -> Session | None:
         await self._release_unrecorded()
         self._work.clear()  # before claiming: a wake-up that comes during the claim is not lost
-        claimed = await self.spool.claim_due(self.mailbox, 1)
+        health = self.health
+        if not health.may_claim(index):
+            # Fewer sessions allowed after a 432, or suspended: give the session back to the
+            # mailbox's other senders and wait for a wake-up (or the next probe).
+            await self._close(stack)
+            await self._wait_for_work(idle=False, until_probe=health.seconds_to_probe())
+            return None
+        probe = health.suspended
+        claimed: list[SpooledMessage] = []
+        if probe:
+            health.start_probe()
+        try:
+            if probe:
+                await self._due_for_probe()
+            claimed = await self.spool.claim_due(self.mailbox, 1)
+        finally:
+            if probe and not claimed:
+                health.end_probe()
         if not claimed:
             if not await self._wait_for_work(idle=session is not None):
                 await self._close(stack)
@@ -154,10 +194,24 @@ class MailboxPool:
             return session
         return await self._attempt(claimed[0], session, stack)
 
-    async def _wait_for_work(self, *, idle: bool) -> bool:
-        """Wait for a wake-up; False if an open session stayed idle for ``idle_timeout``."""
+    async def _due_for_probe(self) -> None:
+        """A probe needs a due message: make one of those held back due, if none is."""
+        pending = await self.spool.pending_by_mailbox()
+        if pending.get(self.mailbox, float("inf")) <= time.time():
+            return
+        for queue_id in sorted(self.health.held):
+            entry = await self.spool.get(queue_id)
+            if entry is not None and entry.state == "deferred":
+                await self.spool.retry(queue_id)
+                return
+            self.health.held.discard(queue_id)
+
+    async def _wait_for_work(self, *, idle: bool, until_probe: float | None = None) -> bool:
+        """Wait for a wake-up (or the next probe); False if an open session stayed idle for
+        ``idle_timeout``."""
         if not idle:
-            await self._work.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), timeout=until_probe)
             return True
         try:
             await asyncio.wait_for(self._work.wait(), timeout=self.config.idle_timeout)
@@ -196,10 +250,11 @@ class MailboxPool:
             await asyncio.shield(self._give_back(entry))
             raise
         except PermanentDeliveryError as error:
+            await self._answered()
             await self._record(entry, self._dead(entry, body, _reply_of(error), error))
             return session  # a 5xx for this message; the session itself is fine
         except (SmtpOAuthError, OSError) as error:
-            await self._record(entry, self._deferred(entry, body, error))
+            await self._record(entry, self._failed(entry, body, error))
         except Exception as error:  # a bug of ours must not lose the message
             logger.exception("unexpected error delivering %s", entry.id)
             await self._record(entry, self._deferred(entry, body, error))
@@ -238,7 +293,72 @@ class MailboxPool:
                 raise
             self._unreleased.discard(queue_id)
 
+    async def _failed(self, entry: SpooledMessage, data: Body, error: SmtpOAuthError | OSError) -> None:
+        """A temporary failure: shrink after a 432, suspend after an upstream-wide one, defer."""
+        health = self.health
+        if is_congestion(error) and health.congested():
+            logger.warning(
+                "%s: Exchange refused a session (%s): another sender uses the mailbox's sessions; "
+                "%d session(s) for the relay now",
+                self.mailbox,
+                _reply_of(error),
+                health.limit,
+                extra={"event": "upstream_congested", "mailbox": self.mailbox, "sessions": health.limit},
+            )
+            await self._deferred(entry, data, error, retry_in=CONGESTION_RETRY)
+            self._work.set()  # the workers above the new limit close their sessions now
+            return
+        if is_upstream_wide(error):
+            reply = _reply_of(error)
+            if health.suspend(reply):
+                self._log_suspended(error, reply)
+            health.held.add(entry.id)
+            await self._deferred(entry, data, error, quiet=True)
+            return
+        await self._answered()
+        await self._deferred(entry, data, error)
+
+    def _log_suspended(self, error: SmtpOAuthError | OSError, reply: str) -> None:
+        """The one line a mailbox's suspension gets (its messages' own lines are INFO meanwhile)."""
+        operator = _needs_operator(error)
+        hint = error.explain() if isinstance(error, SmtpOAuthError) else None
+        logger.log(
+            logging.ERROR if operator else logging.WARNING,
+            "%s: upstream failing (%s); holding its queue and trying one message every %.0f s at most%s",
+            self.mailbox,
+            reply,
+            self.health.probe_max,
+            f" (hint: {hint})" if hint else "",
+            extra={"event": "upstream_suspended", "mailbox": self.mailbox, "upstream_reply": reply},
+        )
+
+    async def _answered(self) -> None:
+        """The upstream took part in a transaction (whatever it said of the message): not down."""
+        resumed, grown = self.health.delivered()
+        if resumed:
+            await self._resumed()
+        elif grown:
+            self._work.set()
+
+    async def _resumed(self) -> None:
+        """The probe went through: everything held back for the failure is due now."""
+        held, self.health.held = self.health.held, set()
+        released = 0
+        for queue_id in sorted(held):
+            entry = await self.spool.get(queue_id)
+            if entry is not None and entry.state == "deferred":
+                released += await self.spool.retry(queue_id)
+        logger.info(
+            "%s: upstream answers again; sending the %d message(s) held back now",
+            self.mailbox,
+            released,
+            extra={"event": "upstream_resumed", "mailbox": self.mailbox, "released": released},
+        )
+        self._work.set()
+        self.on_change()
+
     async def _delivered(self, entry: SpooledMessage, data: Body, receipt: Receipt) -> None:
+        await self._answered()
         # Recipients refused with a 4xx are tried again (the entry stays, for them alone); the
         # others got the message and are never sent it twice. 5xx refusals are final.
         temporary = [address for address, (code, _) in receipt.refused.items() if code < 500]
@@ -297,10 +417,22 @@ class MailboxPool:
             cap=self.config.backoff_cap,
         )
 
-    async def _deferred(self, entry: SpooledMessage, data: Body, error: BaseException) -> None:
+    async def _deferred(
+        self,
+        entry: SpooledMessage,
+        data: Body,
+        error: BaseException,
+        *,
+        retry_in: float | None = None,
+        quiet: bool = False,
+    ) -> None:
+        """Record a temporary failure; ``retry_in`` instead of the backoff (not past the age
+        limit); ``quiet``: the mailbox's state-change line already said why, with the hint."""
         now = time.time()
         attempts = entry.attempts + 1
         retry_at = self._retry_at(entry)
+        if retry_at is not None and retry_in is not None:
+            retry_at = min(retry_at, now + retry_in)
         reply = _reply_of(error)
         hint = error.explain() if isinstance(error, SmtpOAuthError) else None
         if retry_at is None:
@@ -310,11 +442,9 @@ class MailboxPool:
         await self.spool.mark_deferred(entry.id, next_attempt_at=retry_at, reply=reply)
         self.results["deferred"] += 1
         # Refused credentials need a person; everything else is routine and retried quietly.
-        operator = isinstance(error, AuthenticationError | ConfigurationError) or (
-            isinstance(error, TokenError) and not error.temporary
-        )
+        operator = _needs_operator(error) and not quiet
         _log(
-            logging.ERROR if operator else logging.WARNING,
+            logging.INFO if quiet else logging.ERROR if operator else logging.WARNING,
             entry,
             "deferred",
             reply + (f" (hint: {hint})" if hint and operator else ""),
