@@ -67,11 +67,11 @@ class CacheFirstTokenProvider:
     ) -> None:
         self._settings = settings
         self._cached = cached_token
-        self._cached_key = scope_key(cached_scopes or settings.identity.effective_scopes)
+        self._cached_key = scope_key(cached_scopes or settings.smtp_scopes)
         self._provider: TokenProvider | None = None
 
     async def access_token(self, *, force_refresh: bool = False, scopes: Sequence[str] | None = None) -> str:
-        key = scope_key(scopes or self._settings.identity.effective_scopes)
+        key = scope_key(scopes or self._settings.smtp_scopes)
         if self._cached is not None and key == self._cached_key:
             if not force_refresh:
                 return self._cached
@@ -318,7 +318,7 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
     from smtp_oauth.tokens.provider import cached_access_token
 
     # Read before the event loop starts: a small file, and no msal import when it serves.
-    cached = cached_access_token(settings)
+    cached = cached_access_token(settings, min_validity=settings.refresh_margin)
     reply = asyncio.run(
         _deliver(settings, outgoing, cached_token=cached, verbose=bool(args.verbose), prog=prog)
     )

@@ -2,7 +2,8 @@
 
 What Exchange Online requires (exchange-online.md B2, B3): the audience is Exchange Online
 (``https://outlook.office365.com``, ``https://outlook.office.com`` or its application id); an
-app-only token carries the ``SMTP.SendAsApp`` role, a delegated one the ``SMTP.Send`` scope; a
+app-only token carries the ``SMTP.SendAsApp`` role or, under SMTP App RBAC, no role at all (which
+model is reported; see ``app_access``), a delegated one the ``SMTP.Send`` scope; a
 delegated token may only authenticate as the signed-in user's own mailbox, or a mailbox that user
 holds FullAccess on. Anything else is answered ``535 5.7.3`` with no reason, which is why the
 check looks first.
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from smtp_oauth.diagnostics.app_access import access_model, describe_model
 from smtp_oauth.diagnostics.report import Status, StepResult
 from smtp_oauth.errors import ExitCode
 from smtp_oauth.settings.models import CLOUDS, Settings
@@ -156,15 +158,9 @@ def _permission_problem(claims: Mapping[str, Any], settings: Settings, now: date
             f"Microsoft Graph > Delegated permissions > {DELEGATED_SCOPE}) to app {client}, grant "
             f"consent ({_consent_url(settings)}), then sign in again: smtp-oauth logout && smtp-oauth login",
         )
-    roles = _as_list(claims.get("roles"))
-    if APP_ROLE in roles:
-        return None
-    return (
-        f"the app-only token has no {APP_ROLE} role (roles: {', '.join(roles) or 'none'})",
-        f"In Entra admin center > App registrations > {client} > API permissions: Add a permission > "
-        f"APIs my organization uses > Office 365 Exchange Online > Application permissions > "
-        f"{APP_ROLE}, then grant admin consent ({_consent_url(settings)}).",
-    )
+    # An app-only token without SMTP.SendAsApp is valid: SMTP App RBAC grants the mailbox through a
+    # role assignment, not a permission (app_access.py); only Exchange's AUTH can tell.
+    return None
 
 
 def _time_problem(claims: Mapping[str, Any], settings: Settings, now: datetime) -> Problem | None:
@@ -201,6 +197,8 @@ def check_claims(claims: Mapping[str, Any], settings: Settings, *, now: datetime
     """PASS, WARN or FAIL for a token's claims against the settings; the fix names the user's ids."""
     now = now or datetime.now(UTC)
     facts: dict[str, Any] = {name: claims[name] for name in _FACT_CLAIMS if name in claims}
+    if not settings.identity.is_delegated:
+        facts["model"] = access_model(claims).value
     expiry = _timestamp(claims.get("exp"))
     if expiry is not None:
         facts["expires_at"] = expiry.isoformat(timespec="seconds")
@@ -214,7 +212,14 @@ def check_claims(claims: Mapping[str, Any], settings: Settings, *, now: datetime
             return StepResult("claims", TITLE, Status.FAIL, detail, fix, int(ExitCode.NOPERM), facts)
     note = _mailbox_note(claims, settings)
     status = Status.WARN if note else Status.PASS
-    return StepResult("claims", TITLE, status, _describe(claims, now=now), note, facts=facts)
+    return StepResult(
+        "claims",
+        TITLE,
+        status,
+        _describe(claims, now=now, app_only=not settings.identity.is_delegated),
+        note,
+        facts=facts,
+    )
 
 
 def _timestamp(value: Any) -> datetime | None:
@@ -223,13 +228,15 @@ def _timestamp(value: Any) -> datetime | None:
     return datetime.fromtimestamp(value, tz=UTC)
 
 
-def _describe(claims: Mapping[str, Any], *, now: datetime) -> str:
+def _describe(claims: Mapping[str, Any], *, now: datetime, app_only: bool) -> str:
     parts = [f"aud {', '.join(_as_list(claims.get('aud')))}"]
     roles, scopes = _as_list(claims.get("roles")), _as_list(claims.get("scp"))
     if roles:
         parts.append(f"roles {', '.join(roles)}")
     if scopes:
         parts.append(f"scp {' '.join(scopes)}")
+    if app_only:
+        parts.append(f"model: {describe_model(access_model(claims))}")
     user = signed_in_user(claims)
     if user:
         parts.append(f"user {user}")

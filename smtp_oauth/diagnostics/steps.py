@@ -19,6 +19,13 @@ from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
+from smtp_oauth.diagnostics.app_access import (
+    PROPAGATION_NOTE,
+    AccessModel,
+    access_model,
+    describe_model,
+    setup_script,
+)
 from smtp_oauth.diagnostics.claims_check import check_claims, scopes_problem
 from smtp_oauth.diagnostics.probe import SmtpProbe
 from smtp_oauth.diagnostics.report import CheckReport, Status, StepResult
@@ -50,6 +57,7 @@ class _Run:
     def __init__(self, on_step: OnStep | None) -> None:
         self.report = CheckReport()
         self.context: dict[str, str] = {}
+        self.model: AccessModel | None = None  # how an app-only token gets its mailbox
         self._on_step = on_step
 
     def add(self, step: StepResult) -> bool:
@@ -180,7 +188,21 @@ def _claims_step(run: _Run, settings: Settings, token: str) -> bool:
         # exactly the id New-ServicePrincipal and Add-MailboxPermission ask for.
         run.context["enterprise_app_object_id"] = claims["oid"]
         run.context["service_principal_id"] = claims["oid"]
+    if not settings.identity.is_delegated:
+        run.model = access_model(claims)
+        if isinstance(claims.get("appid"), str):  # a system-assigned identity's id is only here
+            run.context["client_id"] = claims["appid"]
     return run.add(check_claims(claims, settings))
+
+
+def _access_setup(run: _Run) -> str | None:
+    """For a refused app-only AUTH: the PowerShell that grants the mailbox under the token's model."""
+    if run.model is None:
+        return None
+    return (
+        f"The token uses {describe_model(run.model)}. To give the app the mailbox:\n"
+        f"{setup_script(run.model, run.context)}\n{PROPAGATION_NOTE}"
+    )
 
 
 async def _auth_and_send(
@@ -190,7 +212,8 @@ async def _auth_and_send(
 
     try:
         async with Mailer(settings, token_provider=provider) as mailer:
-            if not await _step(run, "auth", mailer.verify_login, _auth_detail(settings)):
+            auth_cause = _access_setup(run)
+            if not await _step(run, "auth", mailer.verify_login, _auth_detail(settings), cause=auth_cause):
                 return
             if send_test:
                 message = _test_message(settings, send_test)
@@ -205,11 +228,22 @@ async def _auth_and_send(
 
 
 async def _step(
-    run: _Run, name: str, action: Callable[[], Awaitable[Any]], describe: Callable[[Any], str]
+    run: _Run,
+    name: str,
+    action: Callable[[], Awaitable[Any]],
+    describe: Callable[[Any], str],
+    *,
+    cause: str | None = None,
 ) -> bool:
     try:
         outcome = await action()
     except SmtpOAuthError as error:
+        from smtp_oauth.errors import AuthenticationError
+
+        if isinstance(error, AuthenticationError) and error.enhanced_status == "5.7.3" and cause:
+            # Exchange's generic refusal: the model's setup says more than the FullAccess-only hint.
+            error.hint = cause
+            return run.failed(name, error)
         return run.failed(name, error)
     return run.add(StepResult(name, STEPS[name], Status.PASS, describe(outcome)))
 

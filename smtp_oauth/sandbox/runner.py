@@ -363,6 +363,10 @@ class Sandbox:
         """The next ``times`` Graph ``operation`` requests (sendMail, ...) fail; see FakeGraph.inject."""
         self.graph.inject(operation, status, code, message, retry_after=retry_after, times=times)
 
+    def grant_mailbox(self, client_id: str, mailbox: str, *, model: str = "rbac") -> None:
+        """Give an app (or managed identity) a mailbox by SMTP App RBAC or FullAccess (FakeExchange.grant)."""
+        self.exchange.grant(client_id, mailbox, model=model)
+
     def inject(self, command: str, reply: str, *, times: int = 1, disconnect: bool = False) -> None:
         """The next ``times`` ``command`` (AUTH, MAIL, RCPT, DATA) get ``reply``; see FakeExchange.inject."""
         self.exchange.inject(command, reply, times=times, disconnect=disconnect)

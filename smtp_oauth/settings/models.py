@@ -36,6 +36,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "CLOUDS",
+    "SERVICES",
     "Cloud",
     "GraphSettings",
     "IdentitySettings",
@@ -310,16 +311,88 @@ class IdentitySettings(_Section):
         return [preset.delegated_scope] if self.is_delegated else [preset.app_scope]
 
 
-class SmtpSettings(_Section):
-    """``[smtp]``: the Exchange Online submission endpoint and the mailbox we send as."""
+ServiceName = Literal["exchange", "hve", "acs"]
 
+
+@dataclass(frozen=True)
+class SmtpService:
+    """What a Microsoft submission service presets: where, which token, whose address, how much."""
+
+    host: str | None  # None: the cloud's Exchange Online host
+    scope: str | None  # app-only token scope; None: Exchange Online's (the cloud's)
+    # Ask for a new token this long before the old one expires.
+    refresh_margin: timedelta
+    max_recipients: int | None  # per message; None: left to the server
+    max_message_size: int | None  # bytes; None: left to the server
+    sender_is_account: bool  # MAIL FROM and From: must be smtp.username itself
+    username_is_address: bool  # smtp.username is a mailbox address (not ACS's SMTP username)
+
+
+# Sources: microsoft-2026 research §1.3 (HVE: smtp.hve.mx.microsoft; tokens refused in their last
+# minutes, "535 5.7.142 token will expire soon", so refresh 20 minutes ahead as deployed relays do;
+# sender rules 5.7.62 / 5.6.241) and §1.4 (ACS: smtp.azurecomm.net, the communication.azure.com
+# scope, 50 recipients and 10 MB per message,
+# https://learn.microsoft.com/en-us/azure/communication-services/concepts/service-limits).
+SERVICES: dict[str, SmtpService] = {
+    "exchange": SmtpService(None, None, timedelta(minutes=10), None, None, False, True),
+    "hve": SmtpService("smtp.hve.mx.microsoft", None, timedelta(minutes=20), None, None, True, True),
+    "acs": SmtpService(
+        "smtp.azurecomm.net",
+        "https://communication.azure.com/.default",
+        timedelta(minutes=10),
+        50,
+        10 * 1024 * 1024,
+        False,
+        False,
+    ),
+}
+_ADDRESS = re.compile(r"^[^\s@]+@[^\s@]+$")
+# ACS's SMTP username when no custom one was made: "<resource name>|<Entra app id>|<tenant id>".
+_ACS_USERNAME = re.compile(r"^[^\s|]+\|[^\s|]+\|[^\s|]+$")
+
+
+class SmtpSettings(_Section):
+    """``[smtp]``: the submission endpoint (Exchange Online, HVE or ACS) and who we send as."""
+
+    service: ServiceName = "exchange"
     host: str | None = None
     port: int = Field(SUBMISSION_PORT, ge=1, le=65535)
     security: Literal["starttls", "tls"] = "starttls"
-    username: str = Field(min_length=3, pattern=r"^[^\s@]+@[^\s@]+$")
+    username: str = Field(min_length=3)
     from_address: str | None = None
     ca_file: Path | None = None
     timeout: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _username_fits_service(self) -> SmtpSettings:
+        if _ADDRESS.match(self.username):
+            pass
+        elif self.service != "acs" or not _ACS_USERNAME.match(self.username):
+            form = (
+                "an address, or ACS's <resource>|<app id>|<tenant id>"
+                if self.service == "acs"
+                else "an address"
+            )
+            raise ValueError(f"smtp.username {self.username!r} is not {form}")
+        elif self.from_address is None:
+            raise ValueError(
+                "smtp.service 'acs' with an SMTP username that is not an address needs "
+                "smtp.from_address (a MailFrom address of the ACS email domain, e.g. DoNotReply@contoso.com)"
+            )
+        if (
+            self.preset.sender_is_account
+            and self.from_address
+            and self.from_address.lower() != self.username.lower()
+        ):
+            raise ValueError(
+                f"smtp.service 'hve' sends only as the HVE account itself: smtp.from_address "
+                f"{self.from_address!r} must be smtp.username {self.username!r} (or be removed)"
+            )
+        return self
+
+    @property
+    def preset(self) -> SmtpService:
+        return SERVICES[self.service]
 
     @property
     def sender(self) -> str:
@@ -488,7 +561,7 @@ class Settings(BaseSettings):
         # identity is declared before smtp, so it is already validated (absent if it failed).
         identity = info.data.get("identity")
         if smtp.host is None and isinstance(identity, IdentitySettings):
-            return smtp.model_copy(update={"host": identity.cloud_preset.smtp_host})
+            return smtp.model_copy(update={"host": smtp.preset.host or identity.cloud_preset.smtp_host})
         return smtp
 
     @model_validator(mode="after")
@@ -525,6 +598,8 @@ class Settings(BaseSettings):
     def token_scopes(self, resource: str | None = None) -> list[str]:
         """The scopes of a token for ``resource``: "exchange", "graph", a resource URI, or None for
         the one ``transport`` needs. A URI gets ``<uri>/.default`` (every permission granted on it)."""
+        if resource is None and self.transport != "graph":
+            return self.smtp_scopes
         chosen = resource or ("graph" if self.transport == "graph" else "exchange")
         if chosen == "exchange":
             return self.identity.effective_scopes
@@ -534,7 +609,20 @@ class Settings(BaseSettings):
 
     @property
     def smtp_host(self) -> str:
-        return self.smtp.host or self.identity.cloud_preset.smtp_host
+        return self.smtp.host or self.smtp.preset.host or self.identity.cloud_preset.smtp_host
+
+    @property
+    def smtp_scopes(self) -> list[str]:
+        """The token scopes of the SMTP service: identity.scopes, else the service's (ACS), else
+        Exchange Online's."""
+        if self.identity.scopes or self.smtp.preset.scope is None or self.identity.is_delegated:
+            return self.identity.effective_scopes
+        return [self.smtp.preset.scope]
+
+    @property
+    def refresh_margin(self) -> timedelta:
+        """How long before expiry a token is replaced: per service (HVE refuses tokens near expiry)."""
+        return self.smtp.preset.refresh_margin
 
     @property
     def token_cache_path(self) -> Path:

@@ -64,7 +64,7 @@ def read_cached_token(
         return None
     identity = settings.identity
     environment = (urlsplit(identity.effective_authority_host).hostname or "").lower()
-    wanted_scopes = set(scope_key(scopes or identity.effective_scopes))
+    wanted_scopes = set(scope_key(scopes or settings.smtp_scopes))
     home_ids = _matching_home_accounts(cache, settings, environment) if identity.is_delegated else set()
     # MSAL files tokens under the tenant GUID from the discovered token endpoint; a tenant configured
     # by domain name cannot be compared, but the cache file is this authority's alone anyway.

@@ -117,7 +117,9 @@ class MsalTokenProvider:
         self._device_code_prompt = device_code_prompt or _print_device_code
         self._open_browser = open_browser or _open_web_browser
         self._interactive_timeout = interactive_timeout
-        self._default_scopes = list(settings.identity.effective_scopes)
+        self._default_scopes = list(settings.smtp_scopes)  # Exchange Online's, or the SMTP service's
+        # Per service: HVE refuses tokens in their last minutes, so they are replaced earlier.
+        self._margin = settings.refresh_margin.total_seconds()
         # scope_key(scopes) -> the current token for those scopes, and a counter bumped whenever a
         # new one is stored (a caller that waited for a forced refresh takes the one just made).
         self._tokens: dict[tuple[str, ...], IssuedToken] = {}
@@ -141,7 +143,7 @@ class MsalTokenProvider:
 
     def _fresh(self, key: tuple[str, ...]) -> str | None:
         token, now = self._tokens.get(key), time.time()
-        if token is None or token.remaining(now) <= REFRESH_MARGIN.total_seconds():
+        if token is None or token.remaining(now) <= self._margin:
             return None
         if token.refresh_on is not None and now >= token.refresh_on:
             return None
@@ -222,7 +224,7 @@ class MsalTokenProvider:
                 return token
             if force_refresh and (token := self._refreshed_meanwhile(key, generation)) is not None:
                 return token
-            margin = REFRESH_MARGIN.total_seconds()
+            margin = self._margin
             issued: IssuedToken = self._run_msal(
                 lambda session: session.acquire(
                     scopes=scopes, force_refresh=force_refresh, min_validity=margin

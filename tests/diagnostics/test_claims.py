@@ -99,14 +99,19 @@ def test_wrong_audience_fails_and_names_the_scopes(app_only: Settings) -> None:
     assert '["https://outlook.office365.com/.default"]' in result.fix
 
 
-def test_app_only_token_without_role_fails_with_consent_url(app_only: Settings) -> None:
-    """No SMTP.SendAsApp role: the fix names the permission and the admin-consent URL with the ids."""
-    result = check_claims(_app_claims(roles=["Mail.Send"]), app_only, now=NOW)
-    assert result.status is Status.FAIL
-    assert "SMTP.SendAsApp" in result.detail
-    assert result.fix is not None
-    assert f"/{TENANT}/adminconsent?client_id={APP}" in result.fix
-    assert "Office 365 Exchange Online" in result.fix
+def test_app_only_token_without_role_is_valid_under_rbac(app_only: Settings) -> None:
+    """No SMTP.SendAsApp role is SMTP App RBAC, not an error: the check passes and names the model."""
+    result = check_claims(_app_claims(roles=None), app_only, now=NOW)
+    assert result.status is Status.PASS
+    assert "SMTP App RBAC" in result.detail
+    assert result.facts["model"] == "rbac"
+
+
+def test_app_only_token_with_role_is_the_api_permission_model(app_only: Settings) -> None:
+    """A token carrying SMTP.SendAsApp is reported as the API permission (+ FullAccess) model."""
+    result = check_claims(_app_claims(), app_only, now=NOW)
+    assert result.facts["model"] == "api_permission"
+    assert "FullAccess" in result.detail
 
 
 def test_delegated_token_without_send_scope_fails(delegated: Settings) -> None:

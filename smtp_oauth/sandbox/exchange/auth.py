@@ -121,14 +121,12 @@ class TokenVerifier:
         if not client_id:
             raise AuthRejected("app-only token names no application (appid/azp)")
         roles = claims.get("roles")
-        if roles is None or roles == []:
+        if not isinstance(roles, list) or SEND_AS_APP_ROLE not in roles:
             if user.casefold() not in self._rbac.get(client_id, frozenset()):
                 raise AuthRejected(
-                    f"app-only token without roles: application {client_id!r} has no "
-                    f"'Application SMTP.SendAsApp' role assignment covering mailbox {user!r}"
+                    f"app-only token without role {SEND_AS_APP_ROLE} (roles={roles!r}): application "
+                    f"{client_id!r} has no 'Application SMTP.SendAsApp' role assignment covering {user!r}"
                 )
             return
-        if not isinstance(roles, list) or SEND_AS_APP_ROLE not in roles:
-            raise AuthRejected(f"app-only token lacks role {SEND_AS_APP_ROLE} (roles={roles!r})")
         if user.casefold() not in self._grants.get(client_id, frozenset()):
             raise AuthRejected(f"application {client_id!r} has no access to mailbox {user!r}")

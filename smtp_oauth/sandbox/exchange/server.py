@@ -124,6 +124,14 @@ class FakeExchange:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    def grant(self, client_id: str, mailbox: str, *, model: str = "rbac") -> None:
+        """Let app ``client_id`` send as ``mailbox``: ``"rbac"`` (``New-ManagementRoleAssignment
+        -Role "Application SMTP.SendAsApp"`` with a scope holding it; tokens need no role) or
+        ``"fullaccess"`` (``Add-MailboxPermission``; tokens need the SMTP.SendAsApp role)."""
+        if model not in {"rbac", "fullaccess"}:
+            raise ValueError(f"model must be 'rbac' or 'fullaccess', not {model!r}")
+        self._handler.verifier.grant(client_id, mailbox, model=model)
+
     def inject(self, command: str, reply: str, *, times: int = 1, disconnect: bool = False) -> None:
         """Answer the next ``times`` ``command``s with ``reply``; thread-safe.
 
