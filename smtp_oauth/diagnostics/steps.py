@@ -1,5 +1,8 @@
 """``check`` as a library: config -> token -> claims -> TCP -> TLS -> AUTH -> optional test message.
 
+With ``transport = "graph"``: config -> Graph token -> claims -> dry sendMail request -> large
+messages -> optional test message (``graph_check.py``).
+
 Each step returns a :class:`StepResult`; the first failure ends the run and the remaining steps
 are reported as skipped, since each needs what the previous one proved. Usable from monitoring::
 
@@ -27,6 +30,12 @@ from smtp_oauth.diagnostics.app_access import (
     setup_script,
 )
 from smtp_oauth.diagnostics.claims_check import check_claims, scopes_problem
+from smtp_oauth.diagnostics.graph_check import (
+    DRY_REQUEST_BODY,
+    GRAPH_STEPS,
+    check_graph_claims,
+    large_message_step,
+)
 from smtp_oauth.diagnostics.probe import SmtpProbe
 from smtp_oauth.diagnostics.report import CheckReport, Status, StepResult
 from smtp_oauth.errors import ConfigurationError, SmtpOAuthError
@@ -49,6 +58,7 @@ STEPS: dict[str, str] = {
 }
 
 OnStep = Callable[[StepResult], None]
+_TITLES = {**STEPS, **GRAPH_STEPS}
 
 
 class _Run:
@@ -70,7 +80,7 @@ class _Run:
         """Record ``error`` as the step's failure; ``cause``, when known, comes before its hint."""
         error.context.update(self.context)
         fix = " ".join(part for part in (cause, error.explain()) if part) or None
-        step = StepResult(name, STEPS[name], Status.FAIL, str(error), fix, int(error.exit_code))
+        step = StepResult(name, _TITLES[name], Status.FAIL, str(error), fix, int(error.exit_code))
         return self.add(step)
 
     def skip_rest(self, wanted: list[str]) -> None:
@@ -79,7 +89,7 @@ class _Run:
         reason = f"skipped: {failed.title} failed" if failed else "skipped"
         for name in wanted:
             if name not in done:
-                self.add(StepResult(name, STEPS[name], Status.SKIP, reason))
+                self.add(StepResult(name, _TITLES[name], Status.SKIP, reason))
 
 
 async def run_checks(
@@ -97,7 +107,18 @@ async def run_checks(
     run = _Run(on_step)
     wanted = [*STEPS][:-1] + (["send"] if send_test else [])
     loaded = _config_step(run, settings)
-    if loaded is not None:
+    if loaded is not None and loaded.transport == "graph":
+        wanted = [*GRAPH_STEPS][:-1] + (["send"] if send_test else [])
+        run.report.identity = {
+            "tenant_id": loaded.identity.tenant_id or "",
+            "client_id": loaded.identity.client_id or "",
+            "flow": loaded.identity.flow,
+            "mailbox": loaded.graph_mailbox,
+            "graph": loaded.graph_endpoint,
+        }
+        run.context.update({**loaded.hint_context(), "mailbox": loaded.graph_mailbox})
+        await _graph_checks(run, loaded, send_test, token_provider)
+    elif loaded is not None:
         run.report.identity = {
             "tenant_id": loaded.identity.tenant_id or "",
             "client_id": loaded.identity.client_id or "",
@@ -119,6 +140,19 @@ def _config_step(run: _Run, settings: Settings | Callable[[], Settings]) -> Sett
         return None
     source = str(loaded.source_file) if loaded.source_file else "environment only"
     identity = loaded.identity
+    if loaded.transport == "graph":
+        run.add(
+            StepResult(
+                "config",
+                STEPS["config"],
+                Status.PASS,
+                f"{source}: flow {identity.flow}, tenant {identity.tenant_id or '-'}, "
+                f"client {identity.client_id or '(system-assigned)'}, transport graph: mailbox "
+                f"{loaded.graph_mailbox} at {loaded.graph_endpoint}",
+                facts={"file": loaded.source_file and str(loaded.source_file)},
+            )
+        )
+        return loaded
     run.add(
         StepResult(
             "config",
@@ -276,3 +310,92 @@ def _test_message(settings: Settings, address: str) -> EmailMessage:
         "If you can read it, sending mail with OAuth works.\n"
     )
     return message
+
+
+async def _graph_checks(
+    run: _Run, settings: Settings, send_test: str | None, provider: TokenProvider | None
+) -> None:
+    """The Graph transport's steps (graph_check.py's docstring says what each proves)."""
+    from smtp_oauth.graph.client import GraphClient
+    from smtp_oauth.tokens.claims import decode_claims
+
+    if provider is None:
+        from smtp_oauth.tokens.provider import create_token_provider
+
+        try:
+            provider = create_token_provider(settings)
+        except SmtpOAuthError as error:
+            run.failed("token", error)
+            return
+    try:
+        token = await provider.access_token(force_refresh=True, scopes=settings.graph_scopes)
+    except SmtpOAuthError as error:
+        run.failed("token", error)
+        return
+    identity = settings.identity
+    detail = f"issued by {identity.authority} for {' '.join(settings.graph_scopes)} ({identity.flow})"
+    run.add(StepResult("token", GRAPH_STEPS["token"], Status.PASS, detail))
+    try:
+        claims = decode_claims(token)
+    except ValueError as exc:
+        claims = {}
+        run.add(StepResult("claims", GRAPH_STEPS["claims"], Status.WARN, f"cannot read the token: {exc}"))
+    else:
+        if not settings.identity.is_delegated and isinstance(claims.get("oid"), str):
+            run.context["enterprise_app_object_id"] = claims["oid"]
+            run.context["service_principal_id"] = claims["oid"]
+        if not run.add(check_graph_claims(claims, settings)):
+            return
+    client = GraphClient(settings, token_provider=provider)
+    try:
+        if not await _dry_request(run, settings, client):
+            return
+        run.add(large_message_step(claims, settings))
+        if send_test:
+            await _graph_send_test(run, settings, client, send_test)
+    finally:
+        await client.aclose()
+
+
+async def _dry_request(run: _Run, settings: Settings, client: Any) -> bool:
+    from urllib.parse import quote
+
+    from smtp_oauth.graph.errors import GraphMessageError
+
+    mailbox = settings.graph_mailbox
+    try:
+        await client.request(
+            "POST",
+            f"/v1.0/users/{quote(mailbox, safe='@')}/sendMail",
+            what=f"the dry sendMail request for {mailbox}",
+            context=run.context,
+            content=DRY_REQUEST_BODY,
+            content_type="text/plain",
+        )
+    except GraphMessageError as answer:
+        if answer.graph_code == "ErrorMimeContentInvalidBase64String":
+            detail = (
+                f"Graph authorized sendMail for {mailbox} and then refused the deliberately invalid body "
+                f"({answer.status} {answer.graph_code}): the mailbox can send; nothing was sent"
+            )
+            return run.add(StepResult("mailbox", GRAPH_STEPS["mailbox"], Status.PASS, detail))
+        return run.failed("mailbox", answer)
+    except SmtpOAuthError as error:
+        return run.failed("mailbox", error)
+    return run.add(
+        StepResult(
+            "mailbox",
+            GRAPH_STEPS["mailbox"],
+            Status.WARN,
+            f"Graph accepted a sendMail request for {mailbox} whose body is not a message",
+        )
+    )
+
+
+async def _graph_send_test(run: _Run, settings: Settings, client: Any, address: str) -> None:
+    from smtp_oauth.graph.transport import GraphTransport
+
+    message = _test_message(settings, address)
+    message.replace_header("From", settings.graph_mailbox)
+    transport = GraphTransport(settings, client=client, close_client=False)
+    await _step(run, "send", lambda: transport.send(message), _send_detail(address))
