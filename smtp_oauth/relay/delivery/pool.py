@@ -126,6 +126,9 @@ class MailboxPool:
         self.health = UpstreamHealth(
             config.upstream_connections, probe_first=config.probe_first, probe_max=config.probe_max
         )
+        # The upstream asked us to wait (Graph's Retry-After): no claims for this mailbox until then.
+        self._paused_until = 0.0  # time.monotonic()
+        self._stopped = asyncio.Event()
 
     def wake(self) -> None:
         """There are due messages: start the workers if needed and let idle ones claim."""
@@ -139,6 +142,7 @@ class MailboxPool:
     async def stop(self, *, grace: float) -> None:
         """Stop claiming; wait up to ``grace`` seconds for sends in progress, then cancel them."""
         self._stopping = True
+        self._stopped.set()
         self._work.set()
         if not self._tasks:
             return
@@ -168,6 +172,9 @@ class MailboxPool:
         self, index: int, session: Session | None, stack: AsyncExitStack
     ) -> Session | None:
         await self._release_unrecorded()
+        await self._wait_out_pause()
+        if self._stopping:
+            return session
         self._work.clear()  # before claiming: a wake-up that comes during the claim is not lost
         health = self.health
         if not health.may_claim(index):
@@ -205,6 +212,17 @@ class MailboxPool:
                 await self.spool.retry(queue_id)
                 return
             self.health.held.discard(queue_id)
+
+    async def _wait_out_pause(self) -> None:
+        """Sleep while the upstream's Retry-After lasts (woken early only to stop)."""
+        delay = self._paused_until - time.monotonic()
+        if delay > 0 and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), timeout=delay)
+
+    def _pause(self, wait: float) -> None:
+        """Honour a wait the upstream asked for: this mailbox's workers claim nothing until then."""
+        self._paused_until = max(self._paused_until, time.monotonic() + wait)
 
     async def _wait_for_work(self, *, idle: bool, until_probe: float | None = None) -> bool:
         """Wait for a wake-up (or the next probe); False if an open session stayed idle for
@@ -439,6 +457,11 @@ class MailboxPool:
             reason = f"still failing after {attempts} attempts, at the queue age limit: {reply}"
             await self._dead(entry, data, reason, error)
             return
+        wait = error.retry_after if isinstance(error, DeliveryError) else None
+        if wait is not None:
+            # Not before the upstream said (Graph's Retry-After), whatever the backoff would allow.
+            retry_at = max(retry_at, now + wait)
+            self._pause(wait)
         await self.spool.mark_deferred(entry.id, next_attempt_at=retry_at, reply=reply)
         self.results["deferred"] += 1
         # Refused credentials need a person; everything else is routine and retried quietly.
