@@ -33,6 +33,6 @@ def test_code_is_formatted() -> None:
 
 
 def test_mypy_strict_is_clean(tmp_path: Path) -> None:
-    """The package type-checks under `mypy --strict` (configured in pyproject.toml)."""
+    """The package and its tests type-check under `mypy --strict` (configured in pyproject.toml)."""
     result = _run("mypy", "--cache-dir", str(tmp_path / "mypy-cache"))
     assert result.returncode == 0, result.stdout + result.stderr

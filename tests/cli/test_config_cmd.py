@@ -7,10 +7,18 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from smtp_oauth.cli.config_cmd import example_config
 from smtp_oauth.settings.loading import load_settings
-from smtp_oauth.settings.models import Settings
+from smtp_oauth.settings.models import (
+    GraphSettings,
+    IdentitySettings,
+    RelaySettings,
+    SendMailSettings,
+    Settings,
+    SmtpSettings,
+)
 from tests.cli.admin_cli import clean_env, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -150,9 +158,9 @@ def test_example_states_the_real_defaults(tmp_path: Path) -> None:
     """Every commented `# key = value` line of the example gives the model's actual default."""
     defaults = {
         "": Settings.model_fields,
-        "identity": Settings.model_fields["identity"].annotation.model_fields,  # type: ignore[union-attr]
-        "smtp": Settings.model_fields["smtp"].annotation.model_fields,  # type: ignore[union-attr]
-        "relay": Settings.model_fields["relay"].annotation.model_fields,  # type: ignore[union-attr]
+        "identity": IdentitySettings.model_fields,
+        "smtp": SmtpSettings.model_fields,
+        "relay": RelaySettings.model_fields,
     }
     loaded = load_settings_for_example(tmp_path)
     section = ""
@@ -203,16 +211,16 @@ def test_example_lists_every_key() -> None:
         if line.startswith("[") and not line.startswith("[["):
             current = line.strip("[]")
         sections[current] = sections.get(current, "") + line + "\n"
-    models = {
+    models: dict[str, type[BaseModel]] = {
         "": Settings,
-        "identity": Settings.model_fields["identity"].annotation,
-        "smtp": Settings.model_fields["smtp"].annotation,
-        "graph": Settings.model_fields["graph"].annotation,
-        "relay": Settings.model_fields["relay"].annotation,
-        "send_mail": Settings.model_fields["send_mail"].annotation,
+        "identity": IdentitySettings,
+        "smtp": SmtpSettings,
+        "graph": GraphSettings,
+        "relay": RelaySettings,
+        "send_mail": SendMailSettings,
     }
     for section, model in models.items():
-        for key in model.model_fields:  # type: ignore[union-attr]
+        for key in model.model_fields:
             if key in {"identity", "smtp", "graph", "relay", "send_mail"}:
                 continue
             listed = f"{key} = " in sections[section] or f"[[{section}.{key}]]" in sections[section]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import subprocess
 import sys
@@ -69,14 +70,14 @@ def test_empty_password_is_refused(tmp_path: Path) -> None:
 def test_prompted_passwords_must_match(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a terminal the password is asked twice; differing entries hash nothing."""
     answers = iter(["first", "second"])
-    monkeypatch.setattr(command.getpass, "getpass", lambda prompt="": next(answers))
+    monkeypatch.setattr(getpass, "getpass", lambda prompt="": next(answers))
     with pytest.raises(command.PasswordInputError, match="differ"):
         command.read_password(sys.stdin, prompt=True)
 
 
 def test_prompted_password_is_returned_as_utf8(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two matching prompted entries give the password's UTF-8 bytes."""
-    monkeypatch.setattr(command.getpass, "getpass", lambda prompt="": "pässword")
+    monkeypatch.setattr(getpass, "getpass", lambda prompt="": "pässword")
     assert command.read_password(sys.stdin, prompt=True) == "pässword".encode()
 
 

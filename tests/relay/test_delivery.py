@@ -320,9 +320,11 @@ async def test_event_log_has_fields_but_no_body(spool: SqliteSpool, caplog: pyte
         "<7@example.com>",
         "app@example.com",
     )
+    body = incoming(7).data
+    assert isinstance(body, bytes)
     assert (fields["recipients"], fields["size"], fields["upstream_reply"]) == (
         1,
-        len(incoming(7).data),
+        len(body),
         "250 2.0.0 queued",
     )
     assert fields["latency_ms"] >= 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import sys
 import textwrap
@@ -160,7 +161,9 @@ async def test_connections_beyond_the_total_limit_get_421() -> None:
     relay = relay_settings(max_connections=2, max_message_size=BIG)
     async with listener_with_incoming(Path("/nonexistent"), relay) as (listener, _):
         address = listener.addresses[0]
-        _held = [await in_thread(lambda n=n: greeting(address, source=f"127.0.0.{n + 2}")) for n in range(2)]
+        _held = [
+            await in_thread(functools.partial(greeting, address, source=f"127.0.0.{n + 2}")) for n in range(2)
+        ]
         _, refusal = await in_thread(lambda: greeting(address, source="127.0.0.9"))
     assert refusal.startswith(b"421 4.7.0 ")
 

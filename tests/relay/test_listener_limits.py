@@ -132,11 +132,11 @@ async def test_bare_lf_smuggling_stays_inside_the_first_message() -> None:
         transcript = await in_thread(lambda: raw_conversation(listener.addresses[0], lines))
     assert transcript.count(b"250 2.0.0 Ok: queued as") == 1
     assert len(store.messages) == 1
-    assert (
-        b"first\n.\r\nMAIL FROM:<ceo@contoso.com>\r\nRCPT TO:<victim@example.com>" in store.messages[0].data
-    )
+    data = store.messages[0].data
+    assert isinstance(data, bytes)
+    assert b"first\n.\r\nMAIL FROM:<ceo@contoso.com>\r\nRCPT TO:<victim@example.com>" in data
     # ".<LF>MAIL..." is one line starting with a dot: dot-unstuffed (RFC 5321 4.5.2), still data.
-    assert b"wire money\r\n\nMAIL FROM:<ceo@contoso.com>" in store.messages[0].data
+    assert b"wire money\r\n\nMAIL FROM:<ceo@contoso.com>" in data
     assert store.messages[0].rcpt_tos == ["alice@example.com"]
 
 

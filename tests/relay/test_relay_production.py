@@ -72,11 +72,13 @@ class FullDiskSpool(SqliteSpool):
 
     failures = 0
 
-    async def mark_delivered(self, queue_id: str, **fields: object) -> None:  # type: ignore[override]
+    async def mark_delivered(
+        self, queue_id: str, *, reply: str, refused: dict[str, tuple[int, str]] | None = None
+    ) -> None:
         if self.failures:
             self.failures -= 1
             raise sqlite3.OperationalError("database or disk is full")
-        await super().mark_delivered(queue_id, **fields)  # type: ignore[arg-type]
+        await super().mark_delivered(queue_id, reply=reply, refused=refused)
 
 
 async def test_upstream_sessions_stay_within_the_limit_after_spool_errors(tmp_path: Path) -> None:

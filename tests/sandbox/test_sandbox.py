@@ -139,6 +139,7 @@ async def test_repr_shows_no_secret(smtp_oauth_sandbox: Sandbox) -> None:
     """Neither the sandbox, its tenant nor its IdP shows a secret or password in repr."""
     sandbox = smtp_oauth_sandbox
     text = repr(sandbox) + repr(sandbox.tenant) + repr(sandbox.idp)
+    assert sandbox.tenant.app.client_secret is not None  # the default app has a secret
     assert sandbox.tenant.app.client_secret not in text
     assert sandbox.tenant.user.password not in text
 

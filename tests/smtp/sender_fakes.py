@@ -7,6 +7,7 @@ sandbox key exactly as the sandbox IdP does, so the fake Exchange verifies them 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from smtp_oauth.sandbox.keys import SigningKey
@@ -16,6 +17,7 @@ from smtp_oauth.smtp.xoauth2 import encode
 TENANT_ID = "7f3c2a1e-0000-4000-8000-00000000a11c"
 CLIENT_ID = "0b7a5d52-1111-4222-8333-444455556666"
 MAILBOX = "sender@sandbox.test"
+EXCHANGE_AUDIENCE = "https://outlook.office365.com"
 OTHER_MAILBOX = "other@sandbox.test"
 
 
@@ -28,13 +30,15 @@ class SigningTokenProvider:
         self.calls: list[bool] = []  # force_refresh of each call
         self.issued: list[str] = []
 
-    async def access_token(self, *, force_refresh: bool = False) -> str:
+    async def access_token(self, *, force_refresh: bool = False, scopes: Sequence[str] | None = None) -> str:
+        """A token for Exchange Online, or for the resource of ``scopes`` ("<resource>/.default")."""
         self.calls.append(force_refresh)
         now = int(time.time())
         tenant = "wrong-tenant" if len(self.calls) <= self._refused else TENANT_ID
+        audience = scopes[0].removesuffix("/.default") if scopes else EXCHANGE_AUDIENCE
         token = self._key.sign(
             {
-                "aud": "https://outlook.office365.com",
+                "aud": audience,
                 "tid": tenant,
                 "appid": CLIENT_ID,
                 "roles": ["SMTP.SendAsApp"],

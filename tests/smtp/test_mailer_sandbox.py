@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from email.message import EmailMessage
 
 import pytest
@@ -24,9 +25,9 @@ class RecordingProvider:
         self.calls: list[bool] = []
         self.issued: list[str] = []
 
-    async def access_token(self, *, force_refresh: bool = False) -> str:
+    async def access_token(self, *, force_refresh: bool = False, scopes: Sequence[str] | None = None) -> str:
         self.calls.append(force_refresh)
-        token = await self._inner.access_token(force_refresh=force_refresh)
+        token = await self._inner.access_token(force_refresh=force_refresh, scopes=scopes)
         self.issued.append(token)
         return token
 

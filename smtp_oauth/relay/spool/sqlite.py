@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.relay.spool.base import (
@@ -170,7 +170,7 @@ class SqliteSpool:
         (`smtp-oauth queue retry`) are noticed by delivery's poll."""
 
     @classmethod
-    async def open(cls, directory: Path, *, exclusive: bool = False, create: bool = True) -> SqliteSpool:
+    async def open(cls, directory: Path, *, exclusive: bool = False, create: bool = True) -> Self:
         """Open (and create, unless ``create=False``: FileNotFoundError) the spool in ``directory``."""
         database = directory / "queue.sqlite3"
         try:
