@@ -17,8 +17,11 @@ running policy instead of locking every sender out.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from dataclasses import dataclass
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.utils import getaddresses
 
 from smtp_oauth.errors import ConfigurationError
@@ -35,6 +38,8 @@ __all__ = [
     "is_loopback_address",
     "read_headers",
 ]
+
+log = logging.getLogger("smtp_oauth.relay.listener")
 
 NULL_SENDER = "<>"  # the empty reverse-path of bounces (RFC 5321 4.5.5), as written in allowed_senders
 # What ends a line of a message on its way upstream: CRLF, a bare LF or a lone CR (each sent as CRLF).
@@ -75,12 +80,33 @@ def cleartext_auth_allowed(peer_host: str | None, *, tls_active: bool) -> bool:
     return tls_active or is_loopback_address(peer_host)
 
 
+# Address space that is not reachable from the Internet (RFC 6890 special-purpose registries):
+# networks inside it are a LAN's devices; anything else in allow_networks is someone else's hosts.
+_NON_PUBLIC: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in (
+        "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.168.0.0/16", "::1/128", "fc00::/7", "fe80::/10",
+    )
+)  # fmt: skip
+MAX_PUBLIC_ADDRESSES = 2**16  # public space allow_networks may cover in all: a /16 of offices
+WIDE_PRIVATE_PREFIX = {4: 16, 6: 48}  # shorter private prefixes than these get a warning
+
+
+def _non_public(network: IPNetwork) -> bool:
+    return any(network.version == block.version and network.subnet_of(block) for block in _NON_PUBLIC)  # type: ignore[arg-type]
+
+
 def check_not_open_relay(relay: RelaySettings) -> None:
-    """Refuse settings that would let anyone on the network send mail as our mailboxes."""
+    """Refuse settings that would let anyone on the network send mail as our mailboxes.
+
+    A non-loopback listener needs relay.users; relay.allow_networks may not cover more than
+    ``MAX_PUBLIC_ADDRESSES`` of public address space in all (``0.0.0.0/1`` + ``128.0.0.0/1`` is
+    the whole Internet, split in two), on any listener; wide private ranges are logged as a warning.
+    """
     host, _ = parse_listen(relay.listen)
-    if is_loopback_address(host):
-        return
-    if not relay.users:
+    loopback = is_loopback_address(host)
+    if not loopback and not relay.users:
         raise ConfigurationError(
             f"relay.listen is {relay.listen}, which is not loopback, and relay.users is empty: that "
             "would be an open relay, so the relay will not start",
@@ -89,13 +115,36 @@ def check_not_open_relay(relay: RelaySettings) -> None:
             "relay.allow_networks only maps networks to such users, it is not a user list. "
             "Or listen on 127.0.0.1 only.",
         )
-    for network in relay.allow_networks:
-        if ipaddress.ip_network(network.cidr, strict=False).prefixlen == 0:
+    public4: list[ipaddress.IPv4Network] = []
+    public6: list[ipaddress.IPv6Network] = []
+    for network in (ipaddress.ip_network(n.cidr, strict=False) for n in relay.allow_networks):
+        if _non_public(network):
+            if network.prefixlen < WIDE_PRIVATE_PREFIX[network.version] or (loopback and network.is_loopback):
+                log.warning(
+                    "relay.allow_networks has %s: every host (or, on loopback, every local program) "
+                    "in it sends without a password; list only the devices that cannot log in",
+                    network,
+                )
+            continue
+        if isinstance(network, ipaddress.IPv4Network):
+            public4.append(network)
+        else:
+            public6.append(network)
+    covered4 = sum(n.num_addresses for n in ipaddress.collapse_addresses(public4))
+    covered6 = sum(n.num_addresses for n in ipaddress.collapse_addresses(public6))
+    # IPv6: a /48 (one site) in all, the same share of the space as a /16 of IPv4's public part.
+    for version, covered, limit, networks in (
+        (4, covered4, MAX_PUBLIC_ADDRESSES, public4),
+        (6, covered6, 2**80, public6),
+    ):
+        if covered > limit:
+            listed = ", ".join(str(n) for n in networks)
             raise ConfigurationError(
-                f"relay.listen is {relay.listen}, which is not loopback, and relay.allow_networks "
-                f"contains {network.cidr}, which matches every address: that would be an open relay",
+                f"relay.allow_networks covers {covered} public IPv{version} addresses ({listed}): every "
+                "host in them could send mail as your mailbox without a password, an open relay",
                 key="relay.allow_networks",
-                hint="List only the networks of the devices that cannot authenticate, e.g. 10.0.5.0/24.",
+                hint="List only the networks of the devices that cannot authenticate, e.g. 10.0.5.0/24 "
+                "or an office's public /28; everything else logs in as a [[relay.users]] entry.",
             )
 
 
@@ -251,19 +300,40 @@ def _fields(lines: list[bytes]) -> list[tuple[str, str]]:
     return fields
 
 
-def read_headers(data: bytes) -> MessageHeaders:
-    """The From: addresses (every From: field, every address in it) and the Message-ID of ``data``.
+# The fields that name who sent a message (RFC 5322 3.6.2 and 3.6.6): each is checked like From:.
+SENDER_FIELDS = frozenset({"from", "sender", "resent-from", "resent-sender"})
+# What looks like an address inside a display name or comment ("boss@contoso.com" <me@...>).
+_ADDRESS_LIKE = re.compile(r"[^\s<>()\[\]\",;:@]+@[^\s<>()\[\]\",;:@]+\.[^\s<>()\[\]\",;:@]+")
 
-    An unparsable From: entry is returned as ``""``, which no sender rule but ``<>`` matches; a
-    message without a From: field has no header sender to check (MAIL FROM still is).
+
+def _display_addresses(name: str) -> list[str]:
+    """Addresses a display name shows, also inside RFC 2047 encoded words (=?utf-8?q?boss=40...?=)."""
+    try:
+        decoded = str(make_header(decode_header(name)))
+    except (HeaderParseError, LookupError, UnicodeError, ValueError):
+        decoded = name
+    return _ADDRESS_LIKE.findall(decoded)
+
+
+def read_headers(data: bytes) -> MessageHeaders:
+    """The sender addresses (every From:, Sender:, Resent-From: and Resent-Sender: field, every
+    address in it, and any address shown in a display name or comment) and the Message-ID.
+
+    A reader sees the display name first: ``"boss@contoso.com" <me@contoso.com>`` claims to be
+    from boss, so that address must be allowed too. An unparsable entry is returned as ``""``,
+    which no sender rule but ``<>`` matches; a message without such fields has no header sender
+    to check (MAIL FROM still is).
     """
     fields = _fields(_header_lines(data))
     addresses: list[str] = []
     for name, value in fields:
-        if name == "from":
-            found = [address.strip() for _, address in getaddresses([value])]
+        if name in SENDER_FIELDS:
+            pairs = getaddresses([value])
+            found = [address.strip() for _, address in pairs]
             # An empty From: still claims a sender; "" makes the check refuse it (unless "<>").
             addresses.extend(found if any(found) else [""])
+            for display, _ in pairs:
+                addresses.extend(_display_addresses(display))
     message_id = next((value for name, value in fields if name == "message-id"), None)
     if message_id is not None:
         message_id = message_id.strip()[:MAX_MESSAGE_ID_LENGTH] or None

@@ -123,7 +123,13 @@ def _describe_validation_error(error: ValidationError, source: str) -> Configura
             message = "required but not set"
         shown = ""
         last = str(item["loc"][-1]) if item["loc"] else ""
-        showable = last not in _SECRET_KEYS and not isinstance(item.get("input"), dict)
+        # An unknown key is most often a misspelt known one (client_secert): its value may be the
+        # secret, so it is never shown; nor are values of secret keys, or whole tables.
+        showable = (
+            last not in _SECRET_KEYS
+            and item["type"] != "extra_forbidden"
+            and not isinstance(item.get("input"), dict)
+        )
         if "input" in item and item["type"] != "missing" and showable:
             shown = f" (got {item['input']!r})"
         # The environment beats the file: a value set there must not send the reader to the file.

@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from smtp_oauth.relay.listener.session import ListenerTuning
 from smtp_oauth.relay.passwords import hash_password
 from smtp_oauth.relay.service import RelayService
 from smtp_oauth.relay.spool.base import QueueState
@@ -61,7 +62,11 @@ def send_legacy(
 @asynccontextmanager
 async def running_relay(sandbox: Sandbox, **delivery: float) -> AsyncIterator[tuple[RelayService, int]]:
     """An in-process relay on the sandbox's settings; yields it and its port."""
-    service = RelayService(sandbox.settings(), delivery_tuning={**FAST_DELIVERY, **delivery})
+    service = RelayService(
+        sandbox.settings(),
+        delivery_tuning={**FAST_DELIVERY, **delivery},
+        listener_tuning=ListenerTuning(greet_pause=0.0, shutdown_grace=4.0),
+    )
     ready: asyncio.Future[list[tuple[str, int]]] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(service.run(ready=ready.set_result))
     try:

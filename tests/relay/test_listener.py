@@ -30,7 +30,9 @@ SCANNER_PASSWORD = "scanner-staple-41"
 # Cheaper scrypt than the default (ln=14) so the suite stays fast; the format carries the cost.
 FERN_HASH = hash_password(FERN_PASSWORD, log2_n=10)
 SCANNER_HASH = hash_password(SCANNER_PASSWORD, log2_n=10)
-FAST = ListenerTuning(auth_failure_delay=0.01, auth_failure_delay_max=0.05, shutdown_grace=2.0)
+FAST = ListenerTuning(
+    auth_failure_delay=0.01, auth_failure_delay_max=0.05, shutdown_grace=2.0, greet_pause=0.0
+)
 MESSAGE = (
     b"From: Fern <fern@contoso.com>\r\n"
     b"To: alice@example.com\r\n"

@@ -188,8 +188,8 @@ async def test_hundred_concurrent_clients_are_all_accepted() -> None:
 
 
 async def test_idle_session_is_closed_after_the_timeout() -> None:
-    """A client that stays silent past the idle timeout is disconnected."""
-    async with running_listener(tuning=ListenerTuning(idle_timeout=0.3)) as (listener, _):
+    """A client that stays silent past the idle timeout gets '421 4.4.2' and is disconnected."""
+    async with running_listener(tuning=ListenerTuning(idle_timeout=0.3, greet_pause=0.0)) as (listener, _):
 
         def conversation() -> bytes:
             with socket.create_connection(listener.addresses[0], timeout=5) as sock:
@@ -199,7 +199,7 @@ async def test_idle_session_is_closed_after_the_timeout() -> None:
 
         transcript = await in_thread(conversation)
     assert transcript.startswith(b"220 ")
-    assert transcript.count(b"\r\n") == 1  # the greeting, then EOF
+    assert transcript.endswith(b"\r\n421 4.4.2 Error: timeout exceeded, closing connection\r\n")
 
 
 async def test_a_message_arriving_slowly_outlasts_the_idle_timeout() -> None:

@@ -202,3 +202,67 @@ def test_message_without_from_has_no_header_senders() -> None:
     headers = read_headers(b"Subject: hi\r\n\r\nbody\r\n")
     assert headers.from_addresses == ()
     assert headers.message_id is None
+
+
+def test_allow_networks_covering_the_internet_in_halves_is_refused() -> None:
+    """0.0.0.0/1 + 128.0.0.0/1 (every IPv4 host, in two entries) is an open relay: refused."""
+    networks = [{"cidr": "0.0.0.0/1", "user": "fern"}, {"cidr": "128.0.0.0/1", "user": "fern"}]
+    relay = RelaySettings(listen="0.0.0.0:2525", users=[user()], allow_networks=networks)
+    with pytest.raises(ConfigurationError) as caught:
+        check_not_open_relay(relay)
+    assert caught.value.key == "relay.allow_networks"
+    assert "public IPv4 addresses" in str(caught.value)
+
+
+def test_allow_networks_covering_ipv6_in_halves_is_refused() -> None:
+    """::/1 + 8000::/1 is every IPv6 host: refused."""
+    networks = [{"cidr": "::/1", "user": "fern"}, {"cidr": "8000::/1", "user": "fern"}]
+    with pytest.raises(ConfigurationError):
+        check_not_open_relay(RelaySettings(listen="[::]:2525", users=[user()], allow_networks=networks))
+
+
+def test_everything_on_a_loopback_listener_is_refused_too() -> None:
+    """0.0.0.0/0 on a loopback listener is refused as well (it was accepted silently)."""
+    networks = [{"cidr": "0.0.0.0/0", "user": "fern"}]
+    with pytest.raises(ConfigurationError):
+        check_not_open_relay(RelaySettings(listen="127.0.0.1:2525", users=[user()], allow_networks=networks))
+
+
+def test_an_office_s_small_public_network_is_accepted() -> None:
+    """A public /28 (an office's NAT range) is a normal allow_networks entry."""
+    networks = [{"cidr": "198.51.100.16/28", "user": "fern"}]
+    check_not_open_relay(RelaySettings(listen="0.0.0.0:2525", users=[user()], allow_networks=networks))
+
+
+def test_a_wide_private_range_is_accepted_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """10.0.0.0/8 starts, with a warning that every host in it sends without a password."""
+    networks = [{"cidr": "10.0.0.0/8", "user": "fern"}]
+    check_not_open_relay(RelaySettings(listen="0.0.0.0:2525", users=[user()], allow_networks=networks))
+    assert "10.0.0.0/8" in caplog.text
+    assert "without a password" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Sender: boss@contoso.com",
+        b"Resent-From: boss@contoso.com",
+        b"Resent-Sender: Boss <boss@contoso.com>",
+        b'From: "boss@contoso.com" <fern@contoso.com>',
+        b"From: =?utf-8?q?boss=40contoso=2Ecom?= <fern@contoso.com>",
+        b"From: fern@contoso.com (boss@contoso.com)",
+    ],
+)
+def test_other_sender_fields_and_display_names_are_checked(header: bytes) -> None:
+    """Sender:, Resent-From:/-Sender: and an address shown as a display name are checked like From:."""
+    fern = policy(users=[user(mailbox="fern@contoso.com")]).users["fern"]
+    found = read_headers(b"From: fern@contoso.com\r\n" + header + b"\r\n\r\nbody\r\n").from_addresses
+    assert "boss@contoso.com" in found
+    assert not all(fern.may_send_as(address) for address in found)
+
+
+def test_a_plain_display_name_passes() -> None:
+    """'Fern Example <fern@contoso.com>' and its own address as display name are fine."""
+    fern = policy(users=[user(mailbox="fern@contoso.com")]).users["fern"]
+    data = b'From: Fern Example <fern@contoso.com>\r\nSender: "fern@contoso.com" <fern@contoso.com>\r\n\r\nx'
+    assert all(fern.may_send_as(address) for address in read_headers(data).from_addresses)

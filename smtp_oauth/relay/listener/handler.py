@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from aiosmtpd.smtp import TLSSetupException
 from smtp_oauth.relay.listener.accept import QuietLog
 from smtp_oauth.relay.listener.incoming import SPILL_AT, read_file_headers
 from smtp_oauth.relay.listener.limits import REPLY_INSUFFICIENT_STORAGE
+from smtp_oauth.relay.listener.logins import REPLY_AUTH_THROTTLED, LoginGuard, LoginLimits
 from smtp_oauth.relay.listener.sasl import SaslCredentials, read_login, read_plain
 from smtp_oauth.relay.listener.session import (
     REPLY_SHUTTING_DOWN,
@@ -43,6 +43,7 @@ REPLY_SENDER_OK = "250 2.1.0 Ok"
 REPLY_SENDER_REFUSED = "550 5.7.1 Sender <{sender}> not allowed for user <{user}>"
 REPLY_RECIPIENT_OK = "250 2.1.5 Ok"
 REPLY_BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+REPLY_BAD_SENDER = "501 5.1.7 Bad sender address syntax"
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 REPLY_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
 REPLY_LOCAL_ERROR = "451 4.3.0 Requested action aborted: local error in processing"
@@ -55,24 +56,9 @@ _DUMMY_HASH = parse_hash(
 )
 
 
-class _LoginThrottle:
-    """Failed logins per client address, turned into a growing delay before the 535."""
-
-    def __init__(self, tuning: ListenerTuning) -> None:
-        self._tuning = tuning
-        self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, time of the last)
-
-    def record_failure(self, address: str) -> tuple[int, float]:
-        """Count a failure; (failures from this address in the window, seconds to wait)."""
-        now = time.monotonic()
-        window = self._tuning.auth_failure_window
-        count, last = self._failures.get(address, (0, now))
-        count = count + 1 if now - last < window else 1
-        self._failures[address] = (count, now)
-        if len(self._failures) > 10_000:  # bounded memory under a spray from many addresses
-            self._failures = {a: v for a, v in self._failures.items() if now - v[1] < window}
-        delay = self._tuning.auth_failure_delay * 2 ** min(count - 1, 16)
-        return count, min(delay, self._tuning.auth_failure_delay_max)
+def _clean_address(address: str) -> bool:
+    """No CR, LF or NUL (a command smuggled upstream), no undecodable bytes (SMTPUTF8 is UTF-8)."""
+    return not any(c in "\r\n\0" or "\udc80" <= c <= "\udcff" for c in address)
 
 
 class RelayHandler:
@@ -81,8 +67,24 @@ class RelayHandler:
     def __init__(self, listener: ListenerState, tuning: ListenerTuning) -> None:
         self._listener = listener
         self._tuning = tuning
-        self._throttle = _LoginThrottle(tuning)
+        self._logins = LoginGuard(
+            LoginLimits(
+                delay=tuning.auth_failure_delay,
+                delay_max=tuning.auth_failure_delay_max,
+                window=tuning.auth_failure_window,
+                user_failure_limit=tuning.auth_user_failure_limit,
+                user_attempt_interval=tuning.auth_user_attempt_interval,
+            )
+        )
         self._quiet = QuietLog(log)
+
+    async def handle_EHLO(
+        self, server: RelaySession, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """aiosmtpd's extensions plus PIPELINING (RFC 2920: aiosmtpd reads commands in order)."""
+        session.host_name = hostname  # aiosmtpd leaves this to a handler with its own EHLO hook
+        *extensions, last = responses
+        return [*extensions, "250-PIPELINING", last]
 
     async def handle_AUTH(
         self, server: RelaySession, session: Any, envelope: Any, args: list[str]
@@ -92,20 +94,33 @@ class RelayHandler:
         credentials = await reader(server, args)
         if credentials is None:
             return None  # the reader already answered (501 bad base64, 501 aborted)
-        user = self._listener.policy.user(credentials.login)
-        # Verify against a dummy hash for unknown names, so timing does not reveal which users exist.
-        hashed = user.password if user is not None else _DUMMY_HASH
-        matches = await asyncio.to_thread(verify_password, credentials.password, hashed)
-        if user is not None and matches:
-            session.authenticated = True
-            session.auth_data = user.name
-            log.info("%s authenticated as %r", server.peer_host, user.name)
-            return REPLY_AUTH_OK
-        return await self._login_failed(server, credentials)
+        peer = server.peer_host
+        async with self._logins.turn(peer):  # one login of an address at a time, delay included
+            if self._logins.refuse_untrusted(credentials.login, peer):
+                self._quiet.log(
+                    logging.WARNING,
+                    f"auth_throttled {credentials.login}",
+                    "too many failed logins for user %r: logins from new addresses (now %s) get 454 "
+                    "for a while; addresses it logged in from before are not affected",
+                    credentials.login,
+                    peer,
+                )
+                return REPLY_AUTH_THROTTLED
+            user = self._listener.policy.user(credentials.login)
+            # Verify against a dummy hash for unknown names, so timing does not reveal which users exist.
+            hashed = user.password if user is not None else _DUMMY_HASH
+            matches = await asyncio.to_thread(verify_password, credentials.password, hashed)
+            if user is not None and matches:
+                self._logins.succeeded(user.name, peer)
+                session.authenticated = True
+                session.auth_data = user.name
+                log.info("%s authenticated as %r", peer, user.name)
+                return REPLY_AUTH_OK
+            return await self._login_failed(server, credentials)
 
     async def _login_failed(self, server: RelaySession, credentials: SaslCredentials) -> str | None:
         """Log with the peer, wait the growing delay, and hang up after too many tries in a session."""
-        count, delay = self._throttle.record_failure(server.peer_host)
+        count, delay = self._logins.failed(credentials.login, server.peer_host)
         log.warning(
             "authentication failed for user %r from %s (%d failures from this address, reply delayed %.1f s)",
             credentials.login,
@@ -136,6 +151,8 @@ class RelayHandler:
             # aiosmtpd pushes our reply right after we return; close only once it is written.
             asyncio.get_running_loop().call_soon(server.hang_up)
             return REPLY_SHUTTING_DOWN
+        if not _clean_address(address):
+            return REPLY_BAD_SENDER
         user = self._sender_user(server, session)
         if user is None:
             return REPLY_AUTH_REQUIRED
@@ -169,7 +186,7 @@ class RelayHandler:
         self, server: RelaySession, session: Any, envelope: RelayEnvelope, address: str, options: list[str]
     ) -> str:
         """RCPT TO: any recipient (Exchange decides), at most max_recipients per message."""
-        if address == NULL_SENDER:
+        if address == NULL_SENDER or not _clean_address(address):
             return REPLY_BAD_RECIPIENT
         if len(envelope.rcpt_tos) >= self._tuning.max_recipients:
             return REPLY_TOO_MANY_RECIPIENTS

@@ -40,6 +40,7 @@ from smtp_oauth.relay.listener.handler import RelayHandler
 from smtp_oauth.relay.listener.incoming import SpillGuard
 from smtp_oauth.relay.listener.limits import ClientBytes, ConnectionLimits, FreeSpace
 from smtp_oauth.relay.listener.session import (
+    JUNK_COMMAND_LIMITS,
     REPLY_SHUTTING_DOWN,
     ListenerTuning,
     Message,
@@ -193,6 +194,9 @@ class RelayListener:
             ident="smtp-oauth relay",
             timeout=self._tuning.idle_timeout,
             auth_require_tls=True,  # relaxed per loopback peer in connection_made
+            enable_SMTPUTF8=True,  # RFC 6531: Exchange Online takes UTF-8 addresses, so do we
+            command_call_limit=JUNK_COMMAND_LIMITS,
+            greet_pause=self._tuning.greet_pause,
             loop=loop,
         )
 

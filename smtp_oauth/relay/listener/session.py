@@ -39,6 +39,13 @@ log = logging.getLogger("smtp_oauth.relay.listener")
 
 REPLY_SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing connection"
 REPLY_LOCAL_ERROR_CLOSING = "421 4.3.0 Local error in processing, closing connection"
+REPLY_TIMEOUT = "421 4.4.2 Error: timeout exceeded, closing connection"  # Postfix's wording
+REPLY_PREGREETING = "554 5.5.1 Error: SMTP protocol synchronization (you talked before the greeting)"
+REPLY_BAD_DOMAIN = "501 5.5.4 Invalid domain name"
+# Postfix's smtpd_junk_command_limit (100) for the commands that reset the idle timer and cost
+# nothing; aiosmtpd answers "421 4.7.0 <command> sent too many times" and closes past them.
+JUNK_COMMAND_LIMITS = {"NOOP": 100, "RSET": 100, "VRFY": 20, "EXPN": 20, "HELP": 20, "*": 10**9}
+_CONTROL = frozenset("\r\n\0")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,11 @@ class ListenerTuning:
     auth_failure_delay_max: float = 16.0  # doubling per failure from that address, up to this
     auth_failure_window: float = 900.0  # failures older than this are forgotten
     auth_failures_per_session: int = 3  # then 421 and hang up, as Postfix's smtpd_hard_error_limit
+    auth_user_failure_limit: int = 5  # failures of one user in the window: then it is under attack...
+    auth_user_attempt_interval: float = 5.0  # ...and new addresses may try it once per this (454)
+    # Silence before the greeting: a client that talks during it is refused (an early talker:
+    # spam software pipelining blind). Postfix's postscreen pregreet test, shorter.
+    greet_pause: float = 0.3
     shutdown_grace: float = 30.0  # stop(): how long busy sessions may take to finish
     # Disk one client address may hold in unfinished DATA transfers; 0: twice max_message_size.
     unfinished_bytes_per_client: int = 0
@@ -103,8 +115,11 @@ class RelayEnvelope(Envelope):
 class RelaySession(SMTP):
     """One client connection. Decides per peer whether AUTH may be offered without TLS."""
 
-    def __init__(self, handler: RelayHandler, listener: ListenerState, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: RelayHandler, listener: ListenerState, *, greet_pause: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
+        self._greet_pause = greet_pause
         self.listener = listener
         self.auth_failures = 0
         self.peer_host = ""
@@ -121,6 +136,44 @@ class RelaySession(SMTP):
     def busy(self) -> bool:
         """Inside a mail transaction (between MAIL FROM and the reply to DATA)."""
         return self.envelope is not None and self.envelope.mail_from is not None
+
+    async def _handle_client(self) -> None:
+        if self._greet_pause > 0:
+            try:
+                early = await asyncio.wait_for(self._reader.read(1), timeout=self._greet_pause)
+            except TimeoutError:
+                early = None  # silence: a well-behaved client waits for the 220
+            if early is not None:
+                if early:
+                    log.warning(
+                        "%s sent data before the greeting; connection refused",
+                        self.peer_host,
+                        extra={"event": "pregreeting", "peer": self.peer_host},
+                    )
+                    self.hang_up(REPLY_PREGREETING)
+                else:
+                    self.hang_up()
+                return
+        await super()._handle_client()
+
+    def _timeout_cb(self) -> None:
+        """Say why before hanging up on an idle client (RFC 5321 4.5.3.2: 421 then close)."""
+        log.info("closing the idle connection of %s", self.peer_host)
+        self.hang_up(REPLY_TIMEOUT)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if hostname and _CONTROL & set(hostname):
+            await self.push(REPLY_BAD_DOMAIN)
+            return
+        await super().smtp_EHLO(hostname)
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        if hostname and _CONTROL & set(hostname):
+            await self.push(REPLY_BAD_DOMAIN)
+            return
+        await super().smtp_HELO(hostname)
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:

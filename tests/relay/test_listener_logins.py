@@ -1,0 +1,90 @@
+"""Failed logins limited per address and per user across connections; the real user still gets in."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import smtplib
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from smtp_oauth.relay.listener.logins import LoginGuard, LoginLimits
+from smtp_oauth.relay.listener.server import ListenerTuning
+from tests.relay.test_listener import FERN_PASSWORD, in_thread, relay_settings, running_listener
+
+WRONG = base64.b64encode(b"\0fern\0wrong-guess").decode()
+RIGHT = base64.b64encode(f"\0fern\0{FERN_PASSWORD}".encode()).decode()
+
+
+def guess_for(address: tuple[str, int], seconds: float, *, source: str = "127.0.0.1") -> int:
+    """Wrong AUTH PLAIN guesses until ``seconds`` are over; how many were checked (535, not 454)."""
+    answered = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with smtplib.SMTP(*address, timeout=30, source_address=(source, 0)) as client:
+            client.ehlo("attacker")
+            for _ in range(2):  # the session's failure limit hangs up after the third
+                if time.monotonic() >= deadline:
+                    break
+                code, _ = client.docmd("AUTH", f"PLAIN {WRONG}")
+                answered += code == 535
+    return answered
+
+
+def login(address: tuple[str, int], *, source: str) -> tuple[int, float]:
+    started = time.monotonic()
+    with smtplib.SMTP(*address, timeout=30, source_address=(source, 0)) as client:
+        client.ehlo("printer")
+        code, _ = client.docmd("AUTH", f"PLAIN {RIGHT}")
+    return code, time.monotonic() - started
+
+
+async def test_parallel_connections_from_one_address_do_not_multiply_guesses() -> None:
+    """30 connections from one address guess no faster than one: the failure delay is per address."""
+    tuning = ListenerTuning(
+        auth_failure_delay=0.2, auth_failure_delay_max=0.2, shutdown_grace=1.0, greet_pause=0.0
+    )
+    relay = relay_settings(max_connections_per_client=50)
+    async with running_listener(relay, tuning=tuning) as (listener, _):
+        address = listener.addresses[0]
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=30) as pool:
+            counts = await asyncio.gather(
+                *(loop.run_in_executor(pool, guess_for, address, 3.0) for _ in range(30))
+            )
+    assert sum(counts) <= 3.0 / 0.2 + 2  # one answer per delay, not 30
+
+
+async def test_a_user_under_attack_from_many_addresses_is_slowed_but_its_owner_gets_in() -> None:
+    """Many addresses guessing one user get 454 beyond its pace; the user's own address logs in at once."""
+    tuning = ListenerTuning(
+        auth_failure_delay=0.01,
+        auth_failure_delay_max=0.01,
+        auth_user_failure_limit=3,
+        auth_user_attempt_interval=60.0,
+        greet_pause=0.0,
+        shutdown_grace=1.0,
+    )
+    async with running_listener(tuning=tuning) as (listener, _):
+        address = listener.addresses[0]
+        code, _ = await in_thread(lambda: login(address, source="127.0.0.2"))  # the printer's usual address
+        assert code == 235
+        sources = [f"127.0.1.{n}" for n in range(1, 21)]
+        counts = [await in_thread(lambda s=s: guess_for(address, 0.1, source=s)) for s in sources]
+        own_code, own_time = await in_thread(lambda: login(address, source="127.0.0.2"))
+        new_code, _ = await in_thread(lambda: login(address, source="127.0.2.1"))
+    assert sum(counts) <= 3 + 2  # the user's failure limit, then one check per interval
+    assert (own_code, own_time < 1.0) == (235, True)
+    assert new_code == 454  # a new address while the user is under attack: try again later
+
+
+def test_a_new_address_gets_its_turn_after_the_interval() -> None:
+    """Under attack, a new address is refused (454) only until the user's next attempt slot."""
+    now = [0.0]
+    guard = LoginGuard(LoginLimits(user_failure_limit=2, user_attempt_interval=5.0), clock=lambda: now[0])
+    guard.failed("fern", "203.0.113.1")
+    guard.failed("fern", "203.0.113.2")
+    assert not guard.refuse_untrusted("fern", "203.0.113.3")  # takes the slot
+    assert guard.refuse_untrusted("fern", "198.51.100.7")
+    now[0] = 5.0
+    assert not guard.refuse_untrusted("fern", "198.51.100.7")
