@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import smtplib
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +71,7 @@ async def test_a_user_under_attack_from_many_addresses_is_slowed_but_its_owner_g
         code, _ = await in_thread(lambda: login(address, source="127.0.0.2"))  # the printer's usual address
         assert code == 235
         sources = [f"127.0.1.{n}" for n in range(1, 21)]
-        counts = [await in_thread(lambda s=s: guess_for(address, 0.1, source=s)) for s in sources]
+        counts = [await in_thread(functools.partial(guess_for, address, 0.1, source=s)) for s in sources]
         own_code, own_time = await in_thread(lambda: login(address, source="127.0.0.2"))
         new_code, _ = await in_thread(lambda: login(address, source="127.0.2.1"))
     assert sum(counts) <= 3 + 2  # the user's failure limit, then one check per interval
