@@ -199,7 +199,7 @@ class RelaySession(SMTP):
         self.peer_host = peer_host
         # aiosmtpd only knows "AUTH needs TLS" globally; we allow cleartext AUTH for loopback peers.
         self._auth_require_tls = not cleartext_auth_allowed(
-            self.peer_host, tls_active=self._tls_protocol is not None
+            self.peer_host, tls_active=transport.get_extra_info("ssl_object") is not None
         )
         if first:
             self.listener.session_opened(self)
@@ -244,7 +244,7 @@ class RelaySession(SMTP):
                     envelope.body_size = body.size
             except asyncio.CancelledError:
                 log.info("connection lost during DATA")
-                self._writer.close()
+                self.hang_up()
                 raise
             except OSError as exc:  # finish() after the final dot: the stream is in step
                 body.error = exc
