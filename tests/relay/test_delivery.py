@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -64,6 +64,9 @@ class FakeUpstream:
     peak: dict[str, int] = field(default_factory=dict)
     send_times: list[float] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # the name of each file sent (bodies in files)
+    held: dict[str, asyncio.Event] = field(default_factory=dict)  # a mailbox's sends wait for its event
+    in_flight: dict[str, int] = field(default_factory=dict)  # sends started and not finished, by mailbox
+    peak_in_flight: int = 0  # the most sends in flight at once, all mailboxes together
 
     def factory(self) -> SessionFactory:
         upstream = self
@@ -75,9 +78,16 @@ class FakeUpstream:
             async def send(self, message: BinaryIO, /, *, sender: str, recipients: Sequence[str]) -> Result:
                 upstream.send_times.append(time.monotonic())
                 upstream.files.append(str(getattr(message, "name", "")))
-                if self.mailbox in upstream.hang_for:
-                    await asyncio.sleep(3600)
-                await asyncio.sleep(upstream.delay)
+                upstream.in_flight[self.mailbox] = upstream.in_flight.get(self.mailbox, 0) + 1
+                upstream.peak_in_flight = max(upstream.peak_in_flight, sum(upstream.in_flight.values()))
+                try:
+                    if self.mailbox in upstream.hang_for:
+                        await asyncio.sleep(3600)
+                    if self.mailbox in upstream.held:
+                        await upstream.held[self.mailbox].wait()
+                    await asyncio.sleep(upstream.delay)
+                finally:
+                    upstream.in_flight[self.mailbox] -= 1
                 if upstream.failures:
                     raise upstream.failures.pop(0)
                 upstream.sent.append((self.mailbox, sender, list(recipients), message.read()))
@@ -181,13 +191,61 @@ async def test_concurrent_sessions_are_capped_per_mailbox(spool: SqliteSpool) ->
     assert upstream.peak[MAILBOX] == 3
 
 
-async def test_mailboxes_do_not_block_each_other(spool: SqliteSpool) -> None:
-    """A mailbox whose upstream hangs does not hold up another mailbox's mail."""
-    upstream = FakeUpstream(hang_for={"stuck@example.com"})
-    await spool.enqueue(incoming(1, mailbox="stuck@example.com"))
-    free = await spool.enqueue(incoming(2, mailbox="free@example.com"))
+async def wait_until(condition: Callable[[], bool], what: str, *, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_mailboxes_are_sent_to_at_the_same_time(spool: SqliteSpool) -> None:
+    """Sends through four mailboxes are in flight together: delivery never goes one send at a time."""
+    mailboxes = [f"box{n}@example.com" for n in range(4)]
+    release = asyncio.Event()  # no send finishes before all four have started
+    upstream = FakeUpstream(held=dict.fromkeys(mailboxes, release))
+    ids = [await spool.enqueue(incoming(n, mailbox=mailbox)) for n, mailbox in enumerate(mailboxes)]
     async with running(spool, upstream):
-        await wait_for_state(spool, free, "delivered")
+        await wait_until(lambda: upstream.peak_in_flight == len(mailboxes), "four sends in flight at once")
+        release.set()
+        for queue_id in ids:
+            await wait_for_state(spool, queue_id, "delivered")
+    assert sorted(mailbox for mailbox, *_ in upstream.sent) == mailboxes
+
+
+async def test_one_mailbox_sends_on_all_its_sessions_at_once(spool: SqliteSpool) -> None:
+    """A mailbox with upstream_connections=3 has three sends in flight together, not one after another."""
+    release = asyncio.Event()
+    upstream = FakeUpstream(held={MAILBOX: release})
+    ids = [await spool.enqueue(incoming(n)) for n in range(6)]
+    async with running(spool, upstream, upstream_connections=3):
+        await wait_until(lambda: upstream.peak_in_flight == 3, "three sends in flight at once")
+        release.set()
+        for queue_id in ids:
+            await wait_for_state(spool, queue_id, "delivered")
+    assert upstream.peak_in_flight == 3
+
+
+@pytest.mark.parametrize("stuck_first", [True, False], ids=["stuck-enqueued-first", "free-enqueued-first"])
+async def test_a_hung_mailbox_stays_sending_while_another_is_delivered(
+    spool: SqliteSpool, stuck_first: bool
+) -> None:
+    """While one mailbox's send hangs (its message stays ``sending``), another mailbox's message is
+    sent and delivered, whichever was queued first."""
+    free_may_finish = asyncio.Event()  # only once the stuck send is under way
+    upstream = FakeUpstream(hang_for={"stuck@example.com"}, held={"free@example.com": free_may_finish})
+    order = [("stuck@example.com", 1), ("free@example.com", 2)]
+    queued = {
+        mailbox: await spool.enqueue(incoming(n, mailbox=mailbox))
+        for mailbox, n in order[:: 1 if stuck_first else -1]
+    }
+    async with running(spool, upstream):
+        await wait_until(lambda: upstream.in_flight.get("stuck@example.com") == 1, "the stuck send to start")
+        free_may_finish.set()
+        await wait_for_state(spool, queued["free@example.com"], "delivered")
+        stuck = await spool.get(queued["stuck@example.com"])
+        assert stuck is not None
+        assert stuck.state == "sending"
+    assert [mailbox for mailbox, *_ in upstream.sent] == ["free@example.com"]
 
 
 async def test_temporary_failure_is_deferred_then_retried(spool: SqliteSpool) -> None:
