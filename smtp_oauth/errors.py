@@ -17,7 +17,8 @@ these at one boundary each (``settings.py``, ``tokens.py``, ``sender.py``)::
           +-- AuthenticationError     535 / 530 on AUTH: the token was refused    exit 77
 
 ``explain()`` returns the cause and the fix for the replies and AADSTS codes Exchange Online and
-Entra ID are known to send (sources: ../shared/reference/exchange-online.md, B3 and B4). Hints can be
+Entra ID are known to send (sources: https://learn.microsoft.com/en-us/exchange/troubleshoot/send-emails/smtp-submission-improvements,
+https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes). Hints can be
 filled in with the user's ids through ``context`` (``tenant_id``, ``client_id``, ``mailbox``).
 
 This module imports nothing from smtp_oauth.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,17 @@ def test_mypy_strict_is_clean(tmp_path: Path) -> None:
     """The package and its tests type-check under `mypy --strict` (configured in pyproject.toml)."""
     result = _run("mypy", "--cache-dir", str(tmp_path / "mypy-cache"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_comments_cite_no_document_outside_the_repository() -> None:
+    """A ``*.md`` named in code or tests is a file of this repository (public sources are URLs/RFCs)."""
+    cited = re.compile(r"[\w./-]+\.md\b")
+    outside = [
+        f"{path.relative_to(ROOT)}:{number}: {name}"
+        for folder in ("smtp_oauth", "tests", "bench")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        for name in cited.findall(line)
+        if name.startswith((".", "/")) or not (ROOT / name).is_file()
+    ]
+    assert not outside, "\n".join(outside)

@@ -19,7 +19,6 @@ from smtp_oauth.relay.passwords import hash_password
 
 __all__ = ["add_arguments", "read_password", "run"]
 
-HELP = "hash a relay user's password for relay.users"
 SHORT_PASSWORD = 12  # below this, warn: these passwords guard sending as a company mailbox
 
 

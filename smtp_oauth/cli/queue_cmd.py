@@ -26,7 +26,6 @@ from smtp_oauth.settings.models import Settings
 
 __all__ = ["add_arguments", "run"]
 
-HELP = "list, show, retry or delete relay queue entries"
 NOT_FOUND = 1
 HEADER_LIMIT = 64 * 1024  # `show` prints the header section; a body is never read whole
 

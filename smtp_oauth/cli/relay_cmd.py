@@ -14,8 +14,6 @@ from smtp_oauth.errors import ExitCode
 
 __all__ = ["add_arguments", "run"]
 
-HELP = "run the store-and-forward SMTP relay for legacy senders"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``smtp-oauth relay`` takes only the global ``--config``; everything else is in ``[relay]``."""

@@ -5,7 +5,7 @@ or in the next word (``-fuser@x``, ``-f user@x``), and a family of ``-o<x>`` opt
 (``-oi``, ``-odb``, ``-oem``). argparse cannot express that, so :func:`normalise_argv` first
 rewrites the sendmail words into long options, then argparse parses the result (and writes
 ``--help``). Options sendmail programs pass that have no meaning here are accepted and ignored, as
-Postfix and msmtp do (exchange-online.md A3).
+Postfix (https://www.postfix.org/sendmail.1.html) and msmtp (https://marlam.de/msmtp/msmtp.html) do.
 """
 
 from __future__ import annotations

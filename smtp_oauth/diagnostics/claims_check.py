@@ -1,6 +1,7 @@
 """Does this access token fit Exchange Online SMTP? Pure checks over decoded claims.
 
-What Exchange Online requires (exchange-online.md B2, B3): the audience is Exchange Online
+What Exchange Online requires (https://learn.microsoft.com/en-us/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth):
+the audience is Exchange Online
 (``https://outlook.office365.com``, ``https://outlook.office.com`` or its application id); an
 app-only token carries the ``SMTP.SendAsApp`` role or, under SMTP App RBAC, no role at all (which
 model is reported; see ``app_access``), a delegated one the ``SMTP.Send`` scope; a

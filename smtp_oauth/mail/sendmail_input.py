@@ -3,7 +3,8 @@
 Pure functions over bytes, so 8-bit bodies go out exactly as they came in (a parse/re-serialise
 round trip through the email package would re-wrap and re-encode them).
 
-Conventions followed (Postfix sendmail(1), msmtp; see ../shared/reference/exchange-online.md A3):
+Conventions followed (Postfix sendmail(1), https://www.postfix.org/sendmail.1.html, and msmtp,
+https://marlam.de/msmtp/msmtp.html):
 
 - Input ends at EOF, or, unless ``-i``/``-oi`` is given, at a line holding only ``.``.
 - LF, CRLF (and stray CR) line endings are all accepted; what is sent uses CRLF (RFC 5321 2.3.8).

@@ -101,7 +101,8 @@ def make_certificates(directory: Path) -> SandboxCertificates:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + _VALIDITY)
         .add_extension(
-            # Clients connect by IP, so the SAN must carry IP:127.0.0.1 (libraries.md §7).
+            # Clients connect by IP, so the SAN must carry IP:127.0.0.1 (an IP is matched only
+            # against iPAddress entries: RFC 2818 section 3.1).
             x509.SubjectAlternativeName(
                 [
                     x509.DNSName("localhost"),

@@ -94,7 +94,8 @@ class Cloud:
         return f"{self.graph_endpoint}/Mail.Send"
 
 
-# Sources: exchange-online.md B2 (national clouds as documented by sasl-xoauth2 and Microsoft);
+# Sources: https://learn.microsoft.com/en-us/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
+# and https://learn.microsoft.com/entra/identity-platform/authentication-national-cloud;
 # Graph's national cloud roots: https://learn.microsoft.com/graph/deployments
 CLOUDS: dict[str, Cloud] = {
     "global": Cloud(
@@ -462,7 +463,7 @@ class RelaySettings(_Section):
     # None: $XDG_RUNTIME_DIR/smtp-oauth/submit.sock, or /run/smtp-oauth/submit.sock without one.
     submission_socket: Path | None = None
     users: list[RelayUser] = []
-    # Limits and defences (interface.md, "Relay limits and defences"); Postfix's anvil and
+    # Limits and defences (README, "The relay"); Postfix's anvil and
     # queue_minfree are the models.
     max_connections: int = Field(200, ge=1)
     max_connections_per_client: int = Field(20, ge=1)

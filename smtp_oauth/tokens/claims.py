@@ -3,7 +3,8 @@
 Verification is Exchange Online's job; a client only looks inside its own token to explain a
 refusal (wrong audience, missing ``SMTP.SendAsApp`` role or ``SMTP.Send`` scope, wrong tenant)
 or to know when it expires. Microsoft says clients should rely on ``expires_in`` rather than parse
-tokens (exchange-online.md B7), so nothing here decides whether a token is *used*; it only
+tokens (https://learn.microsoft.com/en-us/entra/identity-platform/access-tokens), so nothing here
+decides whether a token is *used*; it only
 describes one. Pure functions over the standard library, cheap to import.
 """
 

@@ -1,8 +1,9 @@
 """The MSAL calls behind ``MsalTokenProvider``: one app per session, every flow, errors mapped.
 
-Blocking code, run in worker threads by ``tokens.py``. Sources for MSAL's behaviour:
-../shared/reference/libraries.md §1-§2 (msal 1.39). No msal or requests exception leaves this
-module: every entry point runs through ``token_errors.ErrorMapper.translated``.
+Blocking code, run in worker threads by ``provider.py``. Sources for MSAL's behaviour: its
+reference, https://learn.microsoft.com/python/api/msal/msal.application, and its source (msal 1.39,
+https://github.com/AzureAD/microsoft-authentication-library-for-python). No msal or requests
+exception leaves this module: every entry point runs through ``token_errors.ErrorMapper.translated``.
 """
 
 from __future__ import annotations

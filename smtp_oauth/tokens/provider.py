@@ -209,7 +209,8 @@ class MsalTokenProvider:
 
     def _run_msal(self, call: Callable[[Any], _T]) -> _T:
         """Run ``call(session)``; after any failure the next call gets a fresh MSAL app, because
-        MSAL replays a refused request from its 60 s throttle cache (libraries.md, pitfall 1)."""
+        MSAL replays a refused request from its 60 s throttle cache (``msal/throttled_http_client.py``
+        in https://github.com/AzureAD/microsoft-authentication-library-for-python)."""
         try:
             return call(self._msal_session())
         except BaseException:

@@ -61,7 +61,8 @@ class Pacer:
     """Spaces sends ``60 / per_minute`` seconds apart (0 = unpaced); shared by a mailbox's sessions.
 
     Exchange Online accepts 30 messages a minute per mailbox and delays the excess
-    (exchange-online.md B5); pacing ourselves keeps delivery latency predictable instead.
+    (https://learn.microsoft.com/en-us/exchange/troubleshoot/send-emails/smtp-submission-improvements);
+    pacing ourselves keeps delivery latency predictable instead.
     """
 
     def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:

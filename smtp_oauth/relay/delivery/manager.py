@@ -1,9 +1,10 @@
 """Delivery: takes due messages from the spool and sends them upstream, one pool per mailbox.
 
 Per upstream mailbox at most ``upstream_connections`` sessions (Exchange Online allows 3
-concurrent submissions per mailbox, exchange-online.md B5), each reused for many messages and
-closed after ``idle_timeout``; sends are paced to ``messages_per_minute``; mailboxes never wait
-for each other. Outcomes:
+concurrent submissions per mailbox:
+https://learn.microsoft.com/en-us/exchange/troubleshoot/send-emails/smtp-submission-improvements),
+each reused for many messages and closed after ``idle_timeout``; sends are paced to
+``messages_per_minute``; mailboxes never wait for each other. Outcomes:
 
 - accepted (some recipients may be refused): ``delivered``; recipients refused with a 5xx get a
   report, those refused with a 4xx keep the entry ``deferred`` for them alone.

@@ -58,7 +58,10 @@ class DeliverySpool(SpoolDelivery, Protocol):
 
 
 def is_congestion(error: BaseException) -> bool:
-    """Exchange's per-mailbox concurrency limit: ``432 4.3.2`` (exchange-online.md B5)."""
+    """Exchange's per-mailbox concurrency limit: ``432 4.3.2``.
+
+    https://learn.microsoft.com/en-us/exchange/troubleshoot/send-emails/smtp-submission-improvements
+    """
     return isinstance(error, DeliveryError) and error.code == 432
 
 

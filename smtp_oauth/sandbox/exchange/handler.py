@@ -1,6 +1,9 @@
 """The fake Exchange Online's decisions, as aiosmtpd handler hooks: EHLO, AUTH, MAIL, RCPT, DATA, QUIT.
 
-Replies are Exchange Online's own (exchange-online.md B3): ``535 5.7.3`` for any token problem,
+Replies are Exchange Online's own
+(https://learn.microsoft.com/en-us/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth,
+https://learn.microsoft.com/en-us/exchange/troubleshoot/send-emails/smtp-submission-improvements):
+``535 5.7.3`` for any token problem,
 ``550 5.7.60`` for send-as violations, ``432 4.3.2`` past the concurrent-session limit, ``452 4.5.3``
 past 500 recipients. The submission-rate limit answers ``421 4.4.2`` and hangs up instead of
 delaying the message (Exchange delays it): a test then sees at once that a client did not pace
