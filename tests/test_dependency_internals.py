@@ -88,6 +88,14 @@ CALL_HANDLER_HOOK = Private(
     "aiosmtpd.smtp.SMTP", "_call_handler_hook", "smtp_oauth.relay.listener.session.RelaySession.smtp_DATA",
     "call the handler's handle_DATA with the streamed body",
 )  # fmt: skip
+HANDLE_CLIENT = Private(
+    "aiosmtpd.smtp.SMTP", "_handle_client", "smtp_oauth.relay.listener.session.RelaySession._handle_client",
+    "refuse a client that talks before the greeting (the greeting pause), then run aiosmtpd's loop",
+)  # fmt: skip
+TIMEOUT_CB = Private(
+    "aiosmtpd.smtp.SMTP", "_timeout_cb", "smtp_oauth.relay.listener.session.RelaySession._timeout_cb",
+    "answer 421 before hanging up on an idle client (RFC 5321 4.5.3.2)",
+)  # fmt: skip
 
 # aiosmtpd in the sandbox's fake Exchange Online.
 CREATE_SESSION = Private(
@@ -137,6 +145,8 @@ def test_aiosmtplib_protocol_has_the_drain_helper() -> None:
         (RESET_TIMEOUT, ["self", "duration"]),
         (POST_DATA_STATE, ["self"]),
         (CALL_HANDLER_HOOK, ["self", "command", "args"]),
+        (HANDLE_CLIENT, ["self"]),
+        (TIMEOUT_CB, ["self"]),
     ],
     ids=lambda value: value.attribute if isinstance(value, Private) else "",
 )
@@ -145,6 +155,8 @@ def test_aiosmtpd_session_methods(private: Private, parameters: list[str]) -> No
     method = getattr(ServerSMTP, private.attribute, None)
     assert method is not None, private.missing()
     assert _parameters(method) == parameters, private.missing(f"now takes {_parameters(method)}")
+    if private is HANDLE_CLIENT:
+        assert inspect.iscoroutinefunction(method), private.missing("is not a coroutine")
 
 
 async def test_aiosmtpd_session_attributes() -> None:
