@@ -36,9 +36,9 @@ if TYPE_CHECKING:
     from smtp_oauth.log_handler import OAuthSMTPHandler
     from smtp_oauth.settings.loading import load_settings
     from smtp_oauth.settings.models import Settings
-    from smtp_oauth.smtp.mailer import Mailer, send_message
+    from smtp_oauth.smtp.mailer import Mailer
     from smtp_oauth.tokens.types import TokenProvider
-    from smtp_oauth.transport import SendResult
+    from smtp_oauth.transport import SendResult, send_message
 
 __version__ = "0.1.0"  # the project's version in pyproject.toml (a test keeps them equal)
 
@@ -67,7 +67,7 @@ __all__ = [
 _LAZY = {
     "Mailer": "smtp_oauth.smtp.mailer",
     "SendResult": "smtp_oauth.transport",
-    "send_message": "smtp_oauth.smtp.mailer",
+    "send_message": "smtp_oauth.transport",
     "Settings": "smtp_oauth.settings.models",
     "load_settings": "smtp_oauth.settings.loading",
     "OAuthSMTPHandler": "smtp_oauth.log_handler",

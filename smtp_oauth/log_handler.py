@@ -7,12 +7,12 @@
 
 Unlike SMTPHandler it never makes the application wait for SMTP or for a token: ``emit`` formats the
 record and puts it on a bounded queue, and one worker thread, with its own event loop and one
-``Mailer`` (a session reused between mails), sends them. Records that pile up while a mail is
-being sent go out together in the next mail, so an error storm does not run into Exchange
-Online's 30 messages a minute. ``flush``/``close`` wait for the queue to drain, up to ``timeout``;
-``logging.shutdown`` calls them at exit. A failure to send goes to ``handleError`` (stderr), never
-into the application, and records logged by the worker itself (smtp_oauth, msal) are not mailed,
-so sending cannot feed itself.
+transport (``create_transport``: an SMTP session reused between mails), sends them. Records that
+pile up while a mail is being sent go out together in the next mail, so an error storm does not run
+into Exchange Online's 30 messages a minute. ``flush``/``close`` wait for the queue to drain, up to
+``timeout``; ``logging.shutdown`` calls them at exit. A failure to send goes to ``handleError``
+(stderr), never into the application, and records logged by the worker itself (smtp_oauth, msal) are
+not mailed, so sending cannot feed itself.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
-    from smtp_oauth.smtp.mailer import Mailer
     from smtp_oauth.tokens.types import TokenProvider
+    from smtp_oauth.transport import Transport
 
 __all__ = ["OAuthSMTPHandler"]
 
@@ -136,15 +136,16 @@ class OAuthSMTPHandler(logging.Handler):
     # -- the worker thread ------------------------------------------------------------------------
 
     def _work(self) -> None:
-        from smtp_oauth.smtp.mailer import Mailer  # the app pays for aiosmtplib only once a record is mailed
+        # The app pays for the transport (aiosmtplib) only once a record is mailed.
+        from smtp_oauth.transport import create_transport
 
         with asyncio.Runner() as runner:
-            mailer = Mailer(self.settings, token_provider=self._token_provider)
+            transport = create_transport(self.settings, token_provider=self._token_provider)
             try:
                 while (batch := self._next_batch()) is not None:
-                    self._send(runner, mailer, batch)
+                    self._send(runner, transport, batch)
             finally:
-                runner.run(mailer.close())
+                runner.run(transport.close())
 
     def _next_batch(self) -> _Batch | None:
         """The next record and whatever queued up behind it; None once close() asked to stop."""
@@ -163,9 +164,9 @@ class OAuthSMTPHandler(logging.Handler):
             batch.append(item)
         return batch
 
-    def _send(self, runner: asyncio.Runner, mailer: Mailer, batch: _Batch) -> None:
+    def _send(self, runner: asyncio.Runner, transport: Transport, batch: _Batch) -> None:
         try:
-            runner.run(mailer.send(self._message(batch), sender=self.sender, timeout=self.timeout))
+            runner.run(transport.send(self._message(batch), sender=self.sender, timeout=self.timeout))
         except Exception:
             if not self._abandoned:
                 for record, _ in batch:

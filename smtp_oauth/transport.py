@@ -18,8 +18,9 @@ msal.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from types import TracebackType
@@ -30,11 +31,25 @@ if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
     from smtp_oauth.tokens.types import TokenProvider
 
-__all__ = ["MessageSource", "SendResult", "Transport", "create_transport"]
+__all__ = [
+    "MessageSource",
+    "SendResult",
+    "Transcript",
+    "Transport",
+    "TransportFactory",
+    "create_transport",
+    "send_message",
+]
 
 MessageSource = EmailMessage | bytes | BinaryIO | os.PathLike[str]
 """A message to send: composed, raw RFC 5322 bytes, or a file holding them (a path, or a seekable
 binary file read from its current position and left open). Raw messages need ``recipients``."""
+
+
+Transcript = Callable[[str, str], None]
+"""Receives the dialogue with the service, one line at a time: (direction, line), ``"C"`` for what
+we sent and ``"S"`` for what the service said, e.g. ``("S", "250 2.1.0 Sender OK")``. Credentials
+are already redacted."""
 
 
 @dataclass(frozen=True)
@@ -83,12 +98,17 @@ class Transport(Protocol):
     ) -> None: ...
 
 
+TransportFactory = Callable[[str], Transport]
+"""mailbox -> a transport sending as that mailbox (the relay's delivery opens one per worker)."""
+
+
 def create_transport(
     settings: Settings,
     *,
     mailbox: str | None = None,
     token_provider: TokenProvider | None = None,
     graph_client: GraphClient | None = None,
+    transcript: Transcript | None = None,
 ) -> Transport:
     """The transport ``settings`` ask for, sending as ``mailbox`` (default: the configured one).
 
@@ -98,6 +118,7 @@ def create_transport(
     refresh) between several transports, as the relay's per-mailbox workers do; ``graph_client``
     likewise shares Graph's connections, its 4-requests-per-app limit and its Retry-After wait
     (``smtp_oauth.graph.GraphClient``). By default each transport makes its own on first use.
+    ``transcript`` receives the SMTP dialogue (``send-mail -v``).
     """
     if settings.transport == "graph":
         from smtp_oauth.graph.transport import GraphTransport
@@ -105,7 +126,7 @@ def create_transport(
         return GraphTransport(settings, mailbox=mailbox, token_provider=token_provider, client=graph_client)
     from smtp_oauth.smtp.mailer import Mailer
 
-    mailer = Mailer(settings, token_provider=token_provider, mailbox=mailbox)
+    mailer = Mailer(settings, token_provider=token_provider, mailbox=mailbox, transcript=transcript)
     if settings.fallback_transport != "graph":
         return mailer
     from smtp_oauth.graph.client import GraphClient
@@ -115,3 +136,39 @@ def create_transport(
     client = graph_client or GraphClient(settings, token_provider=token_provider)
     graph = GraphTransport(settings, mailbox=mailbox, client=client, close_client=graph_client is None)
     return FallbackTransport(mailer, graph, client)
+
+
+def send_message(
+    message: EmailMessage | bytes,
+    /,
+    *,
+    settings: Settings | None = None,
+    sender: str | None = None,
+    recipients: Sequence[str] | None = None,
+) -> SendResult:
+    """Send one message from synchronous code: connect, authenticate, send, QUIT.
+
+    ``settings`` defaults to ``load_settings()`` (the same discovery as the CLI); the transport is
+    the one they configure (``create_transport``). Inside a running event loop use
+    ``async with create_transport(settings) as transport: await transport.send(...)`` instead.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError(
+            "send_message() blocks, so it cannot run inside a running event loop; "
+            "use `async with smtp_oauth.transport.create_transport(settings) as transport: "
+            "await transport.send(message)`"
+        )
+    if settings is None:
+        from smtp_oauth.settings.loading import load_settings
+
+        settings = load_settings()
+
+    async def send_once(settings: Settings) -> SendResult:
+        async with create_transport(settings) as transport:
+            return await transport.send(message, sender=sender, recipients=recipients)
+
+    return asyncio.run(send_once(settings))

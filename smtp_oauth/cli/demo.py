@@ -126,13 +126,13 @@ async def _token_step(sandbox: Sandbox) -> str:
 
 
 async def _mailer_step(sandbox: Sandbox) -> str:
-    from smtp_oauth.smtp.mailer import Mailer
+    from smtp_oauth.transport import create_transport
 
     settings = sandbox.settings()
     subject = f"smtp-oauth demo: Mailer {secrets.token_hex(4)}"
     message = _demo_message(settings.smtp.sender, subject, "Sent with smtp_oauth.Mailer.\n")
-    async with Mailer(settings) as mailer:
-        result = await mailer.send(message)
+    async with create_transport(settings) as transport:
+        result = await transport.send(message)
     delivered = await _wait_for_delivery(sandbox, subject)
     return f"{result.reply}; stored as {delivered.path.name}"
 

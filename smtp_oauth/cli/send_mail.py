@@ -1,8 +1,8 @@
 """``send-mail``: compose and send one message, or act as ``sendmail`` for legacy software.
 
 A thin shell: parse the command line (send_mail_args), build the message (message,
-sendmail_input), hand it to ``Mailer``, and turn errors into sysexits codes with one line naming
-the cause and a hint.
+sendmail_input), hand it to the transport (``create_transport``), and turn errors into sysexits
+codes with one line naming the cause and a hint.
 
 Legacy software runs this once per message, so start-up time matters: msal is imported only when
 the token cache cannot serve a valid token (``tokens.cached_access_token`` reads the cache without
@@ -229,13 +229,15 @@ def _print_transcript(direction: str, line: str) -> None:
 async def _deliver(
     settings: Settings, outgoing: Outgoing, *, cached_token: str | None, verbose: bool, prog: str
 ) -> str:
-    """Send through one Mailer session; the server's reply to DATA."""
-    from smtp_oauth.smtp.mailer import Mailer
+    """Send through the configured transport; the server's reply to DATA."""
+    from smtp_oauth.transport import create_transport
 
     provider = CacheFirstTokenProvider(settings, cached_token)
     transcript = _print_transcript if verbose else None
-    async with Mailer(settings, token_provider=provider, transcript=transcript) as mailer:
-        result = await mailer.send(outgoing.message, sender=outgoing.sender, recipients=outgoing.recipients)
+    async with create_transport(settings, token_provider=provider, transcript=transcript) as transport:
+        result = await transport.send(
+            outgoing.message, sender=outgoing.sender, recipients=outgoing.recipients
+        )
     for address, (code, text) in result.refused.items():
         # sendmail's way: the message went to the others; say who did not get it.
         print(f"{prog}: {address} refused: {code} {text}", file=sys.stderr)

@@ -16,6 +16,7 @@ app-only token's ``oid`` claim).
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import socket
 from collections.abc import Awaitable, Callable
@@ -243,15 +244,24 @@ async def _auth_and_send(
     run: _Run, settings: Settings, provider: TokenProvider, send_test: str | None
 ) -> None:
     from smtp_oauth.smtp.mailer import Mailer
+    from smtp_oauth.transport import create_transport
 
+    transport = create_transport(settings, token_provider=provider)
+    # The auth step is SMTP's AUTH XOAUTH2 on its own, before any message (only SMTP has a login
+    # apart from sending): on the transport when it is the SMTP one, whose session the test
+    # message then reuses; else (a Graph fallback) on an SMTP session of its own.
+    mailer = transport if isinstance(transport, Mailer) else Mailer(settings, token_provider=provider)
     try:
-        async with Mailer(settings, token_provider=provider) as mailer:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(transport)
+            if mailer is not transport:
+                await stack.enter_async_context(mailer)
             auth_cause = _access_setup(run)
             if not await _step(run, "auth", mailer.verify_login, _auth_detail(settings), cause=auth_cause):
                 return
             if send_test:
                 message = _test_message(settings, send_test)
-                await _step(run, "send", lambda: mailer.send(message), _send_detail(send_test))
+                await _step(run, "send", lambda: transport.send(message), _send_detail(send_test))
     except SmtpOAuthError as error:
         # Raised while entering or leaving the session (connect on enter, QUIT on exit): it is the
         # failure of the first step not yet reported; after the last one it no longer matters.

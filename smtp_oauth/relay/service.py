@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from smtp_oauth.errors import ConfigurationError, StorageFullError
-from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager, SessionFactory
+from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager
 from smtp_oauth.relay.listener.server import ListenerTuning, Message, RelayListener
 from smtp_oauth.relay.listener.submission import QueueEntry, SubmissionListener
 from smtp_oauth.relay.metrics import MetricsServer, TokenWatch, render_metrics
@@ -32,32 +32,33 @@ from smtp_oauth.settings.models import Settings
 if TYPE_CHECKING:
     from smtp_oauth.relay.spool.base import Spool
     from smtp_oauth.tokens.types import TokenProvider
+    from smtp_oauth.transport import Transport, TransportFactory
 
-__all__ = ["RelayService", "mailer_sessions", "run_relay"]
+__all__ = ["RelayService", "run_relay", "upstream_transports"]
 
 log = logging.getLogger("smtp_oauth.relay")
 Ready = Callable[[list[tuple[str, int]]], None]
 LISTENER_SHARE = 0.8  # of shutdown_timeout for sessions and sends to finish; the rest is for closing
 
 
-def mailer_sessions(
+def upstream_transports(
     settings: Settings, *, watch: Callable[[TokenProvider], TokenProvider] | None = None
-) -> SessionFactory:
-    """Upstream sessions: a ``Mailer`` per worker, all sharing one token provider (one token).
+) -> TransportFactory:
+    """Delivery's transports: one per worker (``create_transport``), all sharing one token provider.
 
     ``watch`` wraps that provider (``TokenWatch``: the token expiry in /metrics).
     """
-    from smtp_oauth.smtp.mailer import Mailer
     from smtp_oauth.tokens.provider import create_token_provider
+    from smtp_oauth.transport import create_transport
 
     provider: TokenProvider = create_token_provider(settings)
     if watch is not None:
         provider = watch(provider)
 
-    def open_session(mailbox: str) -> Mailer:
-        return Mailer(settings, token_provider=provider, mailbox=mailbox)
+    def transport_for(mailbox: str) -> Transport:
+        return create_transport(settings, token_provider=provider, mailbox=mailbox)
 
-    return open_session
+    return transport_for
 
 
 class RelayService:
@@ -67,7 +68,7 @@ class RelayService:
         self,
         settings: Settings,
         *,
-        sessions: SessionFactory | None = None,
+        transports: TransportFactory | None = None,
         delivery_tuning: Mapping[str, float] | None = None,
         listener_tuning: ListenerTuning | None = None,
     ) -> None:
@@ -93,7 +94,7 @@ class RelayService:
             tuning=listener_tuning or ListenerTuning(shutdown_grace=self._grace),
             required=relay.submission_socket is not None,
         )
-        self._sessions = sessions
+        self._transports = transports
         self._config = DeliveryConfig.from_relay(
             relay, upstream_host=settings.smtp_host, **dict(delivery_tuning or {})
         )
@@ -125,8 +126,8 @@ class RelayService:
                 log.warning(
                     "%d messages were being sent when the relay stopped; sending them again", recovered
                 )
-            sessions = self._sessions or mailer_sessions(self.settings, watch=self._watch_tokens)
-            self.delivery = DeliveryManager(spool, sessions, self._config)
+            transports = self._transports or upstream_transports(self.settings, watch=self._watch_tokens)
+            self.delivery = DeliveryManager(spool, transports, self._config)
             await self.listener.start()
             await self.submission.start()
             self._listening = True
@@ -302,15 +303,15 @@ async def run_relay(
     settings: Settings,
     *,
     ready: Ready | None = None,
-    sessions: SessionFactory | None = None,
+    transports: TransportFactory | None = None,
     delivery_tuning: Mapping[str, float] | None = None,
 ) -> None:
     """Run the relay until SIGTERM/SIGINT. ``ready`` gets the listening addresses once accepting.
 
-    ``sessions`` (default: ``Mailer`` per mailbox) and ``delivery_tuning`` (e.g.
+    ``transports`` (default: ``create_transport`` per mailbox) and ``delivery_tuning`` (e.g.
     ``{"backoff_base": 0.1}``) exist for tests.
     """
-    await RelayService(settings, sessions=sessions, delivery_tuning=delivery_tuning).run(ready=ready)
+    await RelayService(settings, transports=transports, delivery_tuning=delivery_tuning).run(ready=ready)
 
 
 def _disk_full(error: BaseException | None) -> bool:

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
     from smtp_oauth.tokens.types import TokenProvider
 
-__all__ = ["Mailer", "SendResult", "Transcript", "preload_tls_context", "send_message"]
+__all__ = ["Mailer", "SendResult", "Transcript", "preload_tls_context"]
 
 logger = logging.getLogger("smtp_oauth.smtp.mailer")
 
@@ -293,37 +293,3 @@ async def _rewound(file: tuple[BinaryIO, int] | None) -> BinaryIO | None:
         return None
     await asyncio.to_thread(file[0].seek, file[1])
     return file[0]
-
-
-def send_message(
-    message: EmailMessage | bytes,
-    /,
-    *,
-    settings: Settings | None = None,
-    sender: str | None = None,
-    recipients: Sequence[str] | None = None,
-) -> SendResult:
-    """Send one message from synchronous code: connect, authenticate, send, QUIT.
-
-    ``settings`` defaults to ``load_settings()`` (the same discovery as the CLI). Inside a running
-    event loop use ``async with Mailer(settings) as mailer: await mailer.send(...)`` instead.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        raise RuntimeError(
-            "send_message() blocks, so it cannot run inside a running event loop; "
-            "use `async with smtp_oauth.Mailer(settings) as mailer: await mailer.send(message)`"
-        )
-    if settings is None:
-        from smtp_oauth.settings.loading import load_settings
-
-        settings = load_settings()
-
-    async def send_once(settings: Settings) -> SendResult:
-        async with Mailer(settings) as mailer:
-            return await mailer.send(message, sender=sender, recipients=recipients)
-
-    return asyncio.run(send_once(settings))

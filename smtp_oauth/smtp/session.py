@@ -30,13 +30,11 @@ from smtp_oauth.logs import redact
 from smtp_oauth.mail.envelope import Envelope
 from smtp_oauth.smtp.errors import Stage, from_exception, one_line, reply_error_class
 from smtp_oauth.smtp.stream import StreamingProtocol, encoded_chunks, measure
+from smtp_oauth.transport import Transcript
 
 __all__ = ["SmtpSession", "TransactionResult", "Transcript"]
 
 logger = logging.getLogger("smtp_oauth.smtp")
-
-Transcript = Callable[[str, str], None]
-"""Receives each line of the dialogue: ("C", "MAIL FROM:<a@b>") or ("S", "250 2.1.0 Sender OK")."""
 
 TokenSource = Callable[[], Awaitable[str]]
 

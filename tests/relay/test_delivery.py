@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes
+from io import BufferedIOBase
 from pathlib import Path
-from typing import BinaryIO
+from typing import Self
 
 import pytest
 
@@ -21,9 +22,10 @@ from smtp_oauth.errors import (
     SmtpOAuthError,
     TemporaryDeliveryError,
 )
-from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager, Session, SessionFactory
+from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager
 from smtp_oauth.relay.spool.base import Message, QueueState, SpooledMessage, SpoolError
 from smtp_oauth.relay.spool.sqlite import SqliteSpool
+from smtp_oauth.transport import MessageSource, SendResult, TransportFactory
 from tests.relay.spool_helpers import body_of
 
 MAILBOX = "box@example.com"
@@ -42,16 +44,9 @@ def fast_config(**config: object) -> DeliveryConfig:
     return DeliveryConfig(**{"messages_per_minute": 0, **FAST, **config})  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class Result:
-    accepted: list[str]
-    refused: dict[str, tuple[int, str]]
-    reply: str
-
-
 @dataclass
 class FakeUpstream:
-    """Sessions that record what they send; ``failures`` are raised by the next sends, in order."""
+    """Transports that record what they send; ``failures`` are raised by the next sends, in order."""
 
     failures: list[SmtpOAuthError] = field(default_factory=list)
     refuse: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -68,46 +63,67 @@ class FakeUpstream:
     in_flight: dict[str, int] = field(default_factory=dict)  # sends started and not finished, by mailbox
     peak_in_flight: int = 0  # the most sends in flight at once, all mailboxes together
 
-    def factory(self) -> SessionFactory:
-        upstream = self
+    def factory(self) -> TransportFactory:
+        return lambda mailbox: FakeTransport(self, mailbox)
 
-        class _Session:
-            def __init__(self, mailbox: str) -> None:
-                self.mailbox = mailbox
 
-            async def send(self, message: BinaryIO, /, *, sender: str, recipients: Sequence[str]) -> Result:
-                upstream.send_times.append(time.monotonic())
-                upstream.files.append(str(getattr(message, "name", "")))
-                upstream.in_flight[self.mailbox] = upstream.in_flight.get(self.mailbox, 0) + 1
-                upstream.peak_in_flight = max(upstream.peak_in_flight, sum(upstream.in_flight.values()))
-                try:
-                    if self.mailbox in upstream.hang_for:
-                        await asyncio.sleep(3600)
-                    if self.mailbox in upstream.held:
-                        await upstream.held[self.mailbox].wait()
-                    await asyncio.sleep(upstream.delay)
-                finally:
-                    upstream.in_flight[self.mailbox] -= 1
-                if upstream.failures:
-                    raise upstream.failures.pop(0)
-                upstream.sent.append((self.mailbox, sender, list(recipients), message.read()))
-                accepted = [r for r in recipients if r not in upstream.refuse]
-                refused = {r: upstream.refuse[r] for r in recipients if r in upstream.refuse}
-                return Result(accepted, refused, "250 2.0.0 queued")
+class FakeTransport:
+    """A Transport for one mailbox that reports to its FakeUpstream (a session per ``async with``)."""
 
-        @asynccontextmanager
-        async def open_session(mailbox: str) -> AsyncIterator[Session]:
-            upstream.sessions_opened += 1
-            upstream.open_now[mailbox] = upstream.open_now.get(mailbox, 0) + 1
-            upstream.peak[mailbox] = max(upstream.peak.get(mailbox, 0), upstream.open_now[mailbox])
-            try:
-                yield _Session(mailbox)
-            finally:
-                upstream.open_now[mailbox] -= 1
-                if upstream.hang_on_close:
-                    await asyncio.sleep(3600)
+    def __init__(self, upstream: FakeUpstream, mailbox: str) -> None:
+        self.upstream = upstream
+        self.mailbox = mailbox
 
-        return open_session
+    @property
+    def server(self) -> str:
+        return "upstream.example:587"
+
+    async def __aenter__(self) -> Self:
+        upstream, mailbox = self.upstream, self.mailbox
+        upstream.sessions_opened += 1
+        upstream.open_now[mailbox] = upstream.open_now.get(mailbox, 0) + 1
+        upstream.peak[mailbox] = max(upstream.peak.get(mailbox, 0), upstream.open_now[mailbox])
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.upstream.open_now[self.mailbox] -= 1
+        if self.upstream.hang_on_close:
+            await asyncio.sleep(3600)
+
+    async def close(self) -> None:
+        """Nothing to release: the session count follows ``async with``."""
+
+    async def send(
+        self,
+        message: MessageSource,
+        /,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109  # the Transport protocol's signature
+    ) -> SendResult:
+        upstream = self.upstream
+        assert sender is not None  # delivery always gives the envelope
+        assert recipients is not None
+        assert isinstance(message, BufferedIOBase)  # delivery sends the spool's body file
+        upstream.send_times.append(time.monotonic())
+        upstream.files.append(str(getattr(message, "name", "")))
+        upstream.in_flight[self.mailbox] = upstream.in_flight.get(self.mailbox, 0) + 1
+        upstream.peak_in_flight = max(upstream.peak_in_flight, sum(upstream.in_flight.values()))
+        try:
+            if self.mailbox in upstream.hang_for:
+                await asyncio.sleep(3600)
+            if self.mailbox in upstream.held:
+                await upstream.held[self.mailbox].wait()
+            await asyncio.sleep(upstream.delay)
+        finally:
+            upstream.in_flight[self.mailbox] -= 1
+        if upstream.failures:
+            raise upstream.failures.pop(0)
+        upstream.sent.append((self.mailbox, sender, list(recipients), message.read()))
+        accepted = [r for r in recipients if r not in upstream.refuse]
+        refused = {r: upstream.refuse[r] for r in recipients if r in upstream.refuse}
+        return SendResult(None, sender, accepted, refused, "250 2.0.0 queued")
 
 
 def incoming(

@@ -11,10 +11,11 @@ import pytest
 
 from smtp_oauth.sandbox.runner import Sandbox
 from smtp_oauth.settings.models import Settings
-from smtp_oauth.smtp.mailer import Mailer, send_message
+from smtp_oauth.smtp.mailer import Mailer
 from smtp_oauth.smtp.xoauth2 import encode
 from smtp_oauth.tokens.provider import create_token_provider
 from smtp_oauth.tokens.types import TokenProvider
+from smtp_oauth.transport import send_message
 
 
 class RecordingProvider:
@@ -79,8 +80,8 @@ async def test_send_message_from_synchronous_code(
 
 
 async def test_send_message_refuses_a_running_loop(sandbox_settings: Settings) -> None:
-    """Inside an event loop send_message() raises and points to Mailer instead of blocking the loop."""
-    with pytest.raises(RuntimeError, match="Mailer"):
+    """Inside an event loop send_message() raises and points to create_transport instead of blocking."""
+    with pytest.raises(RuntimeError, match="create_transport"):
         send_message(note(), settings=sandbox_settings)
 
 

@@ -16,7 +16,8 @@ each reused for many messages and closed after ``idle_timeout``; sends are paced
   consent, a secret, SMTP AUTH disabled); once fixed the queue drains, so mail is not lost to a
   configuration slip. Only ``max_queue_age`` turns them into ``dead``.
 
-The sender is not imported: the service hands in a ``SessionFactory`` (``Mailer`` fits it).
+Nothing here imports a transport: the service hands in a ``TransportFactory`` (mailbox ->
+``Transport``, ``smtp_oauth.transport``), so delivery sends through what ``create_transport`` makes.
 """
 
 from __future__ import annotations
@@ -26,87 +27,28 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING
 
-from smtp_oauth.relay.delivery.backoff import BACKOFF_BASE, BACKOFF_CAP, Pacer
+from smtp_oauth.relay.delivery.backoff import Pacer
+from smtp_oauth.relay.delivery.config import DeliveryConfig
 from smtp_oauth.relay.delivery.pool import MailboxPool
-from smtp_oauth.relay.delivery.upstream import PROBE_FIRST, PROBE_MAX, DeliverySpool
-from smtp_oauth.settings.models import RelaySettings
+from smtp_oauth.relay.delivery.upstream import DeliverySpool
 
-__all__ = ["DeliveryConfig", "DeliveryManager", "Receipt", "Session", "SessionFactory"]
+if TYPE_CHECKING:
+    from smtp_oauth.transport import TransportFactory
+
+__all__ = ["DeliveryConfig", "DeliveryManager"]
 
 logger = logging.getLogger("smtp_oauth.relay")
 PRUNE_INTERVAL = 3600.0
 
 
-class Receipt(Protocol):
-    """What a session reports for a sent message (``smtp_oauth.smtp.mailer.SendResult`` fits)."""
-
-    @property
-    def accepted(self) -> list[str]: ...
-    @property
-    def refused(self) -> dict[str, tuple[int, str]]: ...
-    @property
-    def reply(self) -> str: ...
-
-
-class Session(Protocol):
-    """An authenticated upstream SMTP session (``smtp_oauth.smtp.mailer.Mailer`` fits)."""
-
-    async def send(self, message: BinaryIO, /, *, sender: str, recipients: Sequence[str]) -> Receipt:
-        """Send the message in the seekable binary file ``message`` (streamed, not read whole)."""
-        ...
-
-
-SessionFactory = Callable[[str], AbstractAsyncContextManager[Session]]
-"""mailbox -> a session authenticating as that mailbox, opened by ``async with``."""
-
-
-@dataclass(frozen=True)
-class DeliveryConfig:
-    """Delivery's knobs: the public ones come from ``[relay]``, the rest are internal tuning."""
-
-    upstream_connections: int = 3
-    messages_per_minute: int = 30
-    max_queue_age: float = 5 * 86400.0
-    retention: float = 7 * 86400.0
-    bounce: bool = False
-    upstream_host: str | None = None  # named in reports' Remote-MTA
-    backoff_base: float = BACKOFF_BASE  # tests shrink these to retry in a fraction of a second
-    backoff_cap: float = BACKOFF_CAP
-    poll_interval: float = 2.0  # notice work queued by other processes (`smtp-oauth queue retry`)
-    # relay.upstream_idle_timeout: a session kept open is one of the mailbox's 3 that its other
-    # senders (send-mail, the library) cannot have.
-    idle_timeout: float = 5.0
-    probe_first: float = PROBE_FIRST  # a suspended mailbox's first probe, then doubling...
-    probe_max: float = PROBE_MAX  # ...up to this (the interface promises at most 30 s)
-
-    @classmethod
-    def from_relay(
-        cls, relay: RelaySettings, *, upstream_host: str | None = None, **tuning: float
-    ) -> DeliveryConfig:
-        """The config for ``[relay]``; ``tuning`` overrides the internal knobs (tests)."""
-        public: dict[str, float] = {"idle_timeout": relay.upstream_idle_timeout.total_seconds()}
-        return cls(
-            upstream_connections=relay.upstream_connections,
-            messages_per_minute=relay.messages_per_minute,
-            max_queue_age=relay.max_queue_age.total_seconds(),
-            retention=relay.retention.total_seconds(),
-            bounce=relay.bounce,
-            upstream_host=upstream_host,
-            **{**public, **tuning},
-        )
-
-
 class DeliveryManager:
     """Watches the spool and keeps one ``MailboxPool`` per mailbox with due messages busy."""
 
-    def __init__(self, spool: DeliverySpool, sessions: SessionFactory, config: DeliveryConfig) -> None:
+    def __init__(self, spool: DeliverySpool, transports: TransportFactory, config: DeliveryConfig) -> None:
         self.spool = spool
-        self.sessions = sessions
+        self.transports = transports
         self.config = config
         self.results: Counter[str] = Counter()  # delivered / deferred / dead / bounced, for metrics
         self._pools: dict[str, MailboxPool] = {}
@@ -165,7 +107,7 @@ class DeliveryManager:
             self._pools[mailbox] = MailboxPool(
                 mailbox,
                 spool=self.spool,
-                sessions=self.sessions,
+                transports=self.transports,
                 config=self.config,
                 pacer=Pacer(self.config.messages_per_minute),
                 results=self.results,

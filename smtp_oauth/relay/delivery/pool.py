@@ -46,7 +46,8 @@ from smtp_oauth.relay.delivery.upstream import (
 from smtp_oauth.relay.spool.base import Message, MessageGone, SpooledMessage
 
 if TYPE_CHECKING:
-    from smtp_oauth.relay.delivery.manager import DeliveryConfig, Receipt, Session, SessionFactory
+    from smtp_oauth.relay.delivery.config import DeliveryConfig
+    from smtp_oauth.transport import SendResult, Transport, TransportFactory
 
 __all__ = ["MailboxPool"]
 
@@ -106,7 +107,7 @@ class MailboxPool:
         mailbox: str,
         *,
         spool: DeliverySpool,
-        sessions: SessionFactory,
+        transports: TransportFactory,
         config: DeliveryConfig,
         pacer: Pacer,
         results: Counter[str],
@@ -114,7 +115,7 @@ class MailboxPool:
     ) -> None:
         self.mailbox = mailbox
         self.spool = spool
-        self.sessions = sessions
+        self.transports = transports
         self.config = config
         self.pacer = pacer
         self.results = results
@@ -153,7 +154,7 @@ class MailboxPool:
 
     async def _worker(self, index: int) -> None:
         stack = AsyncExitStack()  # holds the upstream session while it is open
-        session: Session | None = None
+        session: Transport | None = None
         try:
             while not self._stopping:
                 try:
@@ -169,8 +170,8 @@ class MailboxPool:
             await self._close(stack)
 
     async def _claim_and_send(
-        self, index: int, session: Session | None, stack: AsyncExitStack
-    ) -> Session | None:
+        self, index: int, session: Transport | None, stack: AsyncExitStack
+    ) -> Transport | None:
         await self._release_unrecorded()
         await self._wait_out_pause()
         if self._stopping:
@@ -244,8 +245,8 @@ class MailboxPool:
             await asyncio.wait_for(stack.aclose(), timeout=timeout)
 
     async def _attempt(
-        self, entry: SpooledMessage, session: Session | None, stack: AsyncExitStack
-    ) -> Session | None:
+        self, entry: SpooledMessage, session: Transport | None, stack: AsyncExitStack
+    ) -> Transport | None:
         """Send one claimed message; returns the session to keep (None: open a new one next time)."""
         try:
             async with self.spool.open_body(entry.id) as body:
@@ -256,12 +257,12 @@ class MailboxPool:
             return session
 
     async def _send(
-        self, entry: SpooledMessage, body: BinaryIO, session: Session | None, stack: AsyncExitStack
-    ) -> Session | None:
+        self, entry: SpooledMessage, body: BinaryIO, session: Transport | None, stack: AsyncExitStack
+    ) -> Transport | None:
         try:
             await self.pacer.wait()
             if session is None:
-                session = await stack.enter_async_context(self.sessions(self.mailbox))
+                session = await stack.enter_async_context(self.transports(self.mailbox))
             receipt = await session.send(body, sender=entry.mail_from, recipients=entry.rcpt_tos)
         except asyncio.CancelledError:
             # Shutting down: give the message back untried (it may have gone out: at-least-once).
@@ -375,7 +376,7 @@ class MailboxPool:
         self._work.set()
         self.on_change()
 
-    async def _delivered(self, entry: SpooledMessage, data: Body, receipt: Receipt) -> None:
+    async def _delivered(self, entry: SpooledMessage, data: Body, receipt: SendResult) -> None:
         await self._answered()
         # Recipients refused with a 4xx are tried again (the entry stays, for them alone); the
         # others got the message and are never sent it twice. 5xx refusals are final.
