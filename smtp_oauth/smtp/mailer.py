@@ -47,13 +47,16 @@ from smtp_oauth.errors import (
 from smtp_oauth.mail.envelope import Envelope, build_envelope
 from smtp_oauth.smtp.session import SmtpSession, TransactionResult, Transcript
 from smtp_oauth.smtp.stream import MessageFile, open_message_file, read_header_block
-from smtp_oauth.transport import SendResult
+
+# send_message lives with the seam (it sends through whatever transport settings pick); re-exported here
+# for code that imported it from the Mailer's module.
+from smtp_oauth.transport import SendResult, send_message
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
     from smtp_oauth.tokens.types import TokenProvider
 
-__all__ = ["Mailer", "SendResult", "Transcript", "preload_tls_context"]
+__all__ = ["Mailer", "SendResult", "Transcript", "preload_tls_context", "send_message"]
 
 logger = logging.getLogger("smtp_oauth.smtp.mailer")
 

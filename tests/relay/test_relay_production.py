@@ -11,7 +11,7 @@ from pathlib import Path
 from smtp_oauth.relay.delivery.manager import DeliveryManager
 from smtp_oauth.relay.spool.sqlite import SqliteSpool
 from smtp_oauth.sandbox import Sandbox
-from smtp_oauth.smtp.mailer import send_message
+from smtp_oauth.transport import send_message
 from tests.relay.relay_harness import (
     PASSWORD,
     USER,
