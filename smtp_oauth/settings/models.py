@@ -329,11 +329,11 @@ class SmtpService:
     username_is_address: bool  # smtp.username is a mailbox address (not ACS's SMTP username)
 
 
-# Sources: microsoft-2026 research §1.3 (HVE: smtp.hve.mx.microsoft; tokens refused in their last
-# minutes, "535 5.7.142 token will expire soon", so refresh 20 minutes ahead as deployed relays do;
-# sender rules 5.7.62 / 5.6.241) and §1.4 (ACS: smtp.azurecomm.net, the communication.azure.com
-# scope, 50 recipients and 10 MB per message,
-# https://learn.microsoft.com/en-us/azure/communication-services/concepts/service-limits).
+# Sources: High Volume Email, https://learn.microsoft.com/exchange/mail-flow-best-practices/oauth-high-volume-mails-m365
+# (endpoint smtp.hve.mx.microsoft; tokens refused in their last minutes, "535 5.7.142 token will
+# expire soon", so refresh 20 minutes ahead as deployed relays do; sender rules 5.7.62 / 5.6.241);
+# Azure Communication Services (smtp.azurecomm.net, the communication.azure.com scope, 50 recipients
+# and 10 MB per message), https://learn.microsoft.com/en-us/azure/communication-services/concepts/service-limits.
 SERVICES: dict[str, SmtpService] = {
     "exchange": SmtpService(None, None, timedelta(minutes=10), None, None, False, True),
     "hve": SmtpService("smtp.hve.mx.microsoft", None, timedelta(minutes=20), None, None, True, True),
