@@ -1,8 +1,10 @@
-"""``smtp-oauth queue list|show ID|retry [ID]|delete ID``: the relay's queue, like postqueue/postsuper.
+"""``smtp-oauth queue list|show ID|retry [ID]|delete ID|migrate``: the relay's queue (postqueue/postsuper).
 
 Works while the relay runs (SQLite WAL; a running relay picks up retried messages within its poll
 interval). ``retry`` without an id makes every deferred message due now; with an id it also
-revives a dead message. Exit 0, or 1 when the id is not in the queue.
+revives a dead message. ``migrate`` creates or upgrades a PostgreSQL queue's schema (relays also do
+it at start-up; both are idempotent). Exit 0, or 1 when the id is not in the queue, 75 when the
+queue's database cannot be reached.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     retry.add_argument("id", nargs="?")
     delete = actions.add_parser("delete", help="remove an entry and its message for good")
     delete.add_argument("id")
-    for action in (listing, show, retry, delete):
+    migrate = actions.add_parser("migrate", help="create or upgrade the schema of a PostgreSQL queue")
+    for action in (listing, show, retry, delete, migrate):
         add_config_option(action)  # `smtp-oauth queue list --config F` works too
 
 
@@ -186,8 +189,34 @@ def _queue_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def run(args: argparse.Namespace) -> int:
+def _migrate(settings: Settings) -> int:
+    """``queue migrate``: the schema of relay.spool_url, to the version this smtp-oauth knows."""
+    if settings.relay.spool_url is None:
+        print("nothing to migrate: the SQLite spool (relay.spool_dir) updates itself", file=sys.stderr)
+        return int(ExitCode.OK)
+    try:
+        from smtp_oauth.relay.spool.postgres import migrate_database
+    except ImportError:
+        print("smtp-oauth: psycopg is not installed: pip install 'smtp-oauth[postgresql]'", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    from smtp_oauth.relay.spool.postgres_schema import SCHEMA_VERSION
+
+    applied = asyncio.run(migrate_database(settings.relay.spool_url.get_secret_value()))
+    if applied:
+        print(f"queue schema migrated to version {applied[-1]}", file=sys.stderr)
+    else:
+        print(f"queue schema already at version {SCHEMA_VERSION}", file=sys.stderr)
+    return int(ExitCode.OK)
+
+
+def run(args: argparse.Namespace) -> int:  # noqa: PLR0911  # one exit per outcome reads best
     settings = _queue_settings(args)
+    if args.action == "migrate":
+        try:
+            return _migrate(settings)
+        except SpoolError as error:
+            print(f"smtp-oauth: {error}", file=sys.stderr)
+            return int(error.exit_code)
     directory = settings.spool_path
     try:
         result = asyncio.run(_run(settings, args))

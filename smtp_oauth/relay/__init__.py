@@ -7,7 +7,8 @@ How the modules fit together::
     policy.py / passwords.py           local users, allowed senders, allow_networks; scrypt hashes
             | store(spool.base.Message) -> queue id, after a durable commit
             v
-    spool/ base.py (the protocols) / sqlite.py   the queue: queued -> sending -> delivered | deferred | dead
+    spool/ base.py (the protocols), open_spool()  the queue: queued -> sending -> delivered | deferred | dead
+           sqlite.py (one relay) | postgres.py (several relays, mailbox leases)
             ^ claim_due / open_body / mark_*
             |
     delivery/ manager, pool            per-mailbox workers: <= 3 transports, pacing, retries

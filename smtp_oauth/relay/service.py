@@ -31,6 +31,7 @@ from smtp_oauth.settings.models import Settings
 
 if TYPE_CHECKING:
     from smtp_oauth.relay.spool.base import Spool
+    from smtp_oauth.relay.spool.postgres import PostgresTuning
     from smtp_oauth.tokens.types import TokenProvider
     from smtp_oauth.transport import Transport, TransportFactory
 
@@ -71,6 +72,7 @@ class RelayService:
         transports: TransportFactory | None = None,
         delivery_tuning: Mapping[str, float] | None = None,
         listener_tuning: ListenerTuning | None = None,
+        spool_tuning: PostgresTuning | None = None,
     ) -> None:
         self.settings = settings
         relay = settings.relay
@@ -99,6 +101,7 @@ class RelayService:
             relay, upstream_host=settings.smtp_host, **dict(delivery_tuning or {})
         )
         self.spool: Spool | None = None
+        self._spool_tuning = spool_tuning
         self.delivery: DeliveryManager | None = None
         self.metrics_server: MetricsServer | None = None
         self.accepted = 0
@@ -152,7 +155,12 @@ class RelayService:
     async def _open_spool(self) -> Spool:
         """The spool; a full disk is temporary (exit 75: systemd restarts the relay), not a config error."""
         try:
-            return await open_spool(self.settings.relay, spool_dir=self.settings.spool_path, deliver=True)
+            return await open_spool(
+                self.settings.relay,
+                spool_dir=self.settings.spool_path,
+                deliver=True,
+                tuning=self._spool_tuning,
+            )
         except ConfigurationError as error:
             if not _disk_full(error.__cause__):
                 raise

@@ -35,7 +35,7 @@ from smtp_oauth.settings.models import ENV_PREFIX, Settings
 __all__ = ["find_config_file", "load_settings", "secrets_directory", "setting_sources"]
 
 NESTED_DELIMITER = "__"
-_SECRET_KEYS = {"client_secret", "certificate_password", "password", "password_hash"}
+_SECRET_KEYS = {"client_secret", "certificate_password", "password", "password_hash", "spool_url"}
 
 
 def _candidate_files(environ: Mapping[str, str]) -> Iterable[Path]:

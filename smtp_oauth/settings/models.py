@@ -447,6 +447,8 @@ class RelaySettings(_Section):
 
     listen: str = DEFAULT_RELAY_LISTEN
     spool_dir: Path | None = None
+    # postgresql://user@host/db: a queue shared by several relays. A secret (it may hold a password).
+    spool_url: SecretStr | None = None
     max_message_size: int = Field(EXCHANGE_MAX_MESSAGE_SIZE, gt=0)
     tls_certificate: Path | None = None
     tls_key: Path | None = None
@@ -474,6 +476,14 @@ class RelaySettings(_Section):
     @classmethod
     def _valid_listen(cls, value: str) -> str:
         parse_listen(value)
+        return value
+
+    @field_validator("spool_url")
+    @classmethod
+    def _valid_spool_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            # The value is not repeated: it may hold a password.
+            raise ValueError("relay.spool_url must be a postgresql:// URL (unset: SQLite in relay.spool_dir)")
         return value
 
     @model_validator(mode="after")

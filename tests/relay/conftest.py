@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from smtp_oauth.relay.spool.base import Spool
+from smtp_oauth.relay.spool.postgres import PostgresSpool, PostgresTuning
 from smtp_oauth.relay.spool.sqlite import SqliteSpool
 from smtp_oauth.sandbox import Sandbox
+from tests.relay.postgres_server import PostgresServer, find_bin
 from tests.relay.relay_harness import relay_section
 
-SPOOL_BACKENDS = ["sqlite"]
+SPOOL_BACKENDS = ["sqlite", "postgresql"]
+FAST_LEASES = PostgresTuning(lease_ttl=1.0, lease_renew=0.2, handover_delay=0.1)
 
 
 @pytest.fixture
@@ -26,7 +30,14 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
 @pytest.fixture(params=SPOOL_BACKENDS)
 async def any_spool(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Spool]:
     """A fresh, empty spool of each backend, opened as a relay opens it."""
-    opened = await SqliteSpool.open(tmp_path / "spool", exclusive=True)
+    opened: Spool
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        opened = await PostgresSpool.open(
+            url, staging_dir=tmp_path / "incoming", deliver=True, tuning=FAST_LEASES
+        )
+    else:
+        opened = await SqliteSpool.open(tmp_path / "spool", exclusive=True)
     yield opened
     await opened.close()
 
@@ -37,3 +48,20 @@ async def spool(tmp_path: Path) -> AsyncIterator[SqliteSpool]:
     opened = await SqliteSpool.open(tmp_path / "spool", exclusive=True)
     yield opened
     await opened.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL for this test process (skipped only where none is installed)."""
+    bin_dir = find_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (initdb not found); .ci/run installs it with apt-get")
+    server = PostgresServer.start(bin_dir)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the test server."""
+    return postgres_server.create_database(f"t_{secrets.token_hex(6)}")

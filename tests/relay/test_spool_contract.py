@@ -65,22 +65,15 @@ async def test_claims_come_oldest_first_up_to_the_limit(any_spool: Spool) -> Non
 
 
 async def test_pending_by_mailbox_names_each_mailbox_with_work(any_spool: Spool) -> None:
-    """pending_by_mailbox gives each mailbox with queued messages its earliest due time."""
+    """pending_by_mailbox gives each mailbox with queued messages its earliest due time (a shared
+    queue: once this relay, the only one, has leased them, within a lease round)."""
     await any_spool.enqueue(message())
     await any_spool.enqueue(message(mailbox="other@example.com"))
-    pending = await any_spool.pending_by_mailbox()
+    deadline = time.monotonic() + 5
+    while len(pending := await any_spool.pending_by_mailbox()) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
     assert set(pending) == {MAILBOX, "other@example.com"}
     assert all(due <= time.time() + 1 for due in pending.values())
-
-
-async def test_recover_requeues_sending(any_spool: Spool) -> None:
-    """Messages left in sending (a killed relay) are queued again at start-up."""
-    queue_id = await any_spool.enqueue(message())
-    await any_spool.claim_due(MAILBOX)
-    assert await any_spool.recover() == 1
-    entry = await any_spool.get(queue_id)
-    assert entry is not None
-    assert entry.state == "queued"
 
 
 async def test_release_gives_a_claim_back_untried(any_spool: Spool) -> None:

@@ -260,9 +260,11 @@ class MailboxPool:
         self, entry: SpooledMessage, body: BinaryIO, session: Transport | None, stack: AsyncExitStack
     ) -> Transport | None:
         try:
-            await self.pacer.wait()
             if session is None:
                 session = await stack.enter_async_context(self.transports(self.mailbox))
+            # Paced right before the send, not before opening the session: sessions that took
+            # different times to open (a token, TLS) would otherwise send in a bunch.
+            await self.pacer.wait()
             receipt = await session.send(body, sender=entry.mail_from, recipients=entry.rcpt_tos)
         except asyncio.CancelledError:
             # Shutting down: give the message back untried (it may have gone out: at-least-once).
