@@ -296,6 +296,64 @@ _REPLY_HINTS: list[tuple[int | None, str | None, str | None, str]] = [
         "-User {service_principal_id} -AccessRights FullAccess.",
     ),
     (
+        535,
+        "5.7.142",
+        None,
+        "The server refused the token because it expires within minutes (5.7.142); smtp-oauth asked for a "
+        "new one and retried. If it keeps happening, check this machine's clock (NTP); with "
+        'smtp.service = "hve" tokens are replaced 20 minutes before they expire.',
+    ),
+    (
+        501,
+        "5.5.127",
+        None,
+        "The server says the token will expire soon (501 5.5.127): a new token is fetched and the message "
+        "retried. If it persists, check this machine's clock (NTP).",
+    ),
+    (
+        535,
+        "5.7.143",
+        None,
+        "The token had expired when the server checked it (5.7.143): check this machine's clock (NTP); "
+        "a new token is fetched on the next attempt.",
+    ),
+    (
+        535,
+        "5.7.144",
+        None,
+        "The app lacks the permission High Volume Email requires (5.7.144): give app {client_id} the "
+        "Office 365 Exchange Online application permission Mail.Send with admin consent, and allow it on "
+        "the HVE account: Add-HVEAppAccess -Identity {mailbox} -AppIds {client_id}.",
+    ),
+    (
+        550,
+        "5.7.240",
+        None,
+        "App {client_id} is not allowed to use the HVE account {mailbox} (5.7.240): "
+        "Add-HVEAppAccess -Identity {mailbox} -AppIds {client_id} (up to 10 apps; takes about 5 minutes).",
+    ),
+    (
+        550,
+        "5.7.62",
+        None,
+        "High Volume Email sends only as the HVE account itself (5.7.62): the envelope sender (MAIL FROM, "
+        "send-mail -f) must be {mailbox}.",
+    ),
+    (
+        550,
+        "5.6.241",
+        None,
+        "High Volume Email requires the From: header to be the HVE account {mailbox} (5.6.241): rewrite "
+        "From: to {mailbox}, or send from another service.",
+    ),
+    (
+        550,
+        "5.5.105",
+        None,
+        "High Volume Email delivers only to recipients inside your organization (5.5.105): send external "
+        'mail through Exchange Online or Azure Communication Services (smtp.service = "acs").',
+    ),
+    (
         432,
         "4.3.2",
         None,

@@ -93,6 +93,7 @@ class Sandbox:
         signing_key: SigningKey | None = None,
         graph_permissions: tuple[str, ...] = DEFAULT_GRAPH_PERMISSIONS,
         federated_token_lifetime: int = 3600,
+        service: str = "exchange",
     ) -> None:
         self.directory = Path(directory).absolute()
         self.config_path = self.directory / "sandbox.toml"
@@ -119,6 +120,8 @@ class Sandbox:
         ) = None
         self.federated_token_file = self.directory / FEDERATED_TOKEN_FILE
         self._federated_token_lifetime = federated_token_lifetime
+        # The submission service the fake SMTP server plays: exchange, hve or acs (exchange/services.py).
+        self.service = service
         self._token_refresher: asyncio.Task[None] | None = None
         self._graph: FakeGraph | None = None
 
@@ -154,6 +157,9 @@ class Sandbox:
             app_grants=tenant.mailbox_permissions(),
             rbac_grants=tenant.rbac_assignments(),
             tenant_id=tenant.tenant_id,
+            service=self.service,
+            acs_usernames={tenant.acs_username: tenant.app.client_id},
+            acs_senders=[tenant.acs_sender],
             host=LOOPBACK,
             port=self._smtp_port,
             **self._exchange_options,
@@ -330,8 +336,12 @@ class Sandbox:
             spool_dir=self.directory / "spool",
             federated_token_file=self.federated_token_file,
             graph_endpoint=self.graph.endpoint,
+            service=self.service,
         )
         sections = sandbox_sections(self.tenant, endpoints, flow=flow, credential=credential)
+        if self.service == "acs":
+            # ACS: user= is the SMTP username of the daemon app; mail goes out from the domain's sender.
+            sections["smtp"].update(username=self.tenant.acs_username, from_address=self.tenant.acs_sender)
         target = self.config_path if path is None else Path(path)
         write_private_text(target, render_toml(merge_sections(sections, extra_sections)))
         return target

@@ -62,6 +62,7 @@ class SandboxEndpoints:
     token_cache: Path
     spool_dir: Path
     federated_token_file: Path | None = None
+    service: str = "exchange"
     graph_endpoint: str = ""
 
 
@@ -113,15 +114,18 @@ def sandbox_sections(
 
 
 def _sections(identity: dict[str, Any], endpoints: SandboxEndpoints, mailbox: str) -> dict[str, Any]:
+    smtp: dict[str, Any] = {
+        "host": endpoints.smtp_host,
+        "port": endpoints.smtp_port,
+        "security": "starttls",
+        "username": mailbox,
+        "ca_file": endpoints.ca_file,
+    }
+    if endpoints.service != "exchange":
+        smtp["service"] = endpoints.service
     return {
         "identity": identity,
-        "smtp": {
-            "host": endpoints.smtp_host,
-            "port": endpoints.smtp_port,
-            "security": "starttls",
-            "username": mailbox,
-            "ca_file": endpoints.ca_file,
-        },
+        "smtp": smtp,
         **({"graph": {"endpoint": endpoints.graph_endpoint}} if endpoints.graph_endpoint else {}),
         "relay": {"listen": endpoints.relay_listen, "spool_dir": endpoints.spool_dir},
     }

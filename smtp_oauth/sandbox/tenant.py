@@ -192,6 +192,16 @@ class SandboxTenant:
                 return user
         return None
 
+    @property
+    def acs_username(self) -> str:
+        """The ACS SMTP username bound to the daemon app: ``<resource>|<app id>|<tenant id>``."""
+        return f"sandbox-acs|{self.app.client_id}|{self.tenant_id}"
+
+    @property
+    def acs_sender(self) -> str:
+        """The MailFrom address of the ACS email domain."""
+        return f"DoNotReply@{self.domain}"
+
     def mailbox_permissions(self) -> dict[str, list[str]]:
         """Client id -> mailboxes it has FullAccess on (``Add-MailboxPermission``), the classic model."""
         return {

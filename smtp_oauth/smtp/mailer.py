@@ -42,6 +42,7 @@ from smtp_oauth.errors import (
     AuthenticationError,
     ConfigurationError,
     DeliveryError,
+    MessageError,
     TemporaryDeliveryError,
 )
 from smtp_oauth.mail.envelope import Envelope, build_envelope
@@ -239,6 +240,15 @@ class Mailer:
         envelope, message_id = build_envelope(
             message, sender=sender, recipients=recipients, default_sender=self._default_sender
         )
+        limit = self._settings.smtp.preset.max_recipients
+        if limit is not None and len(envelope.recipients) > limit:
+            # Refused before connecting: the service would take the first `limit` and refuse the rest.
+            raise MessageError(
+                f"{len(envelope.recipients)} recipients, but smtp.service {self._settings.smtp.service!r} "
+                f"takes at most {limit} per message",
+                hint=f"Split the message into batches of {limit} recipients.",
+                context=self._context,
+            )
         async with self._lock:
             try:
                 async with asyncio.timeout(timeout):

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from smtp_oauth.sandbox.exchange.services import ACS_AUDIENCE
 from smtp_oauth.sandbox.keys import SigningKey, TokenInvalid
 from smtp_oauth.smtp.xoauth2 import XOAuth2Credentials
 
@@ -57,6 +58,7 @@ class AuthenticatedMailbox:
     mailbox: str
     client_id: str
     delegated: bool
+    expires_at: float = 0.0  # the token's exp (HVE refuses tokens about to expire)
 
 
 class TokenVerifier:
@@ -70,6 +72,7 @@ class TokenVerifier:
         mailboxes: Iterable[str],
         app_grants: Mapping[str, Iterable[str]],
         rbac_grants: Mapping[str, Iterable[str]] | None = None,
+        acs_usernames: Mapping[str, str] | None = None,
     ) -> None:
         self._signing_key = signing_key
         self._tenant_id = tenant_id
@@ -79,6 +82,8 @@ class TokenVerifier:
             client_id: frozenset(address.casefold() for address in granted)
             for client_id, granted in app_grants.items()
         }
+        # ACS: SMTP username -> the app it belongs to; when set, tokens are for ACS, not Exchange.
+        self._acs = {name.casefold(): client for name, client in (acs_usernames or {}).items()}
         self._rbac = {
             client_id: frozenset(address.casefold() for address in granted)
             for client_id, granted in (rbac_grants or {}).items()
@@ -91,12 +96,16 @@ class TokenVerifier:
 
     def verify(self, credentials: XOAuth2Credentials) -> AuthenticatedMailbox:
         """The mailbox these credentials may send as; AuthRejected with the reason otherwise."""
+        audiences = [ACS_AUDIENCE] if self._acs else list(EXCHANGE_AUDIENCES)
         try:
-            claims = self._signing_key.verify(credentials.token, audience=list(EXCHANGE_AUDIENCES))
+            claims = self._signing_key.verify(credentials.token, audience=audiences)
         except TokenInvalid as exc:
             raise AuthRejected(str(exc)) from exc
         if claims.get("tid") != self._tenant_id:
             raise AuthRejected(f"token issued for tenant {claims.get('tid')!r}, not {self._tenant_id!r}")
+        expires_at = float(claims.get("exp", 0))
+        if self._acs:
+            return self._check_acs(claims, credentials.user, expires_at)
         mailbox = self._mailboxes.get(credentials.user.casefold())
         if mailbox is None:
             raise AuthRejected(f"no mailbox {credentials.user!r} in this tenant")
@@ -104,9 +113,19 @@ class TokenVerifier:
         # Entra puts scp only in delegated tokens and roles only in app-only ones.
         if "scp" in claims:
             self._check_delegated(claims, credentials.user)
-            return AuthenticatedMailbox(mailbox=mailbox, client_id=client_id, delegated=True)
+            return AuthenticatedMailbox(mailbox, client_id, delegated=True, expires_at=expires_at)
         self._check_app_only(claims, client_id, credentials.user)
-        return AuthenticatedMailbox(mailbox=mailbox, client_id=client_id, delegated=False)
+        return AuthenticatedMailbox(mailbox, client_id, delegated=False, expires_at=expires_at)
+
+    def _check_acs(self, claims: Mapping[str, Any], user: str, expires_at: float) -> AuthenticatedMailbox:
+        """ACS: ``user=`` is an SMTP username, which names the one app allowed to use it."""
+        owner = self._acs.get(user.casefold())
+        if owner is None:
+            raise AuthRejected(f"no ACS SMTP username {user!r}")
+        client_id = str(claims.get("appid") or claims.get("azp") or "")
+        if client_id.casefold() != owner.casefold():
+            raise AuthRejected(f"SMTP username {user!r} belongs to app {owner!r}, not {client_id!r}")
+        return AuthenticatedMailbox(user, client_id, delegated=False, expires_at=expires_at)
 
     @staticmethod
     def _check_delegated(claims: Mapping[str, Any], user: str) -> None:

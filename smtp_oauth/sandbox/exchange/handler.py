@@ -26,6 +26,7 @@ from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
 
 from smtp_oauth.sandbox.exchange.auth import AuthenticatedMailbox, AuthRejected, TokenVerifier
 from smtp_oauth.sandbox.exchange.protocol import ExchangeSMTP
+from smtp_oauth.sandbox.exchange.services import ServiceRules
 from smtp_oauth.sandbox.faults import FaultInjector
 from smtp_oauth.sandbox.limits import SessionSlots, SubmissionRate
 from smtp_oauth.sandbox.mail_store import MailStore
@@ -68,6 +69,7 @@ class ExchangeHandler:
         faults: FaultInjector,
         slots: SessionSlots,
         rate: SubmissionRate,
+        rules: ServiceRules | None = None,
     ) -> None:
         self.hostname = hostname
         self.verifier = verifier
@@ -75,6 +77,7 @@ class ExchangeHandler:
         self.faults = faults
         self.slots = slots
         self.rate = rate
+        self.rules = rules or ServiceRules()
         self.counters = AuthCounters()
         self.connections: set[ExchangeSMTP] = set()
 
@@ -144,6 +147,11 @@ class ExchangeHandler:
             return self._reject("not a well-formed XOAUTH2 response")
         except AuthRejected as exc:
             return self._reject(str(exc))
+        refusal = self.rules.auth_refusal(identity.expires_at)
+        if refusal is not None:
+            self.counters.failures += 1
+            log.info("AUTH XOAUTH2 rejected by %s rules: %s", self.rules.name, refusal)
+            return AuthResult(success=False, handled=False, message=refusal)
         self.slots.open(identity.mailbox, server)
         log.info("AUTH XOAUTH2 accepted: %s (client %s)", identity.mailbox, identity.client_id or "?")
         return AuthResult(success=True, auth_data=identity)
@@ -178,9 +186,10 @@ class ExchangeHandler:
             log.info("MAIL refused: %s over %d messages a minute", identity.mailbox, self.rate.per_minute)
             server.hang_up_after_reply()
             return RATE_LIMIT
-        if address.casefold() != identity.mailbox.casefold():
+        refusal = self.rules.sender_refusal(identity.mailbox, address, header=False)
+        if refusal is not None:
             log.info("MAIL refused: %s may not send as %s", identity.mailbox, address)
-            return SEND_AS_DENIED
+            return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Sender OK"
@@ -197,8 +206,10 @@ class ExchangeHandler:
         injected = self._injected("RCPT", server)
         if injected is not None:
             return injected
-        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
-            return TOO_MANY_RECIPIENTS
+        refusal = self.rules.recipient_refusal(address, len(envelope.rcpt_tos))
+        if refusal is not None:
+            log.info("RCPT refused: %s (%s)", address, refusal)
+            return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient OK"
@@ -214,9 +225,11 @@ class ExchangeHandler:
         # Every From: address must be the mailbox; a message without From: passes, as the
         # envelope sender was already checked at MAIL FROM.
         senders = _from_addresses(headers.get_all("From", []))
-        if any(sender.casefold() != identity.mailbox.casefold() for sender in senders):
-            log.info("DATA refused: %s may not send as From: %s", identity.mailbox, ", ".join(senders))
-            return SEND_AS_DENIED
+        for sender in senders:
+            refusal = self.rules.sender_refusal(identity.mailbox, sender, header=True)
+            if refusal is not None:
+                log.info("DATA refused: %s may not send as From: %s", identity.mailbox, ", ".join(senders))
+                return refusal
         message_id = str(headers.get("Message-ID", "")).strip() or f"<{uuid.uuid4().hex}@{self.hostname}>"
         delivered = await asyncio.to_thread(
             self.store.save,

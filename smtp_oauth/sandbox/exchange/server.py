@@ -27,6 +27,7 @@ from pathlib import Path
 from smtp_oauth.sandbox.exchange.auth import TokenVerifier
 from smtp_oauth.sandbox.exchange.handler import ExchangeHandler
 from smtp_oauth.sandbox.exchange.protocol import ExchangeSMTP
+from smtp_oauth.sandbox.exchange.services import ServiceRules
 from smtp_oauth.sandbox.faults import FaultInjector
 from smtp_oauth.sandbox.keys import SigningKey
 from smtp_oauth.sandbox.limits import SessionSlots, SubmissionRate
@@ -51,6 +52,9 @@ class FakeExchange:
         app_grants: Mapping[str, Iterable[str]],
         tenant_id: str,
         rbac_grants: Mapping[str, Iterable[str]] | None = None,
+        service: str = "exchange",
+        acs_usernames: Mapping[str, str] | None = None,
+        acs_senders: Iterable[str] = (),
         host: str = "127.0.0.1",
         port: int = 0,
         max_sessions_per_mailbox: int = 3,
@@ -72,12 +76,15 @@ class FakeExchange:
                 mailboxes=mailboxes,
                 app_grants=app_grants,
                 rbac_grants=rbac_grants,
+                acs_usernames=acs_usernames if service == "acs" else None,
             ),
             store=self._store,
             faults=self._faults,
             slots=SessionSlots(max_sessions_per_mailbox),
             rate=SubmissionRate(messages_per_minute),
+            rules=ServiceRules.of(service, mailboxes=mailboxes, senders=acs_senders),
         )
+        self.service = service
         self._server: asyncio.Server | None = None
 
     def __repr__(self) -> str:
