@@ -109,8 +109,12 @@ def create_transport(
     token_provider: TokenProvider | None = None,
     graph_client: GraphClient | None = None,
     transcript: Transcript | None = None,
+    profile: str | None = None,
 ) -> Transport:
     """The transport ``settings`` ask for, sending as ``mailbox`` (default: the configured one).
+
+    ``profile`` sends as that ``[profiles.NAME]`` of the same configuration instead (its identity,
+    mailbox and transport), as ``load_settings(profile=...)`` would have made them.
 
     ``transport = "smtp"`` gives the SMTP ``Mailer``, ``"graph"`` the Microsoft Graph transport;
     ``fallback_transport = "graph"`` wraps the Mailer so that a message refused with 535 5.7.139
@@ -120,6 +124,10 @@ def create_transport(
     (``smtp_oauth.graph.GraphClient``). By default each transport makes its own on first use.
     ``transcript`` receives the SMTP dialogue (``send-mail -v``).
     """
+    if profile is not None:
+        from smtp_oauth.settings.loading import settings_for_profile
+
+        settings = settings_for_profile(settings, profile)
     if settings.transport == "graph":
         from smtp_oauth.graph.transport import GraphTransport
 

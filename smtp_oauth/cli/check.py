@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from smtp_oauth.diagnostics import StepResult
+    from smtp_oauth.diagnostics import CheckReport, StepResult
     from smtp_oauth.settings.models import Settings
 
 __all__ = ["add_arguments", "format_step", "run"]
@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after AUTH succeeds, also send a short test message to ADDR",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document (for monitoring)")
+    parser.add_argument(
+        "--all-profiles",
+        action="store_true",
+        help="check the top level and then every [profiles.NAME], one after the other",
+    )
 
 
 def format_step(step: StepResult) -> str:
@@ -43,16 +48,18 @@ def format_step(step: StepResult) -> str:
     lines.extend(f"      {line.strip()}" for line in more)
     if step.fix:
         label = "note" if step.status.value == "warn" else "fix"
-        lines.extend(
-            textwrap.wrap(
-                step.fix,
-                width=_WIDTH,
-                initial_indent=f"      {label}: ",
-                subsequent_indent="           ",
-                break_long_words=False,
-                break_on_hyphens=False,
+        # Line by line: a fix may hold a script, whose lines must stay lines.
+        for index, paragraph in enumerate(step.fix.splitlines()):
+            lines.extend(
+                textwrap.wrap(
+                    paragraph,
+                    width=_WIDTH,
+                    initial_indent=f"      {label}: " if index == 0 else "           ",
+                    subsequent_indent="           ",
+                    break_long_words=False,
+                    break_on_hyphens=False,
+                )
             )
-        )
     return "\n".join(lines)
 
 
@@ -65,23 +72,47 @@ def _printer(stream: TextIO) -> Callable[[StepResult], None]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the checks; print each step (or the JSON report); exit with the first failure's code."""
+    from smtp_oauth.cli.common import load_settings_from_args
+
+    def load() -> Settings:
+        return load_settings_from_args(args)
+
+    if not args.all_profiles:
+        report = _check(load, args)
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=2))
+        return report.exit_code
+    from smtp_oauth.settings.loading import settings_for_profile
+
+    base = load_settings_from_args(args)
+    names: list[str | None] = [None, *sorted(base.profiles)]
+    reports = {}
+    for name in names:
+        if not args.json:
+            print(f"== {f'profile {name}' if name else 'top level'}", flush=True)
+        reports[name or ""] = _check(lambda name=name: settings_for_profile(base, name), args)  # type: ignore[misc]
+        if not args.json:
+            print()
+    if args.json:
+        print(
+            json.dumps({"profiles": {name: report.to_dict() for name, report in reports.items()}}, indent=2)
+        )
+    return next((report.exit_code for report in reports.values() if report.exit_code), 0)
+
+
+def _check(load: Callable[[], Settings], args: argparse.Namespace) -> CheckReport:
     import asyncio
 
     from smtp_oauth.diagnostics import run_checks
 
-    def load() -> Settings:
-        from smtp_oauth.cli.common import load_settings_from_args
-
-        return load_settings_from_args(args)
-
     on_step = None if args.json else _printer(sys.stdout)
     report = asyncio.run(run_checks(load, send_test=args.send_test, on_step=on_step))
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    elif report.ok:
+        return report
+    if report.ok:
         print("\nAll checks passed.")
     else:
         failure = report.first_failure
         assert failure is not None
         print(f"\nCheck failed at: {failure.title} (exit {report.exit_code}).")
-    return report.exit_code
+    return report

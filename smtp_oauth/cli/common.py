@@ -17,13 +17,19 @@ __all__ = ["add_config_option", "load_settings_from_args", "report_error", "run_
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
-    """``--config PATH``, accepted before or after the subcommand."""
+    """``--config PATH`` and ``--profile NAME``, accepted before or after the subcommand."""
     parser.add_argument(
         "--config",
         metavar="PATH",
         default=argparse.SUPPRESS,
         help="configuration file (default: $SMTP_OAUTH_CONFIG, ./smtp-oauth.toml, "
         "$XDG_CONFIG_HOME/smtp-oauth/config.toml, /etc/smtp-oauth/config.toml)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="NAME",
+        default=argparse.SUPPRESS,
+        help="use [profiles.NAME] of the configuration (default: $SMTP_OAUTH_PROFILE)",
     )
 
 
@@ -32,7 +38,7 @@ def load_settings_from_args(args: argparse.Namespace) -> Settings:
     from smtp_oauth.logs import configure_logging
     from smtp_oauth.settings.loading import load_settings
 
-    settings = load_settings(getattr(args, "config", None))
+    settings = load_settings(getattr(args, "config", None), profile=getattr(args, "profile", None))
     configure_logging(settings.log_level, settings.log_format)
     return settings
 

@@ -41,12 +41,22 @@ def _toml_value(value: Any) -> str:
     return "(not set)" if value is None else json.dumps(value)
 
 
-def render_text(settings_values: list[Any], *, config_file: str | None, secrets_dir: str | None) -> str:
+def render_text(
+    settings_values: list[Any],
+    *,
+    config_file: str | None,
+    secrets_dir: str | None,
+    profile: str | None = None,
+    profiles: list[str] | None = None,
+) -> str:
     """The human listing: sections as in the TOML file, one ``key = value  # source`` per line."""
     lines = [
         f"# configuration file: {config_file or '(none: environment only)'}",
         f"# secrets directory: {secrets_dir or '(none)'}",
     ]
+    if profiles:
+        shown = f"profile {profile} merged over the top level" if profile else "top level"
+        lines.append(f"# profiles: {', '.join(profiles)} (showing: {shown})")
     section = ""
     for item in settings_values:
         head, _, name = item.key.rpartition(".")
@@ -76,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         document = {
             "config_file": config_file,
+            "profile": settings.profile,
+            "profiles": sorted(settings.profiles),
             "secrets_dir": str(secrets_dir) if secrets_dir else None,
             "settings": {
                 item.key: {"value": item.value, "source": item.source.kind, "where": item.source.where}
@@ -86,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(
             render_text(
-                values, config_file=config_file, secrets_dir=str(secrets_dir) if secrets_dir else None
+                values,
+                config_file=config_file,
+                secrets_dir=str(secrets_dir) if secrets_dir else None,
+                profile=settings.profile,
+                profiles=sorted(settings.profiles),
             )
         )
     return int(ExitCode.OK)

@@ -40,7 +40,7 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
         if skip_next:
             skip_next = False
             continue
-        if arg == "--config":
+        if arg in {"--config", "--profile"}:
             skip_next = True
             continue
         if arg in COMMANDS:

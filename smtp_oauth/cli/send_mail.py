@@ -282,7 +282,7 @@ def _load_settings(args: SendMailArgs) -> Settings:
     from smtp_oauth.logs import configure_logging
     from smtp_oauth.settings.loading import load_settings
 
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, profile=args.profile)
     # Programs that call sendmail mail whatever it prints (cron): stay quiet unless asked.
     quiet = "ERROR" if settings.log_level == "ERROR" else "WARNING"
     configure_logging(settings.log_level if args.verbose else quiet, settings.log_format)

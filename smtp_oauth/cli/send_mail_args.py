@@ -34,6 +34,7 @@ _IGNORED_WITH_VALUE = frozenset("ABehLNORVXp")
 _LONG_WITH_VALUE = frozenset(
     {
         "--config",
+        "--profile",
         "--from",
         "--to",
         "--cc",
@@ -61,6 +62,7 @@ class SendMailArgs(argparse.Namespace):
     """The parsed command line (typed for mypy)."""
 
     config: str | None
+    profile: str | None
     sender: str | None
     to: list[str]
     cc: list[str]
@@ -169,6 +171,9 @@ def build_parser(prog: str = "send-mail") -> argparse.ArgumentParser:
     )
     parser.add_argument("--help", action="help", help="show this help and exit")
     parser.add_argument("--config", metavar="PATH", help="configuration file (sendmail: -C PATH)")
+    parser.add_argument(
+        "--profile", metavar="NAME", help="send as [profiles.NAME] of the configuration ($SMTP_OAUTH_PROFILE)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the message; send nothing")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="show the SMTP dialogue (token redacted)"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
@@ -184,7 +185,9 @@ class LocalUser:
         return sender_matches(address, self.allowed_senders)
 
 
-def _build_user(index: int, relay: RelaySettings, *, default_mailbox: str) -> LocalUser:
+def _build_user(
+    index: int, relay: RelaySettings, *, default_mailbox: str, profile_mailboxes: Mapping[str, str]
+) -> LocalUser:
     settings = relay.users[index]
     key = f"relay.users[{index}]"
     try:
@@ -195,7 +198,8 @@ def _build_user(index: int, relay: RelaySettings, *, default_mailbox: str) -> Lo
             key=f"{key}.password_hash",
             hint="Generate it with `smtp-oauth hash-password` and paste the whole line.",
         ) from None
-    mailbox = settings.mailbox or default_mailbox
+    profile_mailbox = profile_mailboxes.get(settings.profile) if settings.profile else None
+    mailbox = settings.mailbox or profile_mailbox or default_mailbox
     rules = settings.allowed_senders if settings.allowed_senders is not None else [mailbox]
     try:
         allowed = frozenset(_normalise_rule(rule) for rule in rules)
@@ -217,8 +221,18 @@ class RelayPolicy:
     networks: tuple[tuple[IPNetwork, str], ...]  # (network, user name), first match wins
 
     @classmethod
-    def from_settings(cls, relay: RelaySettings, *, default_mailbox: str) -> RelayPolicy:
-        """Check and index ``[relay]``; ConfigurationError naming the key if anything is wrong."""
+    def from_settings(
+        cls,
+        relay: RelaySettings,
+        *,
+        default_mailbox: str,
+        profile_mailboxes: Mapping[str, str] | None = None,
+    ) -> RelayPolicy:
+        """Check and index ``[relay]``; ConfigurationError naming the key if anything is wrong.
+
+        ``profile_mailboxes``: profile name -> its smtp.username, the mailbox of a user that names
+        a profile but no mailbox.
+        """
         users: dict[str, LocalUser] = {}
         for index, settings in enumerate(relay.users):
             if settings.name in users:
@@ -227,7 +241,9 @@ class RelayPolicy:
                     key=f"relay.users[{index}].name",
                     hint="Give each [[relay.users]] entry its own name.",
                 )
-            users[settings.name] = _build_user(index, relay, default_mailbox=default_mailbox)
+            users[settings.name] = _build_user(
+                index, relay, default_mailbox=default_mailbox, profile_mailboxes=profile_mailboxes or {}
+            )
         networks: list[tuple[IPNetwork, str]] = []
         for index, network in enumerate(relay.allow_networks):
             if network.user not in users:

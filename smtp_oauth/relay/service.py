@@ -24,6 +24,7 @@ from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager
 from smtp_oauth.relay.listener.server import ListenerTuning, Message, RelayListener
 from smtp_oauth.relay.listener.submission import QueueEntry, SubmissionListener
 from smtp_oauth.relay.metrics import MetricsServer, TokenWatch, render_metrics
+from smtp_oauth.relay.profiles import MailboxRoutes
 from smtp_oauth.relay.spool import open_spool
 from smtp_oauth.relay.spool.base import SpoolError
 from smtp_oauth.settings.loading import load_settings
@@ -43,21 +44,31 @@ LISTENER_SHARE = 0.8  # of shutdown_timeout for sessions and sends to finish; th
 
 
 def upstream_transports(
-    settings: Settings, *, watch: Callable[[TokenProvider], TokenProvider] | None = None
+    settings: Settings,
+    *,
+    watch: Callable[[TokenProvider], TokenProvider] | None = None,
+    routes: MailboxRoutes | None = None,
 ) -> TransportFactory:
-    """Delivery's transports: one per worker (``create_transport``), all sharing one token provider.
+    """Delivery's transports: one per worker (``create_transport``); the workers of one identity
+    share one token provider (one token). A mailbox of a relay user's profile is sent with that
+    profile's identity and transport (``routes``).
 
-    ``watch`` wraps that provider (``TokenWatch``: the token expiry in /metrics).
+    ``watch`` wraps the top-level identity's provider (``TokenWatch``: the token expiry in /metrics).
     """
     from smtp_oauth.tokens.provider import create_token_provider
     from smtp_oauth.transport import create_transport
 
+    routes = routes or MailboxRoutes.from_settings(settings)
     provider: TokenProvider = create_token_provider(settings)
     if watch is not None:
         provider = watch(provider)
+    providers: dict[str | None, TokenProvider] = {None: provider}
+    for name, profile_settings in routes.profiles.items():
+        providers[name] = create_token_provider(profile_settings)
 
     def transport_for(mailbox: str) -> Transport:
-        return create_transport(settings, token_provider=provider, mailbox=mailbox)
+        name = routes.profile_of(mailbox)
+        return create_transport(routes.settings_for(mailbox), token_provider=providers[name], mailbox=mailbox)
 
     return transport_for
 
@@ -76,10 +87,12 @@ class RelayService:
     ) -> None:
         self.settings = settings
         relay = settings.relay
+        self._routes = MailboxRoutes.from_settings(settings)  # ConfigurationError for a bad profile
         self._grace = relay.shutdown_timeout.total_seconds() * LISTENER_SHARE
         self.listener = RelayListener(  # raises ConfigurationError for an open relay, bad TLS files
             relay,
             default_mailbox=settings.smtp.username,
+            profile_mailboxes=self._routes.default_mailboxes(),
             store=self._store,
             tuning=listener_tuning or ListenerTuning(shutdown_grace=self._grace),
             # Big bodies are written here as they arrive, and the spool takes the file (its staging_dir).
@@ -129,7 +142,9 @@ class RelayService:
                 log.warning(
                     "%d messages were being sent when the relay stopped; sending them again", recovered
                 )
-            transports = self._transports or upstream_transports(self.settings, watch=self._watch_tokens)
+            transports = self._transports or upstream_transports(
+                self.settings, watch=self._watch_tokens, routes=self._routes
+            )
             self.delivery = DeliveryManager(spool, transports, self._config)
             await self.listener.start()
             await self.submission.start()

@@ -31,8 +31,15 @@ from pydantic_settings.sources import NestedSecretsSettingsSource
 
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.settings.models import ENV_PREFIX, Settings
+from smtp_oauth.settings.profiles import PROFILE_VARIABLE, apply_profile
 
-__all__ = ["find_config_file", "load_settings", "secrets_directory", "setting_sources"]
+__all__ = [
+    "find_config_file",
+    "load_settings",
+    "secrets_directory",
+    "setting_sources",
+    "settings_for_profile",
+]
 
 NESTED_DELIMITER = "__"
 _SECRET_KEYS = {"client_secret", "certificate_password", "password", "password_hash", "spool_url"}
@@ -161,10 +168,13 @@ def _check_toml(toml_file: Path) -> None:
         ) from exc
 
 
-def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str] | None = None, *, profile: str | None = None, **overrides: Any
+) -> Settings:
     """Read the settings from the file (discovered as the CLI does), the environment and secrets.
 
-    Keyword arguments are the strongest source (``identity={...}``). Raises ConfigurationError.
+    Keyword arguments are the strongest source (``identity={...}``). ``profile`` (default
+    ``$SMTP_OAUTH_PROFILE``) merges ``[profiles.NAME]`` over the top level. Raises ConfigurationError.
     """
     toml_file = find_config_file(path)
     source = str(toml_file) if toml_file else "environment"
@@ -175,9 +185,33 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         values: dict[str, Any] = {}
         for each in reversed(sources.values()):
             values = _merged(values, each())
-        settings = Settings.model_validate(_merged(values, overrides))
+    except SettingsError as exc:
+        raise ConfigurationError(
+            f"invalid configuration ({source}): {exc}", file=source, hint="Check the SMTP_OAUTH_* variables."
+        ) from None
+    values = _merged(values, overrides)
+    chosen = profile if profile is not None else (os.environ.get(PROFILE_VARIABLE) or None)
+    return _validated(values, chosen, toml_file)
+
+
+def settings_for_profile(settings: Settings, profile: str | None) -> Settings:
+    """``settings`` as ``[profiles.profile]`` makes them (None: the top level): another sender of
+    the same configuration, e.g. a relay user's. ConfigurationError for an unknown profile."""
+    if profile == settings.profile:
+        return settings
+    raw = settings._raw
+    if raw is None:  # made in code, not by load_settings: what was set is what there is
+        raw = settings.model_dump(exclude_unset=True)
+    return _validated(raw, profile, settings.source_file)
+
+
+def _validated(values: dict[str, Any], profile: str | None, toml_file: Path | None) -> Settings:
+    source = str(toml_file) if toml_file else "environment"
+    chosen = apply_profile(values, profile, source=source) if profile is not None else values
+    try:
+        settings = Settings.model_validate(chosen)
     except ValidationError as exc:
-        error = _describe_validation_error(exc, source)
+        error = _describe_validation_error(exc, source if profile is None else f"{source}, profile {profile}")
         if toml_file is None:
             error.hint = (
                 "No configuration file was found (looked for ./smtp-oauth.toml, "
@@ -185,14 +219,12 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
                 "Pass --config, set SMTP_OAUTH_CONFIG, or set SMTP_OAUTH_* variables."
             )
         raise error from None
-    except SettingsError as exc:
-        raise ConfigurationError(
-            f"invalid configuration ({source}): {exc}", file=source, hint="Check the SMTP_OAUTH_* variables."
-        ) from None
     if toml_file is not None:
         # Absolute, so that a later chdir (a daemon) does not change what the paths mean.
         settings = _resolve_relative_paths(settings, toml_file.parent.absolute())
     settings._source_file = toml_file
+    settings._profile = profile
+    settings._raw = values
     return settings
 
 

@@ -440,6 +440,7 @@ class RelayUser(_Section):
     password_hash: SecretStr
     mailbox: str | None = None
     allowed_senders: list[str] | None = None
+    profile: str | None = Field(None, min_length=1)  # [profiles.NAME] whose identity/transport it uses
 
 
 class RelaySettings(_Section):
@@ -532,6 +533,24 @@ def state_dir() -> Path:
     return Path(base) / "smtp-oauth"
 
 
+# What a [profiles.NAME] table may override; the tables merge key by key (settings/profiles.py).
+PROFILE_KEYS = ("transport", "fallback_transport", "identity", "smtp", "graph")
+
+
+class ProfileSettings(_Section):
+    """``[profiles.NAME]``: another sender in the same file (another app, tenant, mailbox, transport).
+
+    The tables hold raw keys: they are validated once merged over the top level, as a whole
+    configuration of their own (``load_settings(profile=NAME)``).
+    """
+
+    transport: TransportName | None = None
+    fallback_transport: Literal["graph"] | None = None
+    identity: dict[str, object] | None = None
+    smtp: dict[str, object] | None = None
+    graph: dict[str, object] | None = None
+
+
 class Settings(BaseSettings):
     """Everything smtp-oauth is configured with; see config.example.toml."""
 
@@ -554,12 +573,39 @@ class Settings(BaseSettings):
     graph: GraphSettings = GraphSettings()
     relay: RelaySettings = RelaySettings()
     send_mail: SendMailSettings = SendMailSettings()
+    profiles: dict[str, ProfileSettings] = {}
     _source_file: Path | None = PrivateAttr(default=None)
+    _profile: str | None = PrivateAttr(default=None)
+    # The merged raw values of every source, before any profile: what other profiles derive from.
+    _raw: dict[str, object] | None = PrivateAttr(default=None)
 
     @property
     def source_file(self) -> Path | None:
         """The TOML file these settings were read from, if any."""
         return self._source_file
+
+    @property
+    def profile(self) -> str | None:
+        """The ``[profiles.NAME]`` these settings were merged with, if any."""
+        return self._profile
+
+    @model_validator(mode="after")
+    def _relay_profiles_exist(self) -> Settings:
+        for index, user in enumerate(self.relay.users):
+            if user.profile is not None and user.profile not in self.profiles:
+                known = ", ".join(sorted(self.profiles)) or "none defined"
+                raise ValidationError.from_exception_data(
+                    "Settings",
+                    [
+                        InitErrorDetails(
+                            type="value_error",
+                            loc=("relay", "users", index, "profile"),
+                            input=user.profile,
+                            ctx={"error": f"no [profiles.{user.profile}] (profiles: {known})"},
+                        )
+                    ],
+                )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

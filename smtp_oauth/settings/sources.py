@@ -142,6 +142,24 @@ def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tu
             yield (*prefix, name), value
 
 
+def _profile_source(
+    path: tuple[str, ...],
+    sources: Mapping[str, Mapping[str, Any]],
+    env: Mapping[str, str],
+    secrets_dir: Path | None,
+    toml_file: Path | None,
+) -> SettingSource | None:
+    """Where ``profiles.NAME.<key>`` was set, if it was: the profile's value beats the top level's."""
+    label = f"[{'.'.join(path[:2])}]"
+    if _lookup(sources["env"], path):
+        return SettingSource("env", _env_name(path, env))
+    if "secrets" in sources and secrets_dir is not None and _lookup(sources["secrets"], path):
+        return SettingSource("secrets", _secret_file(path, secrets_dir))
+    if "file" in sources and _lookup(sources["file"], path):
+        return SettingSource("file", f"{Path(str(toml_file)).resolve()} {label}")
+    return None
+
+
 def describe_settings(
     settings: Settings,
     *,
@@ -157,9 +175,15 @@ def describe_settings(
     secrets_dir = secrets_directory(env)
     sources = {kind: source() for kind, source in setting_sources(toml_file, secrets_dir).items()}
     described = []
+    profile = settings.profile
     for path, raw in _leaves(settings):
         key = ".".join(path)
-        if _lookup(sources["env"], path):
+        if path[0] == "profiles":
+            continue  # the raw tables; a profile's effect shows in the keys it overrides
+        own = ("profiles", profile, *path) if profile is not None else None
+        if own is not None and (found := _profile_source(own, sources, env, secrets_dir, toml_file)):
+            source = found
+        elif _lookup(sources["env"], path):
             source = SettingSource("env", _env_name(path, env))
         elif "secrets" in sources and secrets_dir is not None and _lookup(sources["secrets"], path):
             source = SettingSource("secrets", _secret_file(path, secrets_dir))

@@ -221,12 +221,13 @@ def test_example_lists_every_key() -> None:
     }
     for section, model in models.items():
         for key in model.model_fields:
-            if key in {"identity", "smtp", "graph", "relay", "send_mail"}:
+            if key in {"identity", "smtp", "graph", "relay", "send_mail", "profiles"}:
                 continue
             listed = f"{key} = " in sections[section] or f"[[{section}.{key}]]" in sections[section]
             assert listed, f"{section}.{key} is not in config.example.toml"
-    for key in ("name", "password_hash", "mailbox", "allowed_senders"):
+    for key in ("name", "password_hash", "mailbox", "allowed_senders", "profile"):
         assert f"# {key} = " in sections["relay"], f"relay.users.{key}"
+    assert "# [profiles.scanner]" in text
 
 
 def test_example_in_package_is_the_repository_copy() -> None:

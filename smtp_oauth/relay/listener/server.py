@@ -30,7 +30,7 @@ import functools
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,11 +88,13 @@ class RelayListener:
         relay: RelaySettings,
         *,
         default_mailbox: str,
+        profile_mailboxes: Mapping[str, str] | None = None,
         store: Callable[[Message], Awaitable[str]],
         tuning: ListenerTuning | None = None,
         incoming_dir: Path | None = None,
     ) -> None:
         self._default_mailbox = default_mailbox
+        self._profile_mailboxes = dict(profile_mailboxes or {})
         self._store = store
         self.incoming_dir = incoming_dir  # None: bodies stay in memory (a listener without a spool)
         self._tuning = tuning or ListenerTuning()
@@ -117,7 +119,9 @@ class RelayListener:
 
     def _load(self, relay: RelaySettings) -> _Config:
         check_not_open_relay(relay)
-        policy = RelayPolicy.from_settings(relay, default_mailbox=self._default_mailbox)
+        policy = RelayPolicy.from_settings(
+            relay, default_mailbox=self._default_mailbox, profile_mailboxes=self._profile_mailboxes
+        )
         tls_context = build_tls_context(relay)
         if tls_context is None and not is_loopback_address(parse_listen(relay.listen)[0]):
             # Not an error (allow_networks may be all it is for), but otherwise every remote login
