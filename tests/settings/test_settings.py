@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ def write(tmp_path: Path, text: str, name: str = "smtp-oauth.toml") -> Path:
     return path
 
 
-def config_error(path: Path | None = None, **overrides: object) -> ConfigurationError:
+def config_error(path: Path | None = None, **overrides: Any) -> ConfigurationError:
     with pytest.raises(ConfigurationError) as caught:
         load_settings(path, **overrides)
     return caught.value
