@@ -188,6 +188,22 @@ _AADSTS_HINTS: dict[int, str] = {
         "The token request carried no credential (AADSTS7000218): set identity.client_secret or "
         "identity.certificate_path, or enable 'Allow public client flows' for delegated sign-in."
     ),
+    500133: (
+        "The user's access token has expired (AADSTS500133): on-behalf-of can only exchange a token that "
+        "is still valid. The calling client must get a new token for this API and call again."
+    ),
+    500131: (
+        "The user's token was not issued for this app (AADSTS500131): its audience must be application "
+        "{client_id} (or api://{client_id}). The calling client must request a token for this API's scope."
+    ),
+    50013: (
+        "The user's token failed validation (AADSTS50013: bad signature, or another tenant's key): only "
+        "tokens Entra issued for this API can be exchanged on-behalf-of the user."
+    ),
+    50027: (
+        "The user's token is not a valid JWT (AADSTS50027): pass the access token exactly as the caller "
+        "sent it (without the 'Bearer ' prefix)."
+    ),
     700025: (
         "The app is a public client and must not send a secret (AADSTS700025): remove "
         "identity.client_secret for delegated flows."

@@ -303,6 +303,56 @@ class MsalSession:
         )
         return result
 
+    # -- on-behalf-of (a middle tier sending as the user whose token it received) ---------------
+
+    def on_behalf_of(
+        self,
+        assertion: str,
+        *,
+        account_id: str | None,
+        scopes: list[str],
+        force_refresh: bool,
+        min_validity: float,
+    ) -> tuple[IssuedToken, str, str | None]:
+        """The user's token for ``scopes``: from the cache for a known user (``account_id``, the
+        home account id an earlier exchange of a token of theirs gave), else by the OBO grant.
+
+        Returns (token, home account id, username). MSAL itself does not look in the cache for
+        on-behalf-of; its result carries client_info and an id token, so the user's tokens are
+        cached under their own account, apart from every other user's.
+        https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-on-behalf-of-flow
+        """
+        wanted = request_scopes(scopes)
+
+        def cached() -> tuple[IssuedToken, str, str | None] | None:
+            accounts = [a for a in self._app.get_accounts() if a.get("home_account_id") == account_id]
+            if not accounts or force_refresh:
+                return None
+            result = self._app.acquire_token_silent_with_error(wanted, accounts[0])
+            if not result or "access_token" not in result:
+                return None  # no token or a dead refresh token: exchange the assertion again
+            issued = self._issued(result)
+            if issued.remaining() < min_validity:
+                result = self._app.acquire_token_silent_with_error(wanted, accounts[0], force_refresh=True)
+                if not result or "access_token" not in result:
+                    return None
+                issued = self._issued(result)
+            return issued, str(account_id), accounts[0].get("username")
+
+        def run() -> tuple[IssuedToken, str, str | None]:
+            with self._cache.locked():
+                found = cached() if account_id else None
+                if found is not None:
+                    return found
+                result = self._app.acquire_token_on_behalf_of(assertion, wanted)
+                issued = self._issued(result)
+                claims = result.get("id_token_claims") or {}
+                home = _home_account_id(result) or str(claims.get("oid", ""))
+                username = claims.get("preferred_username") or claims.get("upn")
+                return issued, home, str(username) if username else None
+
+        return self._translated(run)
+
     # -- delegated sign-in (login) ----------------------------------------------------------------
 
     def _signed_in(self, result: dict[str, Any], scopes: list[str]) -> SignedIn:
@@ -418,6 +468,23 @@ def _receiver_on_dynamic_port(receiver_class: Any, attempts: int = 50) -> Any:
         except OSError:  # taken: try another
             continue
     return receiver_class(port=0)
+
+
+def _home_account_id(result: dict[str, Any]) -> str | None:
+    """``<uid>.<utid>`` from a token response's client_info, as MSAL names the account."""
+    import base64
+    import json
+
+    info = result.get("client_info")
+    if not isinstance(info, str):
+        return None
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(info + "=" * (-len(info) % 4)))
+    except ValueError:
+        return None
+    if not isinstance(decoded, dict) or "uid" not in decoded or "utid" not in decoded:
+        return None
+    return f"{decoded['uid']}.{decoded['utid']}"
 
 
 def _safe_open(open_browser: Callable[[str], bool], url: str) -> bool:

@@ -34,6 +34,7 @@ from smtp_oauth.sandbox.tenant import RegisteredApp, SandboxTenant, SandboxUser
 __all__ = ["DEVICE_CODE_GRANT", "GrantStore"]
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # on-behalf-of (RFC 7523)
 AUTHORIZATION_CODE_LIFETIME = 600  # seconds; Entra's codes live about ten minutes
 DEVICE_CODE_LIFETIME = 900  # seconds, as Entra's expires_in
 _USER_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I: people type these
@@ -108,6 +109,7 @@ class GrantStore:
             "refresh_token": self._refresh_token,
             "authorization_code": self._authorization_code,
             DEVICE_CODE_GRANT: self._device_code,
+            JWT_BEARER_GRANT: self._on_behalf_of,
         }
 
     def __repr__(self) -> str:
@@ -202,6 +204,23 @@ class GrantStore:
                 raise AadError.authorization_pending()
             record.redeemed = True
         return self._user_tokens(app, self._tenant.user, record.scope_text, credential=credential)
+
+    def _on_behalf_of(self, app: RegisteredApp, form: Mapping[str, str], credential: str) -> dict[str, Any]:
+        """A middle tier exchanges a user's token for its API for one of the user's for Exchange/Graph.
+
+        https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-on-behalf-of-flow
+        """
+        if form.get("requested_token_use") != "on_behalf_of":
+            raise AadError(
+                "invalid_request", 90014, "The request must contain requested_token_use=on_behalf_of."
+            )
+        if app.is_public:
+            raise AadError.no_credential()
+        claims = self._issuer.verify_api_token(_required(form, "assertion"), app)
+        user = self._tenant.find_user_by_id(str(claims.get("oid", "")))
+        if user is None:
+            raise AadError.unknown_user(self._tenant.tenant_id)
+        return self._user_tokens(app, user, form.get("scope", ""), credential=credential)
 
     def _user_tokens(
         self,

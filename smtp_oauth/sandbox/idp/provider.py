@@ -43,6 +43,7 @@ from smtp_oauth.sandbox.tenant import (
     FEDERATED_SUBJECT,
     FederatedCredential,
     SandboxTenant,
+    SandboxUser,
 )
 
 __all__ = ["IdpOptions", "SandboxIdentityProvider"]
@@ -167,6 +168,13 @@ class SandboxIdentityProvider:
         return f"{self.authority_host}/common/discovery/instance"
 
     # --- test hooks -------------------------------------------------------------------------------
+
+    def user_token_for_api(self, user: SandboxUser | None = None, *, lifetime: int = 3600) -> str:
+        """A user's token for the confidential app's own API, as the desktop app obtains it to call a
+        middle tier: the assertion on-behalf-of exchanges (default user: the tenant's test user)."""
+        return self._issuer.api_token(
+            user or self.tenant.user, self.tenant.app, self.tenant.public_app, lifetime=lifetime
+        )
 
     def federated_token(self, *, lifetime: int | None = None) -> str:
         """A workload token the confidential app's federated credential accepts."""

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from smtp_oauth.sandbox.idp.errors import AadError
-from smtp_oauth.sandbox.keys import SigningKey
-from smtp_oauth.sandbox.tenant import RegisteredApp, SandboxTenant, SandboxUser
+from smtp_oauth.sandbox.keys import SigningKey, TokenInvalid
+from smtp_oauth.sandbox.tenant import OBO_SCOPE, RegisteredApp, SandboxTenant, SandboxUser
 
 __all__ = [
     "APP_RESOURCES",
@@ -233,6 +233,64 @@ class TokenIssuer:
         if roles:  # Entra leaves the claim out when no application permission is granted (RBAC)
             claims["roles"] = list(roles)
         return self._key.sign(claims)
+
+    def api_token(
+        self, user: SandboxUser, api: RegisteredApp, caller: RegisteredApp, *, lifetime: int
+    ) -> str:
+        """A user's access token for ``api``'s own API (``api://<client id>``, scope access_as_user),
+        as a front end (``caller``) gets it to call a middle tier: what on-behalf-of exchanges."""
+        now = int(time.time())
+        claims = {
+            "aud": f"api://{api.client_id}",
+            "iss": self.access_token_issuer,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "appid": caller.client_id,
+            "azp": caller.client_id,
+            "idtyp": "user",
+            "name": user.display_name,
+            "oid": user.object_id,
+            "scp": OBO_SCOPE,
+            "sub": uuid.uuid5(uuid.UUID(api.client_id), user.object_id).hex,
+            "tid": self._tenant.tenant_id,
+            "upn": user.upn,
+            "uti": uuid.uuid4().hex,
+            "ver": "1.0",
+        }
+        return self._key.sign(claims)
+
+    def verify_api_token(self, assertion: str, app: RegisteredApp) -> dict[str, Any]:
+        """The claims of a user's token for ``app``'s API; Entra's OBO errors when it is not one."""
+        audiences = [f"api://{app.client_id}", app.client_id]
+        try:
+            claims = self._key.verify(assertion, audience=audiences)
+        except TokenInvalid as exc:
+            reason = str(exc)
+            if reason == "token expired":
+                raise AadError(
+                    "invalid_grant",
+                    500133,
+                    "Assertion is not within its valid time range. Ensure that the access token is not "
+                    "expired before using it for user assertion, or request a new token.",
+                ) from exc
+            if reason == "wrong audience":
+                raise AadError(
+                    "invalid_grant",
+                    500131,
+                    "Assertion audience does not match the Client app presenting the assertion. The "
+                    f"expected audience is 'api://{app.client_id}' or '{app.client_id}'.",
+                ) from exc
+            raise AadError(
+                "invalid_grant",
+                50013,
+                "Assertion failed signature validation. [Reason - The key was not found.]",
+            ) from exc
+        if claims.get("tid") != self._tenant.tenant_id:
+            raise AadError(
+                "invalid_grant", 50013, "Assertion failed signature validation: another tenant's token."
+            )
+        return claims
 
     def user_tokens(
         self,
