@@ -281,10 +281,20 @@ class RelayService:
         task = asyncio.create_task(self.reload())
         task.add_done_callback(_log_reload_failure)
 
+    def _check_same_routes(self, routes: MailboxRoutes) -> None:
+        # The upstream identities are made at start: a user moved to another profile would
+        # otherwise be delivered with the old one's identity.
+        if routes.routes != self._routes.routes or set(routes.profiles) != set(self._routes.profiles):
+            raise ConfigurationError(
+                "the profiles of relay.users changed; that takes a restart of the relay",
+                key="relay.users",
+            )
+
     async def reload(self) -> bool:
         """Re-read the configuration file; new users and sender rules for new sessions."""
         try:
             fresh = await asyncio.to_thread(load_settings, self.settings.source_file)
+            self._check_same_routes(MailboxRoutes.from_settings(fresh))
             self.listener.reload(fresh.relay)
         except ConfigurationError as error:
             log.error("reload failed, keeping the running configuration: %s", error)  # noqa: TRY400

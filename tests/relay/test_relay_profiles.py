@@ -119,3 +119,20 @@ async def test_check_all_profiles_checks_each(smtp_oauth_sandbox: Sandbox, tmp_p
     assert "== top level" in done.stdout
     assert "== profile scanner" in done.stdout
     assert done.stdout.count("All checks passed.") == 2
+
+
+async def test_reload_that_moves_a_user_to_another_profile_is_refused(smtp_oauth_sandbox: Sandbox) -> None:
+    """Changing relay users' profiles needs a restart: reload keeps the running configuration."""
+    from smtp_oauth.relay.service import RelayService
+
+    config = two_profile_config(smtp_oauth_sandbox)
+    service = RelayService(load_settings(config), delivery_tuning=FAST_DELIVERY)
+    ready: asyncio.Future[list[tuple[str, int]]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(service.run(ready=ready.set_result))
+    try:
+        await asyncio.wait_for(asyncio.shield(ready), 10)
+        config.write_text(config.read_text().replace('profile = "scanner"\n', ""))
+        assert await service.reload() is False
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 10)
