@@ -10,8 +10,10 @@
   username (``<resource>|<app id>|<tenant id>``) bound to one app, the token's audience is
   ``https://communication.azure.com``, MAIL FROM and From: must be a sender address of the email
   domain, 50 recipients a message.
-Sources: microsoft-2026 research §1.3 and §1.4 (HVE reply codes from a KB citing MS Learn and a
-production relay; ACS from learn.microsoft.com/azure/communication-services).
+Sources: https://learn.microsoft.com/en-us/exchange/mail-flow-best-practices/high-volume-mails-m365
+(HVE; its reply codes as deployed relays report them) and
+https://learn.microsoft.com/en-us/azure/communication-services/quickstarts/email/send-email-smtp/send-email-smtp-oauth
+(ACS XOAUTH2), .../concepts/service-limits (ACS limits).
 """
 
 from __future__ import annotations
