@@ -39,6 +39,7 @@ __all__ = [
     "TransportFactory",
     "create_transport",
     "send_message",
+    "shared_transports",
 ]
 
 MessageSource = EmailMessage | bytes | BinaryIO | os.PathLike[str]
@@ -144,6 +145,27 @@ def create_transport(
     client = graph_client or GraphClient(settings, token_provider=token_provider)
     graph = GraphTransport(settings, mailbox=mailbox, client=client, close_client=graph_client is None)
     return FallbackTransport(mailer, graph, client)
+
+
+def shared_transports(settings: Settings, *, token_provider: TokenProvider) -> TransportFactory:
+    """mailbox -> ``create_transport(...)`` for many senders at once (the relay's workers).
+
+    All share ``token_provider`` and, when Graph is configured (``transport`` or
+    ``fallback_transport``), one ``GraphClient``: Graph's 4 concurrent requests and its
+    Retry-After are per application, whatever the mailbox.
+    """
+    graph_client: GraphClient | None = None
+    if "graph" in (settings.transport, settings.fallback_transport):
+        from smtp_oauth.graph.client import GraphClient
+
+        graph_client = GraphClient(settings, token_provider=token_provider)
+
+    def transport_for(mailbox: str) -> Transport:
+        return create_transport(
+            settings, token_provider=token_provider, mailbox=mailbox, graph_client=graph_client
+        )
+
+    return transport_for
 
 
 def send_message(

@@ -137,6 +137,21 @@ async def _mailer_step(sandbox: Sandbox) -> str:
     return f"{result.reply}; stored as {delivered.path.name}"
 
 
+async def _graph_step(sandbox: Sandbox) -> str:
+    """The same app through Microsoft Graph sendMail, as with transport = "graph" (no SMTP AUTH)."""
+    from smtp_oauth.settings.loading import load_settings
+    from smtp_oauth.transport import create_transport
+
+    path = sandbox.write_config(sandbox.directory / "graph.toml", transport="graph")
+    settings = load_settings(path)
+    subject = f"smtp-oauth demo: Graph {secrets.token_hex(4)}"
+    message = _demo_message(settings.smtp.sender, subject, "Sent through Microsoft Graph sendMail.\n")
+    async with create_transport(settings) as transport:
+        result = await transport.send(message)
+    [delivered] = [d for d in sandbox.graph_delivered() if d.message["Subject"] == subject]
+    return f"{result.reply}; stored as {delivered.path.name} in {delivered.path.parent.name}/ ({path.name})"
+
+
 async def _send_mail_step(sandbox: Sandbox) -> str:
     subject = f"smtp-oauth demo: send-mail {secrets.token_hex(4)}"
     command = [
@@ -181,7 +196,7 @@ async def _demo(directory: Path) -> int:
     from smtp_oauth.sandbox import Sandbox
 
     with_relay = _relay_available()
-    demo = _Demo(total=5 if with_relay else 4)
+    demo = _Demo(total=6 if with_relay else 5)
     print(f"smtp-oauth demo: a local sandbox in {directory} (fake Microsoft services, for testing only)\n")
     sandbox = Sandbox(directory)
 
@@ -208,6 +223,12 @@ async def _demo(directory: Path) -> int:
             "send with the send-mail command",
             "the sendmail-compatible command sends from a separate process, reusing the cached token",
             lambda: _send_mail_step(sandbox),
+        ),
+        (
+            "send through Microsoft Graph",
+            'transport = "graph": the same app and token cache, a Graph token, sendMail over HTTPS, '
+            "for tenants with SMTP AUTH disabled",
+            lambda: _graph_step(sandbox),
         ),
     ]
     if with_relay:

@@ -229,10 +229,10 @@ def _print_transcript(direction: str, line: str) -> None:
 async def _deliver(
     settings: Settings, outgoing: Outgoing, *, cached_token: str | None, verbose: bool, prog: str
 ) -> str:
-    """Send through the configured transport; the server's reply to DATA."""
+    """Send through the configured transport (SMTP, or Graph); the service's reply."""
     from smtp_oauth.transport import create_transport
 
-    provider = CacheFirstTokenProvider(settings, cached_token)
+    provider = CacheFirstTokenProvider(settings, cached_token, settings.token_scopes())
     transcript = _print_transcript if verbose else None
     async with create_transport(settings, token_provider=provider, transcript=transcript) as transport:
         result = await transport.send(
@@ -320,7 +320,9 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
     from smtp_oauth.tokens.provider import cached_access_token
 
     # Read before the event loop starts: a small file, and no msal import when it serves.
-    cached = cached_access_token(settings, min_validity=settings.refresh_margin)
+    cached = cached_access_token(
+        settings, scopes=settings.token_scopes(), min_validity=settings.refresh_margin
+    )
     reply = asyncio.run(
         _deliver(settings, outgoing, cached_token=cached, verbose=bool(args.verbose), prog=prog)
     )

@@ -22,7 +22,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -173,11 +173,13 @@ class GraphClient:
         headers: Mapping[str, str] | None = None,
         authorized: bool = True,
         draft: bool = False,
+        transcript: Callable[[str, str], None] | None = None,
     ) -> GraphResponse:
         """One request, repeated after short Retry-After waits and once after a 401; 2xx or an error.
 
         ``url`` is relative to ``graph.endpoint`` or absolute (an upload session's URL, which is
-        pre-authenticated: ``authorized=False`` sends no token to it).
+        pre-authenticated: ``authorized=False`` sends no token to it). ``transcript`` gets one
+        line per request and answer (no token, no body; an upload URL's secret part left out).
         """
         client = await self._client()
         target = url if url.startswith("https://") else f"{self.endpoint}{url}"
@@ -191,6 +193,12 @@ class GraphClient:
             if authorized:
                 token = await self.token(force_refresh=fresh_token)
                 send_headers["Authorization"] = f"Bearer {token}"
+            if transcript is not None:
+                size = len(content) if content is not None else 0
+                shown = (
+                    url if not url.startswith("https://") else "(the upload session's pre-authenticated URL)"
+                )
+                transcript("C", f"{method} {shown}" + (f" ({size} bytes)" if size else ""))
             response = await self._send(
                 client,
                 method,
@@ -200,9 +208,17 @@ class GraphClient:
                 headers=send_headers,
                 context=context,
             )
+            reply = GraphReply(response)
+            if transcript is not None:
+                transcript(
+                    "S",
+                    f"{reply.describe()}"
+                    if not response.is_success
+                    else f"{response.status_code} {response.reason_phrase}"
+                    + (f" (request-id {reply.request_id})" if reply.request_id else ""),
+                )
             if response.is_success:
                 return GraphResponse(response)
-            reply = GraphReply(response)
             if response.status_code == 401 and authorized and not fresh_token:
                 logger.info(
                     "Graph refused the token for %s (%s); retrying once with a new token",
@@ -247,6 +263,13 @@ class GraphClient:
         if http is not None:
             with contextlib.suppress(httpx.HTTPError, OSError):
                 await http.aclose()
+
+
+def _status_line(response: httpx.Response) -> str:
+    request_id = response.headers.get("request-id")
+    return f"{response.status_code} {response.reason_phrase}" + (
+        f" (request-id {request_id})" if request_id else ""
+    )
 
 
 def _claims(token: str | None) -> dict[str, Any]:

@@ -8,7 +8,9 @@ envelope (https://learn.microsoft.com/graph/api/user-sendmail, "send mail in MIM
 - a header recipient that is *not* an envelope recipient would get mail its sender did not address
   to it: that message is refused (MessageError), never sent to more people than asked;
 - quoted-printable parts are re-encoded as base64: Graph re-encodes QP bodies and breaks soft line
-  breaks followed by hex digits (seen by several relays; base64 passes through untouched).
+  breaks followed by hex digits (seen by several relays; base64 passes through untouched);
+- line ends are CRLF, as RFC 5322 has them and as the SMTP transport sends them (a legacy client's
+  bare LFs reach either upstream the same way).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = ["add_bcc", "for_graph", "header_recipients", "reencode_quoted_printab
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _QP_PART = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*quoted-printable[ \t]*\r?$")
 _RECIPIENT_HEADERS = ("to", "cc", "bcc")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 _FOLD_AFTER = 4  # addresses per line of the added Bcc header: stays far below 998 characters
 
 
@@ -135,8 +138,9 @@ def for_graph(raw: bytes, recipients: Sequence[str]) -> bytes:
         )
     seen = {address.casefold() for address in present}
     missing = [address for address in recipients if address.casefold() not in seen]
+    canonical = _LINE_END.sub(b"\r\n", raw)
     try:
-        return add_bcc(reencode_quoted_printable(raw), missing)
+        return add_bcc(reencode_quoted_printable(canonical), missing)
     except UnicodeEncodeError:
         raise MessageError(
             f"a recipient address is not ASCII ({', '.join(missing)}); Graph needs it in the headers"

@@ -21,7 +21,7 @@ import base64
 import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from email.policy import SMTP
 from types import TracebackType
@@ -41,6 +41,8 @@ from smtp_oauth.graph.large import (
 from smtp_oauth.graph.mime import for_graph
 from smtp_oauth.mail.envelope import build_envelope
 from smtp_oauth.transport import MessageSource, SendResult
+
+Transcript = Callable[[str, str], None]  # (direction "C"/"S", line), as the SMTP transcript
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
@@ -67,6 +69,7 @@ class GraphTransport:
         token_provider: TokenProvider | None = None,
         client: GraphClient | None = None,
         close_client: bool | None = None,
+        transcript: Transcript | None = None,
     ) -> None:
         self._settings = settings
         self._mailbox = mailbox or settings.graph_mailbox
@@ -78,6 +81,7 @@ class GraphTransport:
         self._default_sender = settings.smtp.sender if configured else self._mailbox
         self._context = {**settings.hint_context(), "mailbox": self._mailbox}
         self._base = f"/v1.0/users/{quote(self._mailbox, safe='@')}"
+        self._transcript = transcript  # send-mail -v: one line per request and answer
 
     def __repr__(self) -> str:
         return f"GraphTransport(server={self.server!r}, mailbox={self._mailbox!r})"
@@ -165,6 +169,7 @@ class GraphTransport:
             f"{self._base}/sendMail",
             what=f"sendMail for {self._mailbox}",
             context=self._context,
+            transcript=self._transcript,
             content=base64.b64encode(mime),
             content_type="text/plain",
         )
@@ -180,6 +185,7 @@ class GraphTransport:
             f"{self._base}/messages",
             what=what,
             context=self._context,
+            transcript=self._transcript,
             content=base64.b64encode(draft_mime),
             content_type="text/plain",
             draft=True,
@@ -194,7 +200,12 @@ class GraphTransport:
             for attachment in attachments:
                 await self._attach(message_url, attachment)
             sent = await self._client.request(
-                "POST", f"{message_url}/send", what=f"{what}: send", context=self._context, content=b""
+                "POST",
+                f"{message_url}/send",
+                what=f"{what}: send",
+                context=self._context,
+                transcript=self._transcript,
+                content=b"",
             )
         except (DeliveryError, asyncio.CancelledError):
             await asyncio.shield(self._discard_draft(message_url))
@@ -215,6 +226,7 @@ class GraphTransport:
                 f"{message_url}/attachments",
                 what=what,
                 context=self._context,
+                transcript=self._transcript,
                 json_body={
                     "@odata.type": "#microsoft.graph.fileAttachment",
                     **item,
@@ -228,6 +240,7 @@ class GraphTransport:
             f"{message_url}/attachments/createUploadSession",
             what=what,
             context=self._context,
+            transcript=self._transcript,
             json_body={"AttachmentItem": {"attachmentType": "file", "size": attachment.size, **item}},
             draft=True,
         )
@@ -246,6 +259,7 @@ class GraphTransport:
                 upload_url,
                 what=f"{what}: bytes {start}-{end}",
                 context=self._context,
+                transcript=self._transcript,
                 content=chunk,
                 content_type="application/octet-stream",
                 headers={"Content-Range": f"bytes {start}-{end}/{total}"},
@@ -257,7 +271,11 @@ class GraphTransport:
         """Delete the draft of a message that could not be sent, so nothing lingers in Drafts."""
         try:
             await self._client.request(
-                "DELETE", message_url, what=f"the unsent draft for {self._mailbox}", context=self._context
+                "DELETE",
+                message_url,
+                what=f"the unsent draft for {self._mailbox}",
+                context=self._context,
+                transcript=self._transcript,
             )
         except DeliveryError as error:
             logger.warning("could not delete the unsent draft in %s: %s", self._mailbox, error)

@@ -50,25 +50,29 @@ def upstream_transports(
     routes: MailboxRoutes | None = None,
 ) -> TransportFactory:
     """Delivery's transports: one per worker (``create_transport``); the workers of one identity
-    share one token provider (one token). A mailbox of a relay user's profile is sent with that
+    share one token provider (one token) and, for Microsoft Graph, one client (Graph's
+    limits are per app: ``shared_transports``). A mailbox of a relay user's profile is sent with that
     profile's identity and transport (``routes``).
 
     ``watch`` wraps the top-level identity's provider (``TokenWatch``: the token expiry in /metrics).
     """
     from smtp_oauth.tokens.provider import create_token_provider
-    from smtp_oauth.transport import create_transport
+    from smtp_oauth.transport import shared_transports
 
     routes = routes or MailboxRoutes.from_settings(settings)
     provider: TokenProvider = create_token_provider(settings)
     if watch is not None:
         provider = watch(provider)
-    providers: dict[str | None, TokenProvider] = {None: provider}
+    factories: dict[str | None, TransportFactory] = {
+        None: shared_transports(settings, token_provider=provider)
+    }
     for name, profile_settings in routes.profiles.items():
-        providers[name] = create_token_provider(profile_settings)
+        factories[name] = shared_transports(
+            profile_settings, token_provider=create_token_provider(profile_settings)
+        )
 
     def transport_for(mailbox: str) -> Transport:
-        name = routes.profile_of(mailbox)
-        return create_transport(routes.settings_for(mailbox), token_provider=providers[name], mailbox=mailbox)
+        return factories[routes.profile_of(mailbox)](mailbox)
 
     return transport_for
 

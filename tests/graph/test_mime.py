@@ -27,7 +27,7 @@ def test_a_message_whose_headers_name_every_recipient_is_unchanged() -> None:
 def test_an_existing_bcc_header_is_merged_not_duplicated() -> None:
     """A message with a Bcc keeps one Bcc header holding its addresses and the new ones."""
     raw = b"From: a@x.test\nBcc: old@y.test,\n  other@y.test\nTo: b@y.test\n\nbody\n"
-    sent = add_bcc(raw, ["new@z.test"])
+    sent = add_bcc(raw, ["new@z.test"])  # the line ends it finds are kept
     assert sent == b"From: a@x.test\nTo: b@y.test\nBcc: old@y.test, other@y.test, new@z.test\n\nbody\n"
 
 
@@ -70,3 +70,8 @@ def test_quoted_printable_parts_become_base64_with_the_same_content() -> None:
 def test_a_message_without_quoted_printable_is_not_rewritten() -> None:
     """No QP part: the same bytes come back (no re-serialisation)."""
     assert reencode_quoted_printable(RAW) is RAW
+
+
+def test_bare_line_feeds_become_crlf() -> None:
+    """A legacy client's LF-only message reaches Graph with CRLF line ends, as SMTP sends it."""
+    assert for_graph(RAW.replace(b"\r\n", b"\n"), ["b@y.test"]) == RAW
