@@ -18,9 +18,11 @@ def test_demo_passes_every_step_with_nothing_configured(tmp_path: Path) -> None:
     done = run_cli("demo", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     steps = re.findall(r"^\[(\d)/(\d)\] (PASS|FAIL)", done.stdout, flags=re.MULTILINE)
-    expected = 5 if RELAY_INSTALLED else 4
+    expected = 6 if RELAY_INSTALLED else 5
     assert [status for _, _, status in steps] == ["PASS"] * expected
     assert "ignoring SMTP_OAUTH_SMTP__PORT" in done.stdout
     mail_dir = Path(re.search(r"^Delivered messages \(\d+, .*\): (.+)$", done.stdout, re.MULTILINE)[1])  # type: ignore[index]
     assert mail_dir.is_relative_to(tmp_path)
-    assert len(list(mail_dir.glob("*.eml"))) == expected - 2  # every step after the token sends one
+    # Every step after the token sends one: through Exchange, but the Graph step through Graph.
+    assert len(list(mail_dir.glob("*.eml"))) == expected - 3
+    assert len(list((mail_dir.parent / "graph-mail").glob("*.eml"))) == 1
