@@ -1,15 +1,19 @@
 """``send-mail``: compose and send one message, or act as ``sendmail`` for legacy software.
 
 A thin shell: parse the command line (send_mail_args), build the message (message,
-sendmail_input), hand it to the transport (``create_transport``), and turn errors into sysexits
-codes with one line naming the cause and a hint.
+sendmail_input), hand it on, and turn errors into sysexits codes with one line naming the cause
+and a hint. With ``[send_mail] via = "relay"`` the message goes to the local relay's submission
+socket (``relay/client.py``) and the relay owns delivery; otherwise the configured transport
+(``create_transport``) sends it.
 
-Legacy software runs this once per message, so start-up time matters: msal is imported only when
-the token cache cannot serve a valid token (``tokens.cached_access_token`` reads the cache without
-it), and nothing of the relay, the sandbox or aiosmtpd ever is. The system's CA bundle loads on a
-thread while pydantic is imported (``sender.preload_tls_context``), EHLO needs no DNS look-up, and
-the cyclic garbage collector stays off for the run. What remains is mostly importing pydantic and
-pydantic-settings, which every send needs to read the settings (see bench/bench_send_mail.py).
+Legacy software runs this once per message, so start-up time matters. The settings come from the
+snapshot the last full validation left (``settings/snapshot.py``) while nothing they depend on has
+changed, so a send through the relay imports neither pydantic nor asyncio. A direct send still
+validates with pydantic; msal is imported only when the token cache cannot serve a valid token
+(``tokens.cached_access_token`` reads the cache without it), and nothing of the relay's server
+side, the sandbox or aiosmtpd ever is. The system's CA bundle loads on a thread meanwhile
+(``preload_tls_context``), EHLO needs no DNS look-up, and the cyclic garbage collector stays off
+for the run (see bench/bench_send_mail.py).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
     from email.message import EmailMessage
 
     from smtp_oauth.settings.models import Settings
+    from smtp_oauth.settings.snapshot import SendMailView, SettingsProbe
     from smtp_oauth.tokens.types import TokenProvider
 
 __all__ = ["main"]
@@ -104,7 +109,7 @@ def _read_stdin() -> bytes:
     return sys.stdin.buffer.read() if sys.stdin is not None else b""
 
 
-def _sender_addresses(args: SendMailArgs, settings: Settings | None) -> tuple[Address, Address]:
+def _sender_addresses(args: SendMailArgs, default_sender: str | None) -> tuple[Address, Address]:
     """(envelope sender, From address): -f beats --from beats smtp.from_address/username."""
     from email.headerregistry import Address
 
@@ -118,8 +123,8 @@ def _sender_addresses(args: SendMailArgs, settings: Settings | None) -> tuple[Ad
         envelope = parse_address(envelope_from, what="envelope sender (-f)")
     elif header_from is not None:
         envelope = header_from
-    elif settings is not None:
-        envelope = parse_address(settings.smtp.sender, what="smtp.from_address")
+    elif default_sender is not None:
+        envelope = parse_address(default_sender, what="smtp.from_address")
     else:  # unreachable: settings are loaded unless a sender was given
         raise MessageError("no sender: give --from or -f")
     if header_from is None:
@@ -260,13 +265,13 @@ def _message_bytes(outgoing: Outgoing) -> bytes:
         return buffer.getvalue()
 
 
-def _submit(settings: Settings, outgoing: Outgoing, *, verbose: bool, prog: str) -> int:
+def _submit(view: SendMailView, outgoing: Outgoing, *, verbose: bool, prog: str) -> int:
     """``via = "relay"``: hand the message to the local relay; 0 once it is stored there."""
     from smtp_oauth.relay.client import SubmissionClient
-    from smtp_oauth.settings.models import submission_socket_candidates
+    from smtp_oauth.settings.discovery import submission_socket_candidates
 
-    paths = submission_socket_candidates(settings.relay.submission_socket)
-    with SubmissionClient(paths, timeout=settings.smtp.timeout) as client:
+    paths = submission_socket_candidates(view.submission_socket_path)
+    with SubmissionClient(paths, timeout=view.smtp_timeout, context=view.hint_context) as client:
         reply, refused = client.send(
             _message_bytes(outgoing), sender=outgoing.sender, recipients=outgoing.recipients
         )
@@ -277,16 +282,40 @@ def _submit(settings: Settings, outgoing: Outgoing, *, verbose: bool, prog: str)
     return int(ExitCode.OK)
 
 
-def _load_settings(args: SendMailArgs) -> Settings:
-    """Settings from --config (or discovered), with logging set up for a command run by programs."""
+def _configure_logging(args: SendMailArgs, level: str, log_format: str) -> None:
     from smtp_oauth.logs import configure_logging
+
+    # Programs that call sendmail mail whatever it prints (cron): stay quiet unless asked.
+    quiet = "ERROR" if level == "ERROR" else "WARNING"
+    configure_logging(level if args.verbose else quiet, log_format)
+
+
+def _load_settings(args: SendMailArgs, probe: SettingsProbe | None = None) -> Settings:
+    """Settings from --config (or discovered), fully validated; kept as a snapshot for the next run."""
     from smtp_oauth.settings.loading import load_settings
+    from smtp_oauth.settings.snapshot import view_of
 
     settings = load_settings(args.config, profile=args.profile)
-    # Programs that call sendmail mail whatever it prints (cron): stay quiet unless asked.
-    quiet = "ERROR" if settings.log_level == "ERROR" else "WARNING"
-    configure_logging(settings.log_level if args.verbose else quiet, settings.log_format)
+    if probe is not None:
+        probe.write(view_of(settings))
+    _configure_logging(args, settings.log_level, settings.log_format)
     return settings
+
+
+def _settings_view(args: SendMailArgs) -> tuple[SendMailView, Settings | None]:
+    """What the send needs: from the snapshot of the last validation when nothing changed since
+    (no pydantic), else from a full load (which refreshes the snapshot)."""
+    from smtp_oauth.settings.snapshot import SettingsProbe, view_of
+
+    probe = SettingsProbe(
+        args.config, profile=args.profile
+    )  # before loading: a file edited meanwhile is loaded again next time
+    view = probe.read()
+    if view is not None:
+        _configure_logging(args, view.log_level, view.log_format)
+        return view, None
+    settings = _load_settings(args, probe)
+    return view_of(settings), settings
 
 
 def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
@@ -298,22 +327,24 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
             "(-t, -i/-oi, or when called as sendmail): the message on stdin is sent as it is"
         )
     explicit_sender = bool(args.sender or (args.envelope_from and "@" in args.envelope_from))
-    settings = None if args.dry_run and explicit_sender else _load_settings(args)
-    via_relay = settings is not None and settings.send_mail.via == "relay"
+    view, settings = (None, None) if args.dry_run and explicit_sender else _settings_view(args)
+    via_relay = view is not None and view.via == "relay"
     if not args.dry_run and not via_relay:
         from smtp_oauth.smtp.mailer import preload_tls_context
 
-        # The CA bundle loads on another core while the message is built.
+        # The CA bundle loads on another core while pydantic is imported and the message built.
         preload_tls_context()
-    envelope, header_from = _sender_addresses(args, settings)
+    envelope, header_from = _sender_addresses(args, view.sender if view is not None else None)
     build = _sendmail if sendmail_mode else _compose
     outgoing = build(args, envelope, header_from)
     if args.dry_run:
         _print_dry_run(outgoing, prog)
         return int(ExitCode.OK)
-    assert settings is not None  # loaded whenever not a dry run
+    assert view is not None  # read whenever not a dry run
     if via_relay:
-        return _submit(settings, outgoing, verbose=bool(args.verbose), prog=prog)
+        return _submit(view, outgoing, verbose=bool(args.verbose), prog=prog)
+    if settings is None:  # the snapshot served: direct delivery needs the validated settings
+        settings = _load_settings(args)
 
     import asyncio
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -82,8 +82,11 @@ def dot_stuff(data: bytes) -> Iterator[bytes]:
 class SubmissionClient:
     """One connection to a running relay's submission socket. Blocking; used as a context manager."""
 
-    def __init__(self, paths: Sequence[Path], *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, paths: Sequence[Path], *, timeout: float = 60.0, context: Mapping[str, str] | None = None
+    ) -> None:
         self._paths = list(paths)
+        self._context = dict(context or {})  # ids for the hints of errors (mailbox, tenant, client)
         self._timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = b""
@@ -186,7 +189,12 @@ class SubmissionClient:
     def _expect(self, reply: Reply, code: int, stage: Stage, subject: str | None = None) -> Reply:
         if reply.code != code:
             raise from_reply(
-                reply.code, reply.text, server=self.server, stage=stage, context={}, subject=subject
+                reply.code,
+                reply.text,
+                server=self.server,
+                stage=stage,
+                context=self._context,
+                subject=subject,
             )
         return reply
 
@@ -212,7 +220,9 @@ class SubmissionClient:
         data_reply = self.read_reply()
         if len(refused) == len(recipients):
             code, text = next(iter(refused.values()))
-            raise from_reply(code, text, server=self.server, stage=Stage.RCPT, context={}, recipients=refused)
+            raise from_reply(
+                code, text, server=self.server, stage=Stage.RCPT, context=self._context, recipients=refused
+            )
         self._expect(data_reply, 354, Stage.DATA)
         for chunk in dot_stuff(data):
             self._send(chunk)

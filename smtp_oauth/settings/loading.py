@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from pydantic_settings import (
 from pydantic_settings.sources import NestedSecretsSettingsSource
 
 from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.settings.discovery import find_config_file, secrets_directory
 from smtp_oauth.settings.models import ENV_PREFIX, Settings
 from smtp_oauth.settings.profiles import PROFILE_VARIABLE, apply_profile
 
@@ -43,52 +44,6 @@ __all__ = [
 
 NESTED_DELIMITER = "__"
 _SECRET_KEYS = {"client_secret", "certificate_password", "password", "password_hash", "spool_url"}
-
-
-def _candidate_files(environ: Mapping[str, str]) -> Iterable[Path]:
-    yield Path("smtp-oauth.toml")
-    xdg = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    yield Path(xdg) / "smtp-oauth" / "config.toml"
-    yield Path("/etc/smtp-oauth/config.toml")
-
-
-def find_config_file(
-    path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
-) -> Path | None:
-    """The configuration file to read, or None when there is none (environment only).
-
-    An explicitly named file (argument or ``$SMTP_OAUTH_CONFIG``) must exist.
-    """
-    env = os.environ if environ is None else environ
-    explicit = path if path is not None else env.get("SMTP_OAUTH_CONFIG")
-    if explicit:
-        explicit_path = Path(explicit)
-        if not explicit_path.is_file():
-            raise ConfigurationError(
-                f"configuration file {explicit_path} does not exist",
-                file=str(explicit_path),
-                hint="Create it (`smtp-oauth config --example > smtp-oauth.toml`) or fix the path.",
-            )
-        return explicit_path
-    for candidate in _candidate_files(env):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def secrets_directory(environ: Mapping[str, str] | None = None) -> Path | None:
-    """Where per-key secret files live: $SMTP_OAUTH_SECRETS_DIR, systemd's credentials, or None."""
-    env = os.environ if environ is None else environ
-    for name in ("SMTP_OAUTH_SECRETS_DIR", "CREDENTIALS_DIRECTORY"):
-        if env.get(name):
-            if not Path(env[name]).is_dir():
-                # Ignoring it would surface later as a confusing "client_secret is missing".
-                raise ConfigurationError(
-                    f"{name}={env[name]} is not a directory", key=name, hint=f"Fix or unset {name}."
-                )
-            return Path(env[name])
-    docker = Path("/run/secrets")
-    return docker if docker.is_dir() and any(docker.glob(f"{ENV_PREFIX}*")) else None
 
 
 def setting_sources(

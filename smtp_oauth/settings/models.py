@@ -34,8 +34,12 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The stdlib half (send-mail's hot path uses it without pydantic), here under its old names too.
+from smtp_oauth.settings.discovery import ENV_PREFIX, state_dir, submission_socket_candidates
+
 __all__ = [
     "CLOUDS",
+    "ENV_PREFIX",
     "SERVICES",
     "Cloud",
     "GraphSettings",
@@ -51,13 +55,10 @@ __all__ = [
     "submission_socket_candidates",
 ]
 
-ENV_PREFIX = "SMTP_OAUTH_"
 SUBMISSION_PORT = 587
 IMPLICIT_TLS_PORT = 465
 DEFAULT_RELAY_LISTEN = "127.0.0.1:2525"
 EXCHANGE_MAX_MESSAGE_SIZE = 35 * 1024 * 1024  # Exchange Online's default MaxSendSize (35 MB)
-SUBMISSION_SOCKET_NAME = Path("smtp-oauth") / "submit.sock"
-SYSTEM_RUNTIME_DIR = Path("/run")  # a system service's RuntimeDirectory= lives here
 
 Flow = Literal[
     "client_credentials",
@@ -503,34 +504,12 @@ class RelaySettings(_Section):
         return submission_socket_candidates(self.submission_socket)[0]
 
 
-def submission_socket_candidates(
-    configured: Path | None, *, environ: Mapping[str, str] | None = None
-) -> list[Path]:
-    """The submission socket: the configured path, else the per-user one, then the system one.
-
-    A relay binds the first; ``send-mail`` tries them in order, so a cron job (which has no
-    ``$XDG_RUNTIME_DIR``) and a login shell (which has one) both find a system relay's socket.
-    """
-    if configured is not None:
-        return [configured]
-    env = os.environ if environ is None else environ
-    system = SYSTEM_RUNTIME_DIR / SUBMISSION_SOCKET_NAME
-    runtime = env.get("XDG_RUNTIME_DIR")
-    return [Path(runtime) / SUBMISSION_SOCKET_NAME, system] if runtime else [system]
-
-
 class SendMailSettings(_Section):
     """``[send_mail]``: how ``send-mail`` hands over its message."""
 
     # "direct": to Exchange Online itself; "relay": to the local relay's submission socket, which
     # stores it durably and owns delivery and retries (as Postfix's sendmail hands mail to postdrop).
     via: Literal["direct", "relay"] = "direct"
-
-
-def state_dir() -> Path:
-    """``$XDG_STATE_HOME/smtp-oauth`` (default ``~/.local/state/smtp-oauth``)."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "smtp-oauth"
 
 
 # What a [profiles.NAME] table may override; the tables merge key by key (settings/profiles.py).

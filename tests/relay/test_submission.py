@@ -11,6 +11,7 @@ import os
 import pwd
 import socket
 import stat
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -167,3 +168,28 @@ async def test_a_stale_socket_of_a_killed_relay_is_replaced(sandbox: Sandbox, so
     sandbox.write_config(relay=relay_section(submission_socket=str(socket_path)))
     async with running_relay(sandbox) as (service, _):
         assert service.submission.listening
+
+
+PROBE = """
+import sys
+from smtp_oauth.cli.send_mail import main
+code = main(sys.argv[1:])
+print(" ".join(sorted(sys.modules)))
+sys.exit(code)
+"""
+
+
+async def test_a_send_via_the_relay_imports_no_pydantic_msal_asyncio_or_aiosmtplib(
+    sandbox: Sandbox, relay: RelayService, env: dict[str, str]
+) -> None:
+    """Once a snapshot of the validated settings exists, a submission loads none of the heavy packages."""
+    args = ["--config", str(sandbox.config_path), "--body", "x", "alice@example.test"]
+    for _ in range(2):  # the first run validates fully and writes the snapshot the second one reads
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PROBE, *args, stdout=asyncio.subprocess.PIPE, env=env, cwd=env["HOME"]
+        )
+        stdout, _ = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0
+    loaded = {name.split(".")[0] for name in stdout.decode().split()}
+    assert loaded & {"pydantic", "pydantic_settings", "msal", "asyncio", "aiosmtplib", "aiosmtpd"} == set()
+    await wait_until(lambda: len(sandbox.delivered()) == 2, what="both deliveries")

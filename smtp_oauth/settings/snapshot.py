@@ -1,0 +1,197 @@
+"""What ``send-mail`` needs of the settings, kept from its last full validation: no pydantic per message.
+
+``load_settings`` (pydantic-settings) stays the one reader and validator of the configuration. After
+it succeeds, ``send-mail`` writes the few values its hot path uses (:class:`SendMailView`) to
+``$XDG_STATE_HOME/smtp-oauth/send-mail-<key>.json``, next to the token cache, owner-only (0600), no
+secret in it. The next run reads that file instead of importing pydantic, but only if nothing that
+could change the outcome of validation has changed since:
+
+- the configuration file's identity: its path, mtime (ns), size, inode and device;
+- every ``SMTP_OAUTH_*`` and ``AZURE_*`` variable, and the others that change what the settings
+  mean (``HOME``, ``XDG_*``, ``CREDENTIALS_DIRECTORY``);
+- the secrets directory's listing (each file's name, size, mtime and inode);
+- the profile asked for (``--profile``) and the settings models themselves (an upgrade).
+
+These go into a SHA-256 fingerprint (only the hash is stored). Any difference, an unreadable or
+foreign file (another owner, group- or world-accessible, a symlink) means a full load, which writes
+a fresh snapshot. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.settings.discovery import (
+    ENV_PREFIX,
+    find_config_file,
+    secrets_directory,
+    state_dir,
+)
+
+if TYPE_CHECKING:
+    from smtp_oauth.settings.models import Settings
+
+__all__ = ["SendMailView", "SettingsProbe", "view_of"]
+
+FORMAT = 1
+_PREFIXES = (ENV_PREFIX, "AZURE_", "XDG_")
+_VARIABLES = frozenset({"HOME", "CREDENTIALS_DIRECTORY"})
+_MODELS = Path(__file__).with_name("models.py")
+
+
+@dataclass(frozen=True)
+class SendMailView:
+    """The validated values ``send-mail``'s hot path reads (never a secret)."""
+
+    via: str
+    submission_socket: str | None  # relay.submission_socket as configured (None: the defaults)
+    sender: str  # smtp.from_address or smtp.username
+    smtp_timeout: float
+    log_level: str
+    log_format: str
+    hint_context: dict[str, str] = field(default_factory=dict)  # tenant, client and mailbox ids
+
+    @property
+    def submission_socket_path(self) -> Path | None:
+        return Path(self.submission_socket) if self.submission_socket else None
+
+
+def view_of(settings: Settings) -> SendMailView:
+    """The view of validated settings."""
+    socket = settings.relay.submission_socket
+    return SendMailView(
+        via=settings.send_mail.via,
+        submission_socket=str(socket) if socket is not None else None,
+        sender=settings.smtp.sender,
+        smtp_timeout=settings.smtp.timeout,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+        hint_context=settings.hint_context(),
+    )
+
+
+def _file_identity(path: Path | None) -> list[Any]:
+    if path is None:
+        return ["(no file)"]
+    info = path.stat()
+    return [os.path.abspath(path), info.st_mtime_ns, info.st_size, info.st_ino, info.st_dev]
+
+
+def _listing(directory: Path | None) -> list[Any]:
+    if directory is None:
+        return []
+    listed = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            info = entry.stat()
+            listed.append([entry.name, info.st_size, info.st_mtime_ns, info.st_ino])
+    return sorted(listed)
+
+
+def _fingerprint(toml_file: Path | None, environ: Mapping[str, str], profile: str | None) -> str:
+    variables = sorted(
+        (name, value) for name, value in environ.items() if name in _VARIABLES or name.startswith(_PREFIXES)
+    )
+    material = [
+        FORMAT,
+        profile,  # --profile (SMTP_OAUTH_PROFILE is among the variables)
+        _file_identity(_MODELS),
+        _file_identity(toml_file),
+        variables,
+        _listing(secrets_directory(environ)),
+    ]
+    return hashlib.sha256(json.dumps(material).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class SettingsProbe:
+    """The fingerprint of the settings' inputs now, and the snapshot file that goes with them.
+
+    Taken *before* a full load, so a file edited during the load makes the next run load again.
+    Raises ConfigurationError as ``load_settings`` would when ``--config`` names no file.
+    """
+
+    def __init__(
+        self,
+        config: str | os.PathLike[str] | None,
+        *,
+        profile: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ):
+        env = os.environ if environ is None else environ
+        toml_file = find_config_file(config, environ=env)
+        self.fingerprint: str | None
+        try:
+            self.fingerprint = _fingerprint(toml_file, env, profile)
+        except (OSError, ConfigurationError):  # a full load reports what is wrong
+            self.fingerprint = None
+        key = hashlib.sha256(os.fsencode(os.path.abspath(toml_file) if toml_file else "-")).hexdigest()
+        self.path = state_dir(env) / f"send-mail-{key[:16]}.json"
+
+    def read(self) -> SendMailView | None:
+        """The snapshot, if it is ours, private and was written for exactly these inputs."""
+        if self.fingerprint is None:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            info = os.fstat(fd)
+            if info.st_uid != os.geteuid() or info.st_mode & 0o077 or not stat.S_ISREG(info.st_mode):
+                return None  # someone else could have written it: it decides where mail goes
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                data = json.loads(handle.read(1 << 16))
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+        return _parse(data, self.fingerprint)
+
+    def write(self, view: SendMailView) -> None:
+        """Keep ``view`` for the next run (best effort: a missing snapshot only costs speed)."""
+        if self.fingerprint is None:
+            return
+        data = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "view": asdict(view)})
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(data)
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "via": (str,),
+    "submission_socket": (str, type(None)),
+    "sender": (str,),
+    "smtp_timeout": (int, float),
+    "log_level": (str,),
+    "log_format": (str,),
+    "hint_context": (dict,),
+}
+
+
+def _parse(data: object, fingerprint: str) -> SendMailView | None:
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("fingerprint") != fingerprint:
+        return None
+    view = data.get("view")
+    names = {item.name for item in fields(SendMailView)}
+    if not isinstance(view, dict) or set(view) != names:
+        return None
+    if not all(isinstance(view[name], _TYPES[name]) for name in names):
+        return None
+    return SendMailView(**view)
