@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 SENDMAIL_NAME = "sendmail"
+# Names sendmail is also installed under (Postfix, sendmail): each is one mode, never composing.
+_LINK_MODES = {"mailq": "queue", "newaliases": "aliases"}
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
@@ -318,6 +320,28 @@ def _settings_view(args: SendMailArgs) -> tuple[SendMailView, Settings | None]:
     return view_of(settings), settings
 
 
+def _other_mode(args: SendMailArgs, prog: str) -> int:
+    """sendmail's -bs, -bp (mailq), -q, -bi (newaliases) and -bv: never composing a message."""
+    from smtp_oauth.cli import sendmail_modes
+
+    if args.mode == "aliases":
+        return sendmail_modes.no_aliases(prog)
+    if args.mode == "verify":
+        raise UsageError(
+            "-bv (verify addresses) is not supported: Exchange Online checks recipients only when it "
+            "delivers; a refused one is reported then"
+        )
+    from smtp_oauth.settings.discovery import submission_socket_candidates
+
+    view, _ = _settings_view(args)
+    paths = submission_socket_candidates(view.submission_socket_path)
+    if args.mode == "smtp":
+        return sendmail_modes.smtp_on_stdio(paths)
+    if args.mode == "queue":
+        return sendmail_modes.list_queue(paths, timeout=view.smtp_timeout)
+    return sendmail_modes.flush_queue(paths, timeout=view.smtp_timeout, verbose=bool(args.verbose), prog=prog)
+
+
 def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
     """Compose or read the message, then print it (--dry-run) or send it. Raises our errors."""
     sendmail_mode = as_sendmail or args.read_recipients or args.ignore_dots or args.sendmail_flags
@@ -326,6 +350,8 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
             f"{', '.join(args.compose_options)} cannot be used in sendmail mode "
             "(-t, -i/-oi, or when called as sendmail): the message on stdin is sent as it is"
         )
+    if args.mode != "deliver":
+        return _other_mode(args, prog)
     explicit_sender = bool(args.sender or (args.envelope_from and "@" in args.envelope_from))
     view, settings = (None, None) if args.dry_run and explicit_sender else _settings_view(args)
     via_relay = view is not None and view.via == "relay"
@@ -378,10 +404,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
 
 def _main(argv: Sequence[str] | None, prog: str | None) -> int:
     invoked_as = prog or os.path.basename(sys.argv[0])
-    as_sendmail = invoked_as == SENDMAIL_NAME
-    name = SENDMAIL_NAME if as_sendmail else "send-mail"
+    as_sendmail = invoked_as in {SENDMAIL_NAME, *_LINK_MODES}
+    name = invoked_as if invoked_as in _LINK_MODES else SENDMAIL_NAME if as_sendmail else "send-mail"
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv, prog=name)
+        if invoked_as in _LINK_MODES:  # `mailq` lists the queue and `newaliases` rebuilds nothing
+            args.mode = _LINK_MODES[invoked_as]
         return _run(args, as_sendmail=as_sendmail, prog=name)
     except UsageError as error:
         print(f"{name}: {error}\nusage: see `{name} --help`", file=sys.stderr)

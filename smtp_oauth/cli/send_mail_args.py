@@ -81,6 +81,7 @@ class SendMailArgs(argparse.Namespace):
     full_name: str | None
     verbose: int
     sendmail_flags: bool
+    mode: str  # "deliver", or one of sendmail's other operation modes (sendmail_modes.MODES)
     recipients: list[str]
 
     @property
@@ -101,10 +102,17 @@ def _o_option(value: str, out: list[str]) -> None:
     out.append("--ignore-dots" if value == "i" else "--sendmail-flag")
 
 
+# sendmail's -b<x> operation modes (sendmail_modes.py): all but -bm need the relay.
+_B_MODES = {"s": "smtp", "p": "queue", "i": "aliases", "v": "verify"}
+
+
 def _b_option(value: str, out: list[str]) -> None:
-    if value != "m":  # -bm, "deliver mail in the usual way", is the only mode there is
-        raise UsageError(f"unsupported operation mode -b{value} (only -bm is supported)")
-    out.append("--sendmail-flag")
+    if value == "m":  # -bm, "deliver mail in the usual way": the default
+        out.append("--sendmail-flag")
+    elif value in _B_MODES:
+        out.append(f"--mode={_B_MODES[value]}")
+    else:
+        raise UsageError(f"unsupported operation mode -b{value} (-bm, -bs, -bp, -bi and -bv are known)")
 
 
 def _valued_option(letter: str, value: str, out: list[str]) -> None:
@@ -129,7 +137,13 @@ def _short_cluster(word: str, following: list[str], out: list[str]) -> None:
         elif letter in _IGNORED_FLAGS:
             out.append("--sendmail-flag")
         elif letter == "q":
-            raise UsageError("-q (process the queue) is not supported: send-mail keeps no queue")
+            if letters[index + 1 :]:
+                raise UsageError(
+                    f"-q{letters[index + 1 :]}: send-mail runs no queue daemon and selects no messages; "
+                    "-q alone asks the relay to retry every deferred message now"
+                )
+            out.append("--mode=flush")
+            return
         elif letter in _WITH_VALUE or letter in _IGNORED_WITH_VALUE or letter in "ob":
             rest = letters[index + 1 :]
             if not rest and not following:
@@ -205,7 +219,9 @@ def build_parser(prog: str = "send-mail") -> argparse.ArgumentParser:
     sendmail = parser.add_argument_group(
         "sendmail mode",
         "A finished message is read from stdin; implied by -t, -i/-oi, other sendmail options, or "
-        "running as 'sendmail'. Also accepted and ignored: -odi -odb -oem -oee -om -o<x> -bm -O opt=val "
+        "running as 'sendmail'. Through the relay (smtp-oauth relay): -bs SMTP on stdin/stdout, -bp (or "
+        "'mailq') lists its queue, -q retries deferred mail now; -bi ('newaliases') has nothing to do. "
+        "Also accepted and ignored: -odi -odb -oem -oee -om -o<x> -bm -O opt=val "
         "-B type -N dsn -R ret -V envid -L tag -h hops -A<x> -X file -G -U -n -m. -f and -F also "
         "apply when composing.",
     )
@@ -220,6 +236,12 @@ def build_parser(prog: str = "send-mail") -> argparse.ArgumentParser:
         "--full-name", metavar="NAME", help="sender's name for a missing From header (-F NAME)"
     )
     parser.add_argument("--sendmail-flag", action="store_true", dest="sendmail_flags", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--mode",
+        choices=("deliver", "smtp", "queue", "flush", "aliases", "verify"),
+        default="deliver",
+        help=argparse.SUPPRESS,
+    )
     parser.add_argument("recipients", nargs="*", metavar="RECIPIENT", help="recipient addresses")
     return parser
 

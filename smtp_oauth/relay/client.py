@@ -24,7 +24,14 @@ from typing import Any, Self
 from smtp_oauth.errors import ExitCode, PermanentDeliveryError, SmtpOAuthError, TemporaryDeliveryError
 from smtp_oauth.smtp.replies import Stage, from_reply
 
-__all__ = ["Reply", "SubmissionClient", "SubmissionDenied", "dot_stuff", "relay_unavailable"]
+__all__ = [
+    "Reply",
+    "SubmissionClient",
+    "SubmissionDenied",
+    "dot_stuff",
+    "open_submission_socket",
+    "relay_unavailable",
+]
 
 MAX_REPLY_LINE = 1 << 20  # an XQUEUE line carries a message's recipients; anything longer is not ours
 _CHUNK = 1 << 16
@@ -51,6 +58,36 @@ def relay_unavailable(paths: Sequence[Path], detail: str) -> PermanentDeliveryEr
         hint='send_mail.via is "relay": start the relay (`smtp-oauth relay`, or `systemctl start '
         'smtp-oauth-relay`), point relay.submission_socket at its socket, or set [send_mail] via = "direct".',
     )
+
+
+def open_submission_socket(paths: Sequence[Path], *, timeout: float | None) -> tuple[socket.socket, Path]:
+    """A connection to the first of ``paths`` a relay listens on; 69 if none, 77 if not allowed."""
+    failure = "no such socket"
+    for path in paths:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except PermissionError:
+            sock.close()
+            raise SubmissionDenied(
+                f"permission denied on the relay's submission socket {path}",
+                hint="Only the relay's own user and the members of the socket's group may submit: "
+                "`ls -l` it and add this account to that group (`usermod -aG <group> <user>`, then "
+                "log in again).",
+            ) from None
+        except FileNotFoundError:
+            sock.close()
+            failure = "no such socket"
+        except ConnectionRefusedError:
+            sock.close()
+            failure = "connection refused"
+        except OSError as exc:
+            sock.close()
+            failure = exc.strerror or str(exc)
+        else:
+            return sock, path
+    raise relay_unavailable(paths, failure)
 
 
 @dataclass(frozen=True)
@@ -109,32 +146,7 @@ class SubmissionClient:
 
     def connect(self) -> None:
         """Connect to the first socket a relay listens on, read its greeting and say EHLO."""
-        failure = "no such socket"
-        for path in self._paths:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self._timeout)
-            try:
-                sock.connect(str(path))
-            except PermissionError:
-                sock.close()
-                raise SubmissionDenied(
-                    f"permission denied on the relay's submission socket {path}",
-                    hint="Only the relay's own user and the members of the socket's group may submit: "
-                    "`ls -l` it and add this account to that group (`usermod -aG <group> <user>`, then "
-                    "log in again).",
-                ) from None
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                sock.close()
-                failure = "no such socket" if isinstance(exc, FileNotFoundError) else "connection refused"
-                continue
-            except OSError as exc:
-                sock.close()
-                failure = exc.strerror or str(exc)
-                continue
-            self._sock, self.path = sock, path
-            break
-        else:
-            raise relay_unavailable(self._paths, failure)
+        self._sock, self.path = open_submission_socket(self._paths, timeout=self._timeout)
         self._expect(self.read_reply(), 220, Stage.CONNECT)
         self._send(b"EHLO localhost\r\n")
         ehlo = self._expect(self.read_reply(), 250, Stage.CONNECT)

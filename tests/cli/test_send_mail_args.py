@@ -61,11 +61,25 @@ def test_common_sendmail_flags_are_accepted_and_ignored(argv: list[str]) -> None
     assert args.recipients == ["a@x.example"]
 
 
-@pytest.mark.parametrize("argv", [["-bs"], ["-bp"], ["-q"], ["-Z"], ["-f"], ["--no-such-option"]])
+@pytest.mark.parametrize("argv", [["-bx"], ["-q1h"], ["-Z"], ["-f"], ["--no-such-option"]])
 def test_unsupported_or_unknown_options_are_usage_errors(argv: list[str]) -> None:
     """Modes we do not have, unknown options and missing values raise UsageError (exit 64)."""
     with pytest.raises(UsageError):
         parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "mode"),
+    [(["-bs"], "smtp"), (["-bp"], "queue"), (["-q"], "flush"), (["-bi"], "aliases"), (["-bv"], "verify")],
+)
+def test_sendmail_operation_modes_are_recognised(argv: list[str], mode: str) -> None:
+    """-bs, -bp, -q, -bi and -bv select sendmail's other modes instead of composing a message."""
+    assert parse_args(argv).mode == mode
+
+
+def test_plain_sends_are_in_deliver_mode() -> None:
+    """Without a mode option a command line delivers a message (-bm is that mode, spelled out)."""
+    assert parse_args(["-bm", "a@x.example"]).mode == "deliver"
 
 
 def test_double_dash_ends_options() -> None:
