@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
@@ -68,5 +67,7 @@ def run_guarded(action: Callable[[], int]) -> int:
     except BrokenPipeError:
         return int(ExitCode.OK)
     except Exception:
+        import logging  # only a bug gets here: send-mail's start-up does not pay for logging
+
         logging.getLogger("smtp_oauth").exception("internal error")
         return int(ExitCode.SOFTWARE)

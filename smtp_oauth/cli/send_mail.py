@@ -22,14 +22,12 @@ import gc
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from smtp_oauth.cli.common import report_error
 from smtp_oauth.cli.send_mail_args import SendMailArgs, UsageError, parse_args
 from smtp_oauth.errors import ExitCode, MessageError, SmtpOAuthError
-from smtp_oauth.tokens.types import scope_key
 
 if TYPE_CHECKING:
     from email.headerregistry import Address
@@ -53,13 +51,18 @@ class InputFileError(SmtpOAuthError):
     exit_code = ExitCode.NOINPUT
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """What to send: the message (composed, or raw bytes in sendmail mode) and its envelope."""
+class Outgoing(NamedTuple):
+    """What to send: the message (composed, or raw bytes in sendmail mode) and its envelope.
 
-    message: EmailMessage | bytes = field(repr=False)
+    A NamedTuple, not a dataclass: ``dataclasses`` is not worth its import on this path.
+    """
+
+    message: EmailMessage | bytes
     sender: str
     recipients: list[str]
+
+    def __repr__(self) -> str:
+        return f"Outgoing(message=..., sender={self.sender!r}, recipients={self.recipients!r})"
 
 
 class CacheFirstTokenProvider:
@@ -72,12 +75,16 @@ class CacheFirstTokenProvider:
     def __init__(
         self, settings: Settings, cached_token: str | None, cached_scopes: Sequence[str] | None = None
     ) -> None:
+        from smtp_oauth.tokens.types import scope_key  # a direct send only
+
         self._settings = settings
         self._cached = cached_token
         self._cached_key = scope_key(cached_scopes or settings.smtp_scopes)
         self._provider: TokenProvider | None = None
 
     async def access_token(self, *, force_refresh: bool = False, scopes: Sequence[str] | None = None) -> str:
+        from smtp_oauth.tokens.types import scope_key
+
         key = scope_key(scopes or self._settings.smtp_scopes)
         if self._cached is not None and key == self._cached_key:
             if not force_refresh:
@@ -314,7 +321,8 @@ def _settings_view(args: SendMailArgs) -> tuple[SendMailView, Settings | None]:
     )  # before loading: a file edited meanwhile is loaded again next time
     view = probe.read()
     if view is not None:
-        _configure_logging(args, view.log_level, view.log_format)
+        if view.via != "relay" or args.verbose:  # nothing logs on the way to the relay
+            _configure_logging(args, view.log_level, view.log_format)
         return view, None
     settings = _load_settings(args, probe)
     return view_of(settings), settings

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy as email_policy
 from email.errors import InvalidHeaderDefect, NonASCIILocalPartDefect
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from typing import NamedTuple
 
 from smtp_oauth.errors import MessageError
 
@@ -58,13 +58,20 @@ _LOCAL_USER_HINT = (
 )
 
 
-@dataclass(frozen=True)
-class Attachment:
-    """A file to attach: its name as the recipient will see it, and its bytes."""
+class Attachment(NamedTuple):
+    """A file to attach: its name as the recipient will see it, and its bytes.
+
+    A NamedTuple, not a dataclass: ``dataclasses`` (with inspect and ast) would be a tenth of
+    send-mail's imports when it hands a message to the relay.
+    """
 
     filename: str
-    data: bytes = field(repr=False)
+    data: bytes
     content_type: str | None = None  # guessed from the file name when None
+
+    def __repr__(self) -> str:
+        size = f"<{len(self.data)} bytes>"
+        return f"Attachment(filename={self.filename!r}, data={size}, content_type={self.content_type!r})"
 
     @property
     def mime_type(self) -> tuple[str, str]:

@@ -25,10 +25,10 @@ from __future__ import annotations
 import email.utils
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from email import policy as email_policy
 from email.headerregistry import Address
 from email.message import EmailMessage
+from typing import NamedTuple
 
 from smtp_oauth.mail.compose import (
     dedupe_addresses,
@@ -152,14 +152,19 @@ def _render_fields(values: Sequence[tuple[str, str | Address]]) -> bytes:
     return rendered[: -len(CRLF)] if rendered.endswith(CRLF + CRLF) else rendered
 
 
-@dataclass(frozen=True)
-class PreparedMessage:
-    """A message ready for ``Mailer.send(data, sender=..., recipients=...)``."""
+class PreparedMessage(NamedTuple):
+    """A message ready for ``Mailer.send(data, sender=..., recipients=...)`` (NamedTuple: see Attachment)."""
 
-    data: bytes = field(repr=False)
+    data: bytes
     sender: str
     recipients: list[str]
     added_headers: list[str]  # names of the fields we added (From, Date, Message-ID)
+
+    def __repr__(self) -> str:
+        return (
+            f"PreparedMessage(data=<{len(self.data)} bytes>, sender={self.sender!r}, "
+            f"recipients={self.recipients!r}, added_headers={self.added_headers!r})"
+        )
 
 
 def prepare_message(

@@ -16,10 +16,9 @@ import contextlib
 import json
 import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from smtp_oauth.errors import ExitCode, PermanentDeliveryError, SmtpOAuthError, TemporaryDeliveryError
 from smtp_oauth.smtp.replies import Stage, from_reply
@@ -90,8 +89,7 @@ def open_submission_socket(paths: Sequence[Path], *, timeout: float | None) -> t
     raise relay_unavailable(paths, failure)
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """One SMTP reply: its code and its lines' texts."""
 
     code: int

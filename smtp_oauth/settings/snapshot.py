@@ -23,12 +23,10 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import stat
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.settings.discovery import (
@@ -49,9 +47,12 @@ _VARIABLES = frozenset({"HOME", "CREDENTIALS_DIRECTORY"})
 _MODELS = Path(__file__).with_name("models.py")
 
 
-@dataclass(frozen=True)
-class SendMailView:
-    """The validated values ``send-mail``'s hot path reads (never a secret)."""
+class SendMailView(NamedTuple):
+    """The validated values ``send-mail``'s hot path reads (never a secret).
+
+    A NamedTuple, not a dataclass: ``dataclasses`` (with inspect and ast) costs more to import
+    than the rest of this module.
+    """
 
     via: str
     submission_socket: str | None  # relay.submission_socket as configured (None: the defaults)
@@ -59,7 +60,7 @@ class SendMailView:
     smtp_timeout: float
     log_level: str
     log_format: str
-    hint_context: dict[str, str] = field(default_factory=dict)  # tenant, client and mailbox ids
+    hint_context: dict[str, str]  # tenant, client and mailbox ids
 
     @property
     def submission_socket_path(self) -> Path | None:
@@ -161,8 +162,8 @@ class SettingsProbe:
         """Keep ``view`` for the next run (best effort: a missing snapshot only costs speed)."""
         if self.fingerprint is None:
             return
-        data = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "view": asdict(view)})
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
+        data = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "view": view._asdict()})
+        tmp = self.path.with_name(f".{self.path.name}.{os.urandom(4).hex()}")
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -189,7 +190,7 @@ def _parse(data: object, fingerprint: str) -> SendMailView | None:
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("fingerprint") != fingerprint:
         return None
     view = data.get("view")
-    names = {item.name for item in fields(SendMailView)}
+    names = set(SendMailView._fields)
     if not isinstance(view, dict) or set(view) != names:
         return None
     if not all(isinstance(view[name], _TYPES[name]) for name in names):
