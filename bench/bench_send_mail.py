@@ -73,7 +73,9 @@ class Background:
     """The sandbox and a relay on their own event loop in a thread, so this script can block."""
 
     def __init__(self, directory: Path) -> None:
-        self.sandbox = Sandbox(directory)
+        # The relay keeps its upstream sessions a few seconds (upstream_idle_timeout), and the
+        # direct sends and the script use the same mailbox: room for all, so nothing gets 432.
+        self.sandbox = Sandbox(directory, max_sessions_per_mailbox=10)
         self.relay: RelayService | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sandbox", daemon=True)
@@ -160,6 +162,12 @@ def row(name: str, samples: list[Sample], baseline: list[Sample]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=20, help="runs of each command (default 20)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="SEND_MAIL",
+        help="also time this send-mail (direct), e.g. an older version's console script",
+    )
     args = parser.parse_args(argv)
 
     with (
@@ -210,6 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "send-mail direct (cached)": lambda: timed(direct, env, work),
             "send-mail via relay": lambda: timed(via_relay, env, work),
         }
+        if args.compare is not None:
+            # An older version knows fewer keys: the sandbox's configuration without the [graph] table.
+            older_config = sb.write_config(work / "compare.toml", graph=None)
+            other = [str(args.compare), "--config", str(older_config), *message]
+            timed(other, env, work)
+            commands["--compare send-mail direct"] = lambda: timed(other, env, work)
         samples: dict[str, list[Sample]] = {name: [] for name in commands}
         for _ in range(args.runs):  # interleaved, so drift (CPU frequency, caches) hits all alike
             for name, run in commands.items():
