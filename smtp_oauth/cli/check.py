@@ -105,8 +105,18 @@ def _check(load: Callable[[], Settings], args: argparse.Namespace) -> CheckRepor
 
     from smtp_oauth.diagnostics import run_checks
 
+    def load_quietly() -> Settings:
+        from smtp_oauth.logs import configure_logging
+
+        settings = load()
+        # The report says what happened; INFO lines (a retried token, an unencrypted cache) would
+        # only interleave with it. Warnings still show, and DEBUG when asked for.
+        level = settings.log_level if settings.log_level in {"DEBUG", "WARNING", "ERROR"} else "WARNING"
+        configure_logging(level, settings.log_format)
+        return settings
+
     on_step = None if args.json else _printer(sys.stdout)
-    report = asyncio.run(run_checks(load, send_test=args.send_test, on_step=on_step))
+    report = asyncio.run(run_checks(load_quietly, send_test=args.send_test, on_step=on_step))
     if args.json:
         return report
     if report.ok:

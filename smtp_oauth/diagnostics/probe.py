@@ -162,7 +162,7 @@ class SmtpProbe:
             Status.FAIL,
             f"the certificate of {self._endpoint} is not trusted: {reason}",
             fix,
-            int(ExitCode.TEMPFAIL),
+            int(ExitCode.CONFIG),  # trust is configured (smtp.ca_file): retrying will not help
             {"ca_file": str(ca_file) if ca_file else None},
         )
 

@@ -117,8 +117,13 @@ def read_plaintext_cache(path: Path) -> dict[str, Any] | None:
     """The JSON of a plaintext cache file, or None (missing, encrypted, too open, unreadable)."""
     try:
         st = path.stat()
-        if os.name != "nt" and stat.S_IMODE(st.st_mode) & _GROUP_OTHER_BITS:
-            return None  # the slow path reports it
+        if os.name != "nt":
+            parent = path.parent.stat()
+            # File or directory open to others, or not ours: the slow path refuses it with the fix.
+            if (stat.S_IMODE(st.st_mode) | stat.S_IMODE(parent.st_mode)) & _GROUP_OTHER_BITS:
+                return None
+            if st.st_uid != os.geteuid() or parent.st_uid != os.geteuid():
+                return None
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
@@ -327,7 +332,8 @@ def _build_persistence(location: Path) -> _Persistence:
     try:
         if location.exists() and location.stat().st_size > 0:
             # A plaintext cache already holds tokens: keep it (a keyring one has an empty signal file).
-            log.info("token cache %s is stored unencrypted (file mode 0600)", location)
+            # Said at INFO once, when the cache was created: here it would reach every msmtp run.
+            log.debug("token cache %s is stored unencrypted (file mode 0600)", location)
             return AtomicFilePersistence(location)
     except OSError:
         pass

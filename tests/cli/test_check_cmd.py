@@ -93,6 +93,7 @@ async def test_smtp_auth_disabled_names_set_casmailbox(smtp_oauth_sandbox: Sandb
     done = await _check(smtp_oauth_sandbox, tmp_path)
     assert done.returncode == 77, done.stdout + done.stderr
     assert _status_lines(done.stdout)["AUTH XOAUTH2"] == "FAIL"
+    assert " INFO " not in done.stdout + done.stderr  # "retrying once with a new token" stays out
     mailbox = smtp_oauth_sandbox.tenant.mailbox
     flat = " ".join(done.stdout.split())
     assert f"Set-CASMailbox -Identity {mailbox} -SmtpClientAuthenticationDisabled $false" in flat
@@ -162,11 +163,11 @@ async def test_unreachable_host_fails_the_tcp_step(smtp_oauth_sandbox: Sandbox, 
 
 
 async def test_untrusted_certificate_names_smtp_ca_file(smtp_oauth_sandbox: Sandbox, tmp_path: Path) -> None:
-    """smtp.ca_file holding another CA -> the STARTTLS step fails and names smtp.ca_file."""
+    """smtp.ca_file holding another CA -> the STARTTLS step fails (a configuration error, 78)."""
     other_ca = make_certificates(tmp_path / "other-ca").ca_file
     config = smtp_oauth_sandbox.write_config(tmp_path / "ca.toml", smtp={"ca_file": str(other_ca)})
     done = await _check(smtp_oauth_sandbox, tmp_path, config=config)
-    assert done.returncode == 75, done.stdout + done.stderr
+    assert done.returncode == 78, done.stdout + done.stderr
     labels = _status_lines(done.stdout)
     assert labels["TCP connection"] == "PASS"
     assert labels["STARTTLS and certificate"] == "FAIL"

@@ -117,3 +117,29 @@ async def test_xoauth2_for_graph_is_a_usage_error(smtp_oauth_sandbox: Sandbox, t
     assert done.returncode == 64
     assert done.stdout == ""
     assert "Exchange Online token" in done.stderr
+
+
+async def test_unencrypted_cache_is_mentioned_once_when_created(
+    smtp_oauth_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The "stored unencrypted" INFO line comes when the cache is created, not on every later run."""
+    first = await _token(smtp_oauth_sandbox, tmp_path)
+    second = await _token(smtp_oauth_sandbox, tmp_path)
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
+    assert "unencrypted" not in second.stderr
+
+
+async def test_a_cache_directory_open_to_others_is_refused(
+    smtp_oauth_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A token cache directory with mode 0777 is refused (exit 78) with the chmod fix, fast path too."""
+    first = await _token(smtp_oauth_sandbox, tmp_path)
+    assert first.returncode == 0, first.stderr
+    directory = smtp_oauth_sandbox.settings().token_cache_path.expanduser()
+    directory.chmod(0o777)
+    try:
+        second = await _token(smtp_oauth_sandbox, tmp_path)
+    finally:
+        directory.chmod(0o700)
+    assert second.returncode == 78
+    assert f"chmod 700 {directory}" in second.stderr
