@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from smtp_oauth import __version__
-from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.graph.errors import (
     TEMPORARY_STATUSES,
     GraphReply,
@@ -36,6 +35,7 @@ from smtp_oauth.graph.errors import (
     from_exception,
     from_reply,
 )
+from smtp_oauth.tls import add_ca_file
 from smtp_oauth.tokens.claims import decode_claims
 
 if TYPE_CHECKING:
@@ -72,17 +72,7 @@ class GraphResponse:
 
 
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(
-                f"cannot load identity.ca_file {ca_file}: {exc}",
-                key="identity.ca_file",
-                hint="Point identity.ca_file at a readable PEM file of CA certificates.",
-            ) from exc
-    return context
+    return add_ca_file(ssl.create_default_context(), ca_file, key="identity.ca_file")
 
 
 class GraphClient:

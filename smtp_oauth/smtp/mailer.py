@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from smtp_oauth.errors import (
     AuthenticationError,
-    ConfigurationError,
     DeliveryError,
     MessageError,
     TemporaryDeliveryError,
@@ -51,6 +50,7 @@ from smtp_oauth.smtp.stream import MessageFile, open_message_file, read_header_b
 
 # send_message lives with the seam (it sends through whatever transport settings pick); re-exported here
 # for code that imported it from the Mailer's module.
+from smtp_oauth.tls import add_ca_file
 from smtp_oauth.transport import SendResult, send_message
 
 if TYPE_CHECKING:
@@ -93,16 +93,7 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
         context = _preloaded.pop().result()  # list.pop is atomic: two Mailers never share it
     except IndexError:
         context = ssl.create_default_context()
-    if ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(
-                f"cannot load smtp.ca_file {ca_file}: {exc}",
-                key="smtp.ca_file",
-                hint="Point smtp.ca_file at a readable PEM file of CA certificates.",
-            ) from exc
-    return context
+    return add_ca_file(context, ca_file, key="smtp.ca_file")
 
 
 class Mailer:
