@@ -106,8 +106,7 @@ class RelayService:
             relay.submission_socket_path,
             shared=self.listener,
             queue=self,
-            mailbox=lambda: self.settings.smtp.username,
-            sender=lambda: self.settings.smtp.sender,
+            senders=self._local_senders,
             max_message_size=lambda: self.settings.relay.max_message_size,
             max_connections=lambda: self.settings.relay.max_connections,
             tuning=listener_tuning or ListenerTuning(shutdown_grace=self._grace),
@@ -125,6 +124,11 @@ class RelayService:
         self.tokens: TokenWatch | None = None  # the upstream sessions' token provider, once made
         self._stop = asyncio.Event()
         self._listening = False
+
+    def _local_senders(self, address: str) -> tuple[str, frozenset[str]]:
+        """The submission socket's: whose mailbox a local sender ``address`` sends as (its profile)."""
+        chosen = self._routes.local_sender(address)
+        return chosen.mailbox, chosen.senders
 
     def _watch_tokens(self, provider: TokenProvider) -> TokenProvider:
         self.tokens = TokenWatch(provider)
@@ -298,12 +302,14 @@ class RelayService:
         """Re-read the configuration file; new users and sender rules for new sessions."""
         try:
             fresh = await asyncio.to_thread(load_settings, self.settings.source_file)
-            self._check_same_routes(MailboxRoutes.from_settings(fresh))
+            routes = MailboxRoutes.from_settings(fresh)
+            self._check_same_routes(routes)
             self.listener.reload(fresh.relay)
         except ConfigurationError as error:
             log.error("reload failed, keeping the running configuration: %s", error)  # noqa: TRY400
             return False
         self.settings = fresh
+        self._routes = routes  # the same mailboxes and profiles; their senders may have changed
         return True
 
     # -- metrics ------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from smtp_oauth.relay.listener.session import (
     RelayEnvelope,
     RelaySession,
 )
-from smtp_oauth.relay.passwords import parse_hash, verify_password
+from smtp_oauth.relay.listener.verifier import PasswordVerifier
+from smtp_oauth.relay.passwords import parse_hash
 from smtp_oauth.relay.policy import NULL_SENDER, LocalUser, read_headers
 
 __all__ = ["RelayHandler"]
@@ -77,6 +78,7 @@ class RelayHandler:
             )
         )
         self._quiet = QuietLog(log)
+        self.verifier = PasswordVerifier()  # bounded: scrypt's 16 MiB per check, given back after bursts
 
     async def handle_EHLO(
         self, server: RelaySession, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -109,7 +111,7 @@ class RelayHandler:
             user = self._listener.policy.user(credentials.login)
             # Verify against a dummy hash for unknown names, so timing does not reveal which users exist.
             hashed = user.password if user is not None else _DUMMY_HASH
-            matches = await asyncio.to_thread(verify_password, credentials.password, hashed)
+            matches = await self.verifier.verify(credentials.password, hashed)
             if user is not None and matches:
                 self._logins.succeeded(user.name, peer)
                 session.authenticated = True

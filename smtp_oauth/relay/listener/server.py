@@ -268,6 +268,7 @@ class RelayListener:
         if self._acceptor is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._acceptor.wait_closed(), timeout=1.0)
+        self._handler.verifier.close()
         log.info("relay listener stopped")
 
 

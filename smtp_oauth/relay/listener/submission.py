@@ -18,10 +18,12 @@ the queue" (``sendmail -q``); ``XQUEUE`` is ours (``sendmail -bp``, ``mailq``).
 
 Who submits is what the kernel says (``SO_PEERCRED``: the connecting process's uid), never a
 password: no AUTH is offered, and nothing is hashed. Who may connect at all is the socket's file
-mode (0660) and group (the relay's: the systemd unit's ``Group=``). A submitter sends as the
-configured mailbox with the senders send-mail itself uses by default (``smtp.from_address`` and
-``smtp.username``); a ``[[relay.users]]`` entry named like the local account (its password is not
-used here) gives that account its own mailbox and ``allowed_senders``.
+mode (0660) and group (the relay's: the systemd unit's ``Group=``). A submitter sends with the
+senders send-mail itself uses (``smtp.from_address`` and ``smtp.username``), as the mailbox of the
+identity they belong to: the top level's, or a ``[profiles.NAME]``'s (``send-mail --profile NAME``
+sends as that profile's sender; ``profiles.MailboxRoutes.local_sender``). A ``[[relay.users]]`` entry
+named like the local account (its password is not used here) gives that account its own mailbox and
+``allowed_senders`` instead.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (socket(7))
 # Local submitters never log in; a hash of nothing anybody knows keeps LocalUser's shape.
 _NO_PASSWORD = ScryptHash(log2_n=14, r=8, p=1, salt=secrets.token_bytes(16), digest=secrets.token_bytes(32))
 REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many local connections, try again later"
+# MAIL FROM address -> (the mailbox to send as, the senders that mailbox's identity may use).
+LocalSenders = Callable[[str], tuple[str, frozenset[str]]]
 REPLY_NO_CREDENTIALS = "421 4.7.0 Cannot tell who is connecting (no peer credentials), closing connection"
 
 
@@ -122,7 +126,8 @@ class SubmissionSession(RelaySession):
     def __init__(self, handler: SubmissionHandler, listener: ListenerState, **kwargs: Any) -> None:
         super().__init__(handler, listener, **kwargs)
         self.uid: int | None = None
-        self.local_user: LocalUser | None = None
+        self.account: str | None = None  # the uid's login name, looked up at the first MAIL
+        self.local_user: LocalUser | None = None  # whom the current transaction sends as
         self._queue = handler.queue
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -161,13 +166,11 @@ class SubmissionHandler(RelayHandler):
         tuning: ListenerTuning,
         *,
         queue: QueueControl,
-        mailbox: Callable[[], str],
-        sender: Callable[[], str],
+        senders: LocalSenders,
     ) -> None:
         super().__init__(listener, tuning)
         self.queue = queue
-        self._mailbox = mailbox
-        self._sender = sender
+        self._senders = senders
 
     async def handle_EHLO(
         self, server: RelaySession, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -177,21 +180,21 @@ class SubmissionHandler(RelayHandler):
         *extensions, last = responses
         return [*extensions, "250-PIPELINING", "250-ETRN", last]
 
-    def local_user(self, name: str, policy: RelayPolicy) -> LocalUser:
-        """``name``'s [[relay.users]] entry if there is one, else the configured mailbox's senders."""
+    def local_user(self, name: str, policy: RelayPolicy, address: str) -> LocalUser:
+        """``name``'s [[relay.users]] entry if there is one, else the identity ``address`` belongs to."""
         configured = policy.user(name)
         if configured is not None:
             return configured
-        mailbox = self._mailbox()
-        senders = frozenset({mailbox.lower(), self._sender().lower()})
+        mailbox, senders = self._senders(address)
         return LocalUser(name=name, password=_NO_PASSWORD, mailbox=mailbox, allowed_senders=senders)
 
     async def handle_MAIL(
         self, server: RelaySession, session: Any, envelope: RelayEnvelope, address: str, options: list[str]
     ) -> str:
-        if isinstance(server, SubmissionSession) and server.local_user is None and server.uid is not None:
-            name = await asyncio.to_thread(account_name, server.uid)
-            server.local_user = self.local_user(name, self._listener.policy)
+        if isinstance(server, SubmissionSession) and server.uid is not None:
+            if server.account is None:
+                server.account = await asyncio.to_thread(account_name, server.uid)
+            server.local_user = self.local_user(server.account, self._listener.policy, address)
         return await super().handle_MAIL(server, session, envelope, address, options)
 
     def _sender_user(self, server: RelaySession, session: Any) -> LocalUser | None:
@@ -226,8 +229,7 @@ class SubmissionListener:
         *,
         shared: _Shared,
         queue: QueueControl,
-        mailbox: Callable[[], str],
-        sender: Callable[[], str],
+        senders: LocalSenders,
         max_message_size: Callable[[], int],
         max_connections: Callable[[], int],
         tuning: ListenerTuning | None = None,
@@ -236,7 +238,7 @@ class SubmissionListener:
         self.path = path
         self._shared = shared
         self._tuning = tuning or ListenerTuning()
-        self._handler = SubmissionHandler(self, self._tuning, queue=queue, mailbox=mailbox, sender=sender)
+        self._handler = SubmissionHandler(self, self._tuning, queue=queue, senders=senders)
         self._max_message_size = max_message_size
         self._max_connections = max_connections
         self._required = required  # an explicitly configured socket must work; the default may not
