@@ -8,16 +8,20 @@ socket (``relay/client.py``) and the relay owns delivery; otherwise the configur
 
 Legacy software runs this once per message, so start-up time matters. The settings come from the
 snapshot the last full validation left (``settings/snapshot.py``) while nothing they depend on has
-changed, so a send through the relay imports neither pydantic nor asyncio. A direct send still
-validates with pydantic; msal is imported only when the token cache cannot serve a valid token
-(``tokens.cached_access_token`` reads the cache without it), and nothing of the relay's server
-side, the sandbox or aiosmtpd ever is. The system's CA bundle loads on a thread meanwhile
-(``preload_tls_context``), EHLO needs no DNS look-up, and the cyclic garbage collector stays off
-for the run (see bench/bench_send_mail.py).
+changed, so a send through the relay imports neither pydantic nor asyncio. So does a direct send
+over SMTP while the token cache holds a valid token (``tokens/fastpath.py`` reads it without msal):
+the stdlib client (``smtp/stdlib_client.py``) sends the one message, with the Mailer's dialogue and
+error rules. Whatever that path cannot do (no valid cached token, a token the server refuses, Graph
+or a fallback transport, a managed identity, -v, DEBUG logs, a big message or too many recipients
+for the service) goes the full way: validated settings, MSAL, the Mailer over asyncio. Nothing of
+the relay's server side, the sandbox or aiosmtpd is ever imported. EHLO needs no DNS look-up, the
+cyclic garbage collector stays off for the run, and the console script ends a send it made itself
+with ``os._exit`` once everything is flushed (see bench/bench_send_mail.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
@@ -34,10 +38,10 @@ if TYPE_CHECKING:
     from email.message import EmailMessage
 
     from smtp_oauth.settings.models import Settings
-    from smtp_oauth.settings.snapshot import SendMailView, SettingsProbe
+    from smtp_oauth.settings.snapshot import DirectView, SendMailView, SettingsProbe
     from smtp_oauth.tokens.types import TokenProvider
 
-__all__ = ["main"]
+__all__ = ["console_main", "main"]
 
 SENDMAIL_NAME = "sendmail"
 # Names sendmail is also installed under (Postfix, sendmail): each is one mode, never composing.
@@ -70,10 +74,17 @@ class CacheFirstTokenProvider:
 
     Keeps msal out of the common case: a cron job sending with a cached, valid token.
     ``cached_token`` is for ``cached_scopes`` (None: identity.scopes); other scopes go to MSAL.
+    ``refused``: the server has just refused the cached token (the stdlib path's first try), so
+    the first token asked for is a fresh one.
     """
 
     def __init__(
-        self, settings: Settings, cached_token: str | None, cached_scopes: Sequence[str] | None = None
+        self,
+        settings: Settings,
+        cached_token: str | None,
+        cached_scopes: Sequence[str] | None = None,
+        *,
+        refused: bool = False,
     ) -> None:
         from smtp_oauth.tokens.types import scope_key  # a direct send only
 
@@ -81,6 +92,7 @@ class CacheFirstTokenProvider:
         self._cached = cached_token
         self._cached_key = scope_key(cached_scopes or settings.smtp_scopes)
         self._provider: TokenProvider | None = None
+        self._refresh_next = refused
 
     async def access_token(self, *, force_refresh: bool = False, scopes: Sequence[str] | None = None) -> str:
         from smtp_oauth.tokens.types import scope_key
@@ -90,6 +102,8 @@ class CacheFirstTokenProvider:
             if not force_refresh:
                 return self._cached
             self._cached = None  # refused once (535, 401): never offer it again
+        if self._refresh_next and key == self._cached_key:
+            force_refresh, self._refresh_next = True, False
         if self._provider is None:
             from smtp_oauth.tokens.provider import create_token_provider
 
@@ -240,22 +254,31 @@ def _print_transcript(direction: str, line: str) -> None:
     print(f"{arrow} {redact(line)}", file=sys.stderr)
 
 
+def _print_refused(refused: dict[str, tuple[int, str]], prog: str) -> None:
+    for address, (code, text) in refused.items():
+        # sendmail's way: the message went to the others; say who did not get it.
+        print(f"{prog}: {address} refused: {code} {text}", file=sys.stderr)
+
+
 async def _deliver(
-    settings: Settings, outgoing: Outgoing, *, cached_token: str | None, verbose: bool, prog: str
-) -> str:
-    """Send through the configured transport (SMTP, or Graph); the service's reply."""
+    settings: Settings, outgoing: Outgoing, provider: CacheFirstTokenProvider, *, verbose: bool
+) -> tuple[str, dict[str, tuple[int, str]]]:
+    """Send through the configured transport (SMTP, or Graph); the service's reply and the refused."""
     from smtp_oauth.transport import create_transport
 
-    provider = CacheFirstTokenProvider(settings, cached_token, settings.token_scopes())
     transcript = _print_transcript if verbose else None
     async with create_transport(settings, token_provider=provider, transcript=transcript) as transport:
         result = await transport.send(
             outgoing.message, sender=outgoing.sender, recipients=outgoing.recipients
         )
-    for address, (code, text) in result.refused.items():
-        # sendmail's way: the message went to the others; say who did not get it.
-        print(f"{prog}: {address} refused: {code} {text}", file=sys.stderr)
-    return result.reply
+    return result.reply, result.refused
+
+
+def _fast_path(view: SendMailView, args: SendMailArgs) -> DirectView | None:
+    """The snapshot's direct part, when the stdlib path may try this send (None: the full path)."""
+    if view.direct is None or args.verbose or view.log_level == "DEBUG":
+        return None  # no SMTP (Graph, a fallback), no cached token to look for, or a transcript wanted
+    return view.direct
 
 
 def _message_bytes(outgoing: Outgoing) -> bytes:
@@ -299,33 +322,38 @@ def _configure_logging(args: SendMailArgs, level: str, log_format: str) -> None:
     configure_logging(level if args.verbose else quiet, log_format)
 
 
+def _view_of(settings: Settings) -> SendMailView:
+    from smtp_oauth.settings.snapshot import view_of
+    from smtp_oauth.tokens.fastpath import cache_query
+
+    token = cache_query(settings, scopes=settings.token_scopes(), min_validity=settings.refresh_margin)
+    return view_of(settings, token=token)
+
+
 def _load_settings(args: SendMailArgs, probe: SettingsProbe | None = None) -> Settings:
     """Settings from --config (or discovered), fully validated; kept as a snapshot for the next run."""
     from smtp_oauth.settings.loading import load_settings
-    from smtp_oauth.settings.snapshot import view_of
 
     settings = load_settings(args.config, profile=args.profile)
     if probe is not None:
-        probe.write(view_of(settings))
-    _configure_logging(args, settings.log_level, settings.log_format)
+        probe.write(_view_of(settings))
     return settings
 
 
 def _settings_view(args: SendMailArgs) -> tuple[SendMailView, Settings | None]:
     """What the send needs: from the snapshot of the last validation when nothing changed since
-    (no pydantic), else from a full load (which refreshes the snapshot)."""
-    from smtp_oauth.settings.snapshot import SettingsProbe, view_of
+    (no pydantic), else from a full load (which refreshes the snapshot). Logging is set up by the
+    caller, once it knows whether anything can log (the relay and the stdlib paths log nothing)."""
+    from smtp_oauth.settings.snapshot import SettingsProbe
 
     probe = SettingsProbe(
         args.config, profile=args.profile
     )  # before loading: a file edited meanwhile is loaded again next time
     view = probe.read()
     if view is not None:
-        if view.via != "relay" or args.verbose:  # nothing logs on the way to the relay
-            _configure_logging(args, view.log_level, view.log_format)
         return view, None
     settings = _load_settings(args, probe)
-    return view_of(settings), settings
+    return _view_of(settings), settings
 
 
 def _other_mode(args: SendMailArgs, prog: str) -> int:
@@ -342,6 +370,8 @@ def _other_mode(args: SendMailArgs, prog: str) -> int:
     from smtp_oauth.settings.discovery import submission_socket_candidates
 
     view, _ = _settings_view(args)
+    if view.via != "relay" or args.verbose:
+        _configure_logging(args, view.log_level, view.log_format)
     paths = submission_socket_candidates(view.submission_socket_path)
     if args.mode == "smtp":
         return sendmail_modes.smtp_on_stdio(paths)
@@ -350,7 +380,14 @@ def _other_mode(args: SendMailArgs, prog: str) -> int:
     return sendmail_modes.flush_queue(paths, timeout=view.smtp_timeout, verbose=bool(args.verbose), prog=prog)
 
 
-def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
+class _Outcome(NamedTuple):
+    """What ``_run`` did: the exit code, and whether the stdlib path alone made it (exit at once)."""
+
+    code: int
+    exit_now: bool = False
+
+
+def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> _Outcome:
     """Compose or read the message, then print it (--dry-run) or send it. Raises our errors."""
     sendmail_mode = as_sendmail or args.read_recipients or args.ignore_dots or args.sendmail_flags
     if sendmail_mode and args.compose_options:
@@ -359,11 +396,12 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
             "(-t, -i/-oi, or when called as sendmail): the message on stdin is sent as it is"
         )
     if args.mode != "deliver":
-        return _other_mode(args, prog)
+        return _Outcome(_other_mode(args, prog))
     explicit_sender = bool(args.sender or (args.envelope_from and "@" in args.envelope_from))
     view, settings = (None, None) if args.dry_run and explicit_sender else _settings_view(args)
     via_relay = view is not None and view.via == "relay"
-    if not args.dry_run and not via_relay:
+    fast = _fast_path(view, args) if view is not None and not via_relay and not args.dry_run else None
+    if not args.dry_run and not via_relay and fast is None:
         from smtp_oauth.smtp.mailer import preload_tls_context
 
         # The CA bundle loads on another core while pydantic is imported and the message built.
@@ -373,12 +411,49 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
     outgoing = build(args, envelope, header_from)
     if args.dry_run:
         _print_dry_run(outgoing, prog)
-        return int(ExitCode.OK)
+        return _Outcome(int(ExitCode.OK))
     assert view is not None  # read whenever not a dry run
     if via_relay:
-        return _submit(view, outgoing, verbose=bool(args.verbose), prog=prog)
+        if args.verbose:  # nothing else logs on the way to the relay
+            _configure_logging(args, view.log_level, view.log_format)
+        return _Outcome(_submit(view, outgoing, verbose=bool(args.verbose), prog=prog))
+    if fast is not None:
+        from smtp_oauth.cli.send_mail_direct import send_direct
+
+        def settings_now() -> Settings:  # only for a token the server refused: MSAL needs them
+            loaded = settings if settings is not None else _load_settings(args)
+            _configure_logging(args, loaded.log_level, loaded.log_format)
+            return loaded
+
+        try:
+            delivered = send_direct(
+                fast,
+                view,
+                outgoing.message,
+                sender=outgoing.sender,
+                recipients=outgoing.recipients,
+                settings=settings_now,
+            )
+        except SmtpOAuthError as error:  # the error the full path would report for the same failure
+            report_error(error, prog=prog)
+            return _Outcome(int(error.exit_code), exit_now=_nothing_heavy_loaded())
+        if delivered is not None:
+            _print_refused(delivered.refused, prog)
+            return _Outcome(int(ExitCode.OK), exit_now=_nothing_heavy_loaded())
+    return _Outcome(_send_full(args, settings, outgoing, prog=prog))
+
+
+def _nothing_heavy_loaded() -> bool:
+    """True while neither MSAL nor asyncio ran (a token refused once brings both): then nothing
+    but our own output is left for the interpreter's shutdown to finish."""
+    return "msal" not in sys.modules and "asyncio" not in sys.modules
+
+
+def _send_full(args: SendMailArgs, settings: Settings | None, outgoing: Outgoing, *, prog: str) -> int:
+    """The full path: validated settings, the token cache or MSAL, the configured transport."""
     if settings is None:  # the snapshot served: direct delivery needs the validated settings
         settings = _load_settings(args)
+    _configure_logging(args, settings.log_level, settings.log_format)
 
     import asyncio
 
@@ -388,9 +463,9 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
     cached = cached_access_token(
         settings, scopes=settings.token_scopes(), min_validity=settings.refresh_margin
     )
-    reply = asyncio.run(
-        _deliver(settings, outgoing, cached_token=cached, verbose=bool(args.verbose), prog=prog)
-    )
+    provider = CacheFirstTokenProvider(settings, cached, settings.token_scopes())
+    reply, refused = asyncio.run(_deliver(settings, outgoing, provider, verbose=bool(args.verbose)))
+    _print_refused(refused, prog)
     if args.verbose:
         print(f"{prog}: sent: {reply}", file=sys.stderr)
     return int(ExitCode.OK)
@@ -398,6 +473,34 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> int:
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Entry point of ``send-mail`` (and of ``sendmail`` when installed or linked under that name)."""
+    return _guarded_main(argv, prog).code
+
+
+def console_main() -> int:
+    """The console script: ``main``, then, after a send the stdlib path made alone, ``os._exit``.
+
+    Such a run leaves nothing behind that the interpreter's shutdown would still do: no thread, no
+    atexit handler of ours, no open file; what it skips is the final garbage collection over every
+    object the run created, a good part of its CPU. Output is flushed first (the exit code and the
+    error line are what cron reports).
+    """
+    outcome = _guarded_main(None, None)
+    if outcome.exit_now:
+        _flush_everything()
+        os._exit(outcome.code)
+    return outcome.code
+
+
+def _flush_everything() -> None:
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()  # flushes and closes every handler, as atexit would
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said
+                stream.flush()
+
+
+def _guarded_main(argv: Sequence[str] | None, prog: str | None) -> _Outcome:
     collecting = gc.isenabled()
     # One process per message: the imports and pydantic's model building allocate some 10^5
     # objects that all live until exit, and the cyclic collector would walk them again and again
@@ -410,7 +513,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             gc.enable()
 
 
-def _main(argv: Sequence[str] | None, prog: str | None) -> int:
+def _main(argv: Sequence[str] | None, prog: str | None) -> _Outcome:
     invoked_as = prog or os.path.basename(sys.argv[0])
     as_sendmail = invoked_as in {SENDMAIL_NAME, *_LINK_MODES}
     name = invoked_as if invoked_as in _LINK_MODES else SENDMAIL_NAME if as_sendmail else "send-mail"
@@ -421,22 +524,22 @@ def _main(argv: Sequence[str] | None, prog: str | None) -> int:
         return _run(args, as_sendmail=as_sendmail, prog=name)
     except UsageError as error:
         print(f"{name}: {error}\nusage: see `{name} --help`", file=sys.stderr)
-        return int(ExitCode.USAGE)
+        return _Outcome(int(ExitCode.USAGE))
     except SmtpOAuthError as error:
         report_error(error, prog=name)
-        return int(error.exit_code)
+        return _Outcome(int(error.exit_code))
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
-        return INTERRUPTED
+        return _Outcome(INTERRUPTED)
     except BrokenPipeError:  # --dry-run piped into `head`
-        return int(ExitCode.OK)
+        return _Outcome(int(ExitCode.OK))
     except Exception:  # a bug of ours: say so, with the traceback, and use sendmail's EX_SOFTWARE
         import traceback
 
         print(f"{name}: internal error (please report it):", file=sys.stderr)
         traceback.print_exc()
-        return int(ExitCode.SOFTWARE)
+        return _Outcome(int(ExitCode.SOFTWARE))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

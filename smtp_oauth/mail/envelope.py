@@ -15,17 +15,19 @@ import email.policy
 import email.utils
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from email.message import EmailMessage
+from typing import NamedTuple
 
 from smtp_oauth.errors import MessageError
 
 __all__ = ["Envelope", "build_envelope"]
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """What one transaction sends: envelope sender, recipients, and the message (Bcc already gone)."""
+class Envelope(NamedTuple):
+    """What one transaction sends: envelope sender, recipients, and the message (Bcc already gone).
+
+    A NamedTuple, not a dataclass: send-mail's stdlib path does not pay for ``dataclasses``' import.
+    """
 
     sender: str
     recipients: Sequence[str]

@@ -1,7 +1,9 @@
 """What ``send-mail`` needs of the settings, kept from its last full validation: no pydantic per message.
 
 ``load_settings`` (pydantic-settings) stays the one reader and validator of the configuration. After
-it succeeds, ``send-mail`` writes the few values its hot path uses (:class:`SendMailView`) to
+it succeeds, ``send-mail`` writes the few values its hot path uses (:class:`SendMailView`; for a
+direct send with a cached token, :class:`DirectView`: the server, the mailbox and which cached token
+would do) to
 ``$XDG_STATE_HOME/smtp-oauth/send-mail-<key>.json``, next to the token cache, owner-only (0600), no
 secret in it. The next run reads that file instead of importing pydantic, but only if nothing that
 could change the outcome of validation has changed since:
@@ -39,12 +41,45 @@ from smtp_oauth.settings.discovery import (
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
 
-__all__ = ["SendMailView", "SettingsProbe", "view_of"]
+__all__ = ["CacheQuery", "DirectView", "SendMailView", "SettingsProbe", "view_of"]
 
-FORMAT = 1
+FORMAT = 2
 _PREFIXES = (ENV_PREFIX, "AZURE_", "XDG_")
 _VARIABLES = frozenset({"HOME", "CREDENTIALS_DIRECTORY"})
 _MODELS = Path(__file__).with_name("models.py")
+
+
+class CacheQuery(NamedTuple):
+    """Which cached access token would do for an identity, in plain values (JSON-safe); made by
+    ``tokens.fastpath.cache_query`` from validated settings and answered by ``fastpath.read_token``.
+
+    ``account_names`` are the delegated account's usernames in the order MsalSession tries them
+    (identity.username, then smtp.username); ``scopes`` the scope key (lowercase, sorted, without
+    MSAL's reserved scopes); ``min_validity`` seconds the token must still be valid.
+    """
+
+    cache_file: str
+    client_id: str
+    environment: str  # the authority's host name, lowercase
+    tenant_id: str
+    delegated: bool
+    account_names: list[str | None]
+    scopes: list[str]
+    min_validity: float
+
+
+class DirectView(NamedTuple):
+    """What a direct send over SMTP with a cached token reads: the submission server and mailbox
+    (``smtp.*``), the service's recipient limit, and which cached token would do (``token``)."""
+
+    host: str
+    port: int
+    implicit_tls: bool  # smtp.security = "tls"
+    ca_file: str | None
+    timeout: float
+    mailbox: str  # smtp.username
+    max_recipients: int | None  # the service's, per message (ACS: 50)
+    token: CacheQuery
 
 
 class SendMailView(NamedTuple):
@@ -61,14 +96,35 @@ class SendMailView(NamedTuple):
     log_level: str
     log_format: str
     hint_context: dict[str, str]  # tenant, client and mailbox ids
+    # None where only the full path can send: Graph, a fallback transport, a managed identity.
+    direct: DirectView | None
 
     @property
     def submission_socket_path(self) -> Path | None:
         return Path(self.submission_socket) if self.submission_socket else None
 
 
-def view_of(settings: Settings) -> SendMailView:
-    """The view of validated settings."""
+def _direct_view(settings: Settings, token: CacheQuery | None) -> DirectView | None:
+    if settings.transport != "smtp" or settings.fallback_transport is not None:
+        return None  # Graph, or SMTP that may hand a message on to Graph: the transport layer decides
+    if token is None:
+        return None
+    smtp = settings.smtp
+    return DirectView(
+        host=settings.smtp_host,
+        port=smtp.port,
+        implicit_tls=smtp.security == "tls",
+        ca_file=str(smtp.ca_file) if smtp.ca_file else None,
+        timeout=smtp.timeout,
+        mailbox=smtp.username,
+        max_recipients=smtp.preset.max_recipients,
+        token=token,
+    )
+
+
+def view_of(settings: Settings, *, token: CacheQuery | None) -> SendMailView:
+    """The view of validated settings; ``token`` says which cached token a direct send would use
+    (``tokens.fastpath.cache_query``), None where none can (the view then has no ``direct``)."""
     socket = settings.relay.submission_socket
     return SendMailView(
         via=settings.send_mail.via,
@@ -78,7 +134,15 @@ def view_of(settings: Settings) -> SendMailView:
         log_level=settings.log_level,
         log_format=settings.log_format,
         hint_context=settings.hint_context(),
+        direct=_direct_view(settings, token),
     )
+
+
+def _as_json(view: SendMailView) -> dict[str, object]:
+    data: dict[str, object] = view._asdict()
+    if view.direct is not None:
+        data["direct"] = {**view.direct._asdict(), "token": view.direct.token._asdict()}
+    return data
 
 
 def _file_identity(path: Path | None) -> list[Any]:
@@ -162,7 +226,7 @@ class SettingsProbe:
         """Keep ``view`` for the next run (best effort: a missing snapshot only costs speed)."""
         if self.fingerprint is None:
             return
-        data = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "view": view._asdict()})
+        data = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "view": _as_json(view)})
         tmp = self.path.with_name(f".{self.path.name}.{os.urandom(4).hex()}")
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -175,24 +239,71 @@ class SettingsProbe:
                 tmp.unlink(missing_ok=True)
 
 
+_OPTIONAL_STR = (str, type(None))
+_NUMBER = (int, float)
 _TYPES: dict[str, tuple[type, ...]] = {
     "via": (str,),
-    "submission_socket": (str, type(None)),
+    "submission_socket": _OPTIONAL_STR,
     "sender": (str,),
-    "smtp_timeout": (int, float),
+    "smtp_timeout": _NUMBER,
     "log_level": (str,),
     "log_format": (str,),
     "hint_context": (dict,),
+    "direct": (dict, type(None)),
 }
+_DIRECT_TYPES: dict[str, tuple[type, ...]] = {
+    "host": (str,),
+    "port": (int,),
+    "implicit_tls": (bool,),
+    "ca_file": _OPTIONAL_STR,
+    "timeout": _NUMBER,
+    "mailbox": (str,),
+    "max_recipients": (int, type(None)),
+    "token": (dict,),
+}
+_TOKEN_TYPES: dict[str, tuple[type, ...]] = {
+    "cache_file": (str,),
+    "client_id": (str,),
+    "environment": (str,),
+    "tenant_id": (str,),
+    "delegated": (bool,),
+    "account_names": (list,),
+    "scopes": (list,),
+    "min_validity": _NUMBER,
+}
+
+
+def _fields(data: object, types: Mapping[str, tuple[type, ...]]) -> dict[str, Any] | None:
+    """``data`` if it is a dict with exactly these keys, each of its type; else None."""
+    if not isinstance(data, dict) or set(data) != set(types):
+        return None
+    if not all(isinstance(data[name], kinds) for name, kinds in types.items()):
+        return None
+    return data
+
+
+def _direct(data: object) -> DirectView | None:
+    direct = _fields(data, _DIRECT_TYPES)
+    token = _fields(direct["token"], _TOKEN_TYPES) if direct is not None else None
+    if direct is None or token is None:
+        return None
+    names, scopes = token["account_names"], token["scopes"]
+    if len(names) != 2 or not all(isinstance(name, str | None) for name in names):
+        return None
+    if not all(isinstance(scope, str) for scope in scopes):
+        return None
+    return DirectView(**{**direct, "token": CacheQuery(**token)})
 
 
 def _parse(data: object, fingerprint: str) -> SendMailView | None:
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("fingerprint") != fingerprint:
         return None
-    view = data.get("view")
-    names = set(SendMailView._fields)
-    if not isinstance(view, dict) or set(view) != names:
+    view = _fields(data.get("view"), _TYPES)
+    if view is None:
         return None
-    if not all(isinstance(view[name], _TYPES[name]) for name in names):
-        return None
+    if view["direct"] is not None:
+        direct = _direct(view["direct"])
+        if direct is None:
+            return None
+        view = {**view, "direct": direct}
     return SendMailView(**view)

@@ -15,33 +15,17 @@ so a person reading one line of a log knows which hop said no.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
 
 import aiosmtplib
 
 from smtp_oauth.errors import DeliveryError, MessageError, TemporaryDeliveryError
-from smtp_oauth.smtp.replies import Stage, from_reply, one_line, reply_error_class
+from smtp_oauth.smtp.replies import Stage, connection_failure, from_reply, one_line, reply_error_class
 
 __all__ = ["Stage", "from_exception", "from_reply", "one_line", "reply_error_class"]
 
-_TLS_HINT = (
-    "The server's TLS certificate is not trusted. For a private or test server, set smtp.ca_file to "
-    "the PEM bundle of the CA that signed it; check that smtp.host matches the certificate's name."
-)
 
-
-def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
-    """The ssl error behind ``exc`` (aiosmtplib wraps it for implicit TLS, not for STARTTLS)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def from_exception(  # noqa: PLR0911  # one return per kind of failure reads best
+def from_exception(
     exc: BaseException,
     *,
     server: str,
@@ -52,22 +36,10 @@ def from_exception(  # noqa: PLR0911  # one return per kind of failure reads bes
     """The error for an exception aiosmtplib (or the TLS layer under it) raised at ``stage``."""
     if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 400:
         return from_reply(exc.code, exc.message, server=server, stage=stage, context=context, subject=subject)
-    tls = _tls_failure(exc)
-    if tls is not None:
-        reason = getattr(tls, "verify_message", None) or tls.reason or str(tls)
-        return TemporaryDeliveryError(
-            f"TLS with {server} failed: {reason}",
-            hint=_TLS_HINT if isinstance(tls, ssl.SSLCertVerificationError) else None,
-            context=context,
-        )
-    if isinstance(exc, TimeoutError):
-        return TemporaryDeliveryError(f"{server} did not answer in time ({stage.value})", context=context)
-    # SMTPConnectError is a ConnectionError too: test it before the generic disconnect.
-    if isinstance(exc, aiosmtplib.SMTPConnectError) or (stage is Stage.CONNECT and isinstance(exc, OSError)):
-        detail = str(exc.__cause__ or exc)
-        return TemporaryDeliveryError(f"cannot connect to {server}: {detail}", context=context)
-    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | OSError):
-        return TemporaryDeliveryError(f"{server} closed the connection ({stage.value})", context=context)
+    # TLS, timeouts, refused connections, hang-ups (aiosmtplib's are OSError/TimeoutError too).
+    failure = connection_failure(exc, server=server, stage=stage, context=context)
+    if failure is not None:
+        return failure
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
         return MessageError(f"{server} cannot take this message: {exc}", context=context)
     if isinstance(exc, aiosmtplib.SMTPException):

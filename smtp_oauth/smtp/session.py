@@ -13,11 +13,8 @@ The message after DATA is streamed in bounded chunks (``smtp_stream.py``), from 
 from __future__ import annotations
 
 import asyncio
-import email.generator
-import email.policy
 import io
 import logging
-import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,11 +22,13 @@ from typing import BinaryIO
 
 import aiosmtplib
 
-from smtp_oauth.errors import DeliveryError, MessageError, TemporaryDeliveryError
+from smtp_oauth.errors import DeliveryError, MessageError
 from smtp_oauth.logs import redact
 from smtp_oauth.mail.envelope import Envelope
-from smtp_oauth.smtp.errors import Stage, from_exception, one_line, reply_error_class
+from smtp_oauth.smtp.errors import Stage, from_exception, one_line
+from smtp_oauth.smtp.replies import all_refused, no_smtputf8, no_starttls, no_xoauth2
 from smtp_oauth.smtp.stream import StreamingProtocol, encoded_chunks, measure
+from smtp_oauth.smtp.wire import ehlo_name, flatten, mail_options, needs_smtputf8
 from smtp_oauth.transport import Transcript
 
 __all__ = ["SmtpSession", "TransactionResult", "Transcript"]
@@ -39,30 +38,7 @@ logger = logging.getLogger("smtp_oauth.smtp")
 TokenSource = Callable[[], Awaitable[str]]
 
 _QUIT_TIMEOUT = 5.0  # a polite QUIT must not hold up shutdown when the server is gone
-_SYNTAX_CODES = frozenset({501, 553})  # RFC 5321: syntax error in parameters / mailbox name not allowed
 _SMTP_FAILURES = (aiosmtplib.SMTPException, OSError)
-
-_STARTTLS_HINT = (
-    "The server did not offer STARTTLS, so nothing was sent (credentials never go in clear text). "
-    "Check smtp.host and smtp.port (Exchange Online: smtp.office365.com:587 with security = "
-    '"starttls"), or whether something on the path strips STARTTLS.'
-)
-_XOAUTH2_HINT = (
-    "The server does not offer AUTH XOAUTH2 on this connection. Exchange Online offers it after "
-    "STARTTLS on smtp.office365.com:587; check smtp.host, smtp.port and smtp.security."
-)
-
-
-def ehlo_name() -> str:
-    """This host's name for EHLO, taken as Postfix takes ``myhostname``: gethostname(), no DNS.
-
-    aiosmtplib's default, ``socket.getfqdn()``, asks DNS, which takes seconds where reverse DNS is
-    broken. Exchange Online does not check the name (RFC 5321 4.1.4: a server may not refuse mail
-    because it fails to verify); a name that would not fit on the EHLO line becomes "localhost".
-    """
-    name = socket.gethostname()
-    fits = 0 < len(name) <= 253 and name.isascii() and all(c.isalnum() or c in ".-" for c in name)
-    return name if fits else "localhost"
 
 
 @dataclass(frozen=True)
@@ -117,10 +93,6 @@ def _redact_command(line: str, *, sasl: bool) -> str:
     if words[0].upper() == "AUTH" and len(words) == 3:
         return f"{words[0]} {words[1]} [redacted]"
     return redact(line)
-
-
-def _needs_smtputf8(envelope: Envelope) -> bool:
-    return not all(address.isascii() for address in (envelope.sender, *envelope.recipients))
 
 
 class SmtpSession:
@@ -211,41 +183,20 @@ class SmtpSession:
         """Refuse to go on without STARTTLS, or without XOAUTH2 once the connection is secure."""
         smtp = self._smtp
         if feature == "starttls" and not smtp.supports_extension("starttls"):
-            raise TemporaryDeliveryError(
-                f"{self.server} does not offer STARTTLS; refusing to authenticate in clear text",
-                hint=_STARTTLS_HINT,
-                context=self._context,
-            )
+            raise no_starttls(server=self.server, context=self._context)
         if feature == "xoauth2" and "xoauth2" not in smtp.server_auth_methods:
-            offered = " ".join(smtp.server_auth_methods).upper() or "none"
-            raise TemporaryDeliveryError(
-                f"{self.server} does not offer AUTH XOAUTH2 (offers: {offered})",
-                hint=_XOAUTH2_HINT,
-                context=self._context,
-            )
+            raise no_xoauth2(smtp.server_auth_methods, server=self.server, context=self._context)
 
     def _encode(self, envelope: Envelope, utf8: bool) -> bytes:
         """The bytes to send after DATA; an EmailMessage is flattened for this server's extensions."""
         if isinstance(envelope.message, bytes):
             return envelope.message
-        policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
-        if not self._smtp.supports_extension("8bitmime"):
-            policy = policy.clone(cte_type="7bit")
-        with io.BytesIO() as buffer:
-            email.generator.BytesGenerator(buffer, policy=policy).flatten(envelope.message)
-            return buffer.getvalue()
+        return flatten(envelope.message, utf8=utf8, eight_bit=self._smtp.supports_extension("8bitmime"))
 
     async def _mail_options(self, body: BinaryIO, utf8: bool) -> list[str]:
         # RFC 1870: octets as transmitted, CRLF included; counted in one pass, nothing copied.
         size, is_ascii = await asyncio.to_thread(measure, body)
-        options = []
-        if self._smtp.supports_extension("size"):
-            options.append(f"SIZE={size}")
-        if self._smtp.supports_extension("8bitmime") and not is_ascii:
-            options.append("BODY=8BITMIME")
-        if utf8:
-            options.append("SMTPUTF8")
-        return options
+        return mail_options(size, is_ascii=is_ascii, utf8=utf8, supports=self._smtp.supports_extension)
 
     async def _data(self, body: BinaryIO) -> aiosmtplib.SMTPResponse:
         """DATA with ``body`` streamed in chunks (``smtp_stream``), as ``SMTP.data`` would send it."""
@@ -271,12 +222,9 @@ class SmtpSession:
         """
         smtp = self._smtp
         self.content_sent = False
-        utf8 = _needs_smtputf8(envelope)
+        utf8 = needs_smtputf8(envelope.sender, envelope.recipients)
         if utf8 and not smtp.supports_extension("smtputf8"):
-            raise MessageError(
-                f"{self.server} does not support SMTPUTF8, needed for a non-ASCII address",
-                context=self._context,
-            )
+            raise no_smtputf8(server=self.server, context=self._context)
         encoding = "utf-8" if utf8 else "ascii"
         if body is None:
             body = io.BytesIO(self._encode(envelope, utf8))  # shares the bytes, no copy
@@ -304,7 +252,7 @@ class SmtpSession:
             raise
         if reply is None:
             await self._reset()
-            raise self._all_refused(refused)
+            raise all_refused(refused, server=self.server, context=self._context)
         return TransactionResult(reply=f"{reply.code} {one_line(reply.message)}", refused=refused)
 
     async def _recipients(self, recipients: Sequence[str], encoding: str) -> dict[str, tuple[int, str]]:
@@ -317,16 +265,6 @@ class SmtpSession:
                     raise  # the session ended; that is not a verdict on this address
                 refused[address] = (exc.code, one_line(exc.message))
         return refused
-
-    def _all_refused(self, refused: dict[str, tuple[int, str]]) -> DeliveryError:
-        listing = ", ".join(f"{address} ({code} {text})" for address, (code, text) in refused.items())
-        code, text = next(iter(refused.values()))
-        message = f"{self.server} refused all recipients: {listing}"
-        codes = [code for code, _ in refused.values()]
-        error_class = reply_error_class(min(codes))  # one temporary refusal: worth trying again later
-        if all(code in _SYNTAX_CODES for code in codes):
-            error_class = MessageError
-        return error_class(message, code=code, text=text, recipients=refused, context=self._context)
 
     async def _reset(self) -> None:
         """RSET after a refusal; a session that cannot even do that is closed."""

@@ -7,9 +7,9 @@ ciphertext too: about four copies of a 35 MiB message. Here the message is read 
 time, encoded exactly as aiosmtplib would encode the whole (lone CR or LF -> CRLF, a CRLF at the
 end, RFC 5321 4.5.2 dot-stuffing), written, and drained before the next chunk is read.
 
-``measure`` gives RFC 1870's SIZE (octets as transmitted, CRLF included, stuffing dots not) and
-whether the message is 7-bit, in one pass over the file without holding it. ``open_message_file``
-and ``read_header_block`` are how ``Mailer.send`` takes a message given as a path or a file.
+The encoding itself and ``measure`` (RFC 1870's SIZE) are pure and live in ``wire.py``, shared with
+the stdlib client. ``open_message_file`` and ``read_header_block`` are how ``Mailer.send`` takes a
+message given as a path or a file.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import BinaryIO
 
 from aiosmtplib import SMTPDataError, SMTPResponse, SMTPServerDisconnected, SMTPStatus, SMTPTimeoutError
 from aiosmtplib.protocol import SMTPProtocol
+
+from smtp_oauth.smtp.wire import CHUNK_SIZE, DataEncoder, measure
 
 __all__ = [
     "CHUNK_SIZE",
@@ -38,75 +40,8 @@ __all__ = [
 MessageFile = BinaryIO | os.PathLike[str]
 """A raw RFC 5322 message in a file: its path, or a seekable binary file (sent from its position)."""
 
-CHUNK_SIZE = 256 * 1024
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _HEADER_READ_LIMIT = 1024 * 1024  # the Message-ID is looked for this far; a header is rarely 1 KiB
-# aiosmtplib.protocol's LINE_ENDINGS_REGEX without the look-ahead: a CR at a chunk's end is held back.
-_LINE_ENDING = re.compile(rb"\r\n|\n|\r")
-_DOT_AT_LINE_START = re.compile(rb"\n\.")
-
-
-class DataEncoder:
-    """What aiosmtplib sends for a whole message, produced chunk by chunk.
-
-    ``b"".join(map(encoder.encode, chunks)) + encoder.finish()`` equals
-    ``PERIOD_REGEX.sub(b"..", normalize_message_line_endings(b"".join(chunks))) + b".\\r\\n"``
-    however the message is cut into chunks (a CRLF or a leading dot may straddle two).
-    """
-
-    def __init__(self) -> None:
-        self._held_cr = False  # the previous chunk ended in CR: a line end, whatever follows
-        self._at_line_start = True  # the next byte starts a line (dot-stuffing applies)
-        self._sent_anything = False
-
-    def encode(self, chunk: bytes) -> bytes:
-        """The wire form of the next piece of the message (possibly empty: a CR held back)."""
-        if self._held_cr:
-            chunk = b"\r" + chunk
-            self._held_cr = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]  # CR then LF in the next chunk must become one CRLF, not two
-            self._held_cr = True
-        if not chunk:
-            return b""
-        text = _DOT_AT_LINE_START.sub(b"\n..", _LINE_ENDING.sub(b"\r\n", chunk))
-        if self._at_line_start and text.startswith(b"."):
-            text = b"." + text
-        self._at_line_start = text.endswith(b"\n")
-        self._sent_anything = True
-        return text
-
-    def finish(self) -> bytes:
-        """The end: the last line's CRLF if it lacked one, then the lone dot."""
-        if self._held_cr or not self._sent_anything or not self._at_line_start:
-            return b"\r\n.\r\n"
-        return b".\r\n"
-
-
-def measure(file: BinaryIO) -> tuple[int, bool]:
-    """(SIZE as transmitted, all 7-bit) of the rest of ``file``, which is left where it was.
-
-    Blocking: call it in a thread. Each lone CR or LF becomes CRLF on the wire (one octet more), and
-    a message not ending in a line end gets one (two octets).
-    """
-    start = file.tell()
-    size = crlf = lf = cr = 0
-    is_ascii = True
-    previous_cr = False
-    last = b""
-    while chunk := file.read(CHUNK_SIZE):
-        size += len(chunk)
-        lf += chunk.count(b"\n")
-        cr += chunk.count(b"\r")
-        crlf += chunk.count(b"\r\n") + (previous_cr and chunk.startswith(b"\n"))
-        is_ascii = is_ascii and chunk.isascii()
-        previous_cr = chunk.endswith(b"\r")
-        last = chunk[-1:]
-    file.seek(start)
-    transmitted = size + (lf - crlf) + (cr - crlf)
-    if last not in (b"\r", b"\n"):
-        transmitted += 2
-    return transmitted, is_ascii
 
 
 async def encoded_chunks(file: BinaryIO) -> AsyncIterator[bytes]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = ["XOAuth2Credentials", "decode", "encode", "parse_error_challenge"]
 
@@ -24,12 +24,17 @@ _SEPARATOR = "\x01"
 _FORBIDDEN_IN_USER = ("\x01", "\r", "\n")
 
 
-@dataclass(frozen=True)
-class XOAuth2Credentials:
-    """A decoded XOAUTH2 initial response. The token is kept out of ``repr``."""
+class XOAuth2Credentials(NamedTuple):
+    """A decoded XOAUTH2 initial response. The token is kept out of ``repr``.
+
+    A NamedTuple, not a dataclass: send-mail's stdlib path does not pay for ``dataclasses``' import.
+    """
 
     user: str
-    token: str = field(repr=False)
+    token: str
+
+    def __repr__(self) -> str:
+        return f"XOAuth2Credentials(user={self.user!r})"
 
 
 def _check_user(user: str) -> None:

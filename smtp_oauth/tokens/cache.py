@@ -25,8 +25,8 @@ OS offers it; otherwise plaintext 0600 and one INFO line. An existing plaintext 
 plaintext (switching would silently drop its refresh token). Like ssh with private keys, a cache
 file or directory that group or others can access is refused.
 
-Importing this module does not import msal: send-mail's fast path (tokens.cached_access_token)
-reads the plaintext file with ``read_plaintext_cache`` and must start quickly.
+Importing this module does not import msal. send-mail's fast path reads the plaintext file without
+this module (``fastpath.read_token``, stdlib only); the rules there are the same (0600, ours).
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ __all__ = [
     "cache_file_path",
     "check_private",
     "open_token_cache",
-    "read_plaintext_cache",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,23 +110,6 @@ def _prepare_directory(directory: Path) -> None:
             f"cannot create token cache directory {directory}: {exc.strerror}", key="identity.token_cache"
         ) from exc
     check_private(directory, directory=True)
-
-
-def read_plaintext_cache(path: Path) -> dict[str, Any] | None:
-    """The JSON of a plaintext cache file, or None (missing, encrypted, too open, unreadable)."""
-    try:
-        st = path.stat()
-        if os.name != "nt":
-            parent = path.parent.stat()
-            # File or directory open to others, or not ours: the slow path refuses it with the fix.
-            if (stat.S_IMODE(st.st_mode) | stat.S_IMODE(parent.st_mode)) & _GROUP_OTHER_BITS:
-                return None
-            if st.st_uid != os.geteuid() or parent.st_uid != os.geteuid():
-                return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class AtomicFilePersistence:

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from smtp_oauth.settings.loading import load_settings
-from smtp_oauth.settings.snapshot import SettingsProbe, view_of
+from smtp_oauth.settings.models import Settings
+from smtp_oauth.settings.snapshot import SendMailView, SettingsProbe, view_of
+from smtp_oauth.tokens.fastpath import cache_query
 
 SECRET = "s3cret-Value~never-in-a-snapshot"
 CONFIG = f"""
@@ -36,10 +38,16 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+def _view(settings: Settings) -> SendMailView:
+    """The view send-mail keeps: with the cached token a direct send would look for."""
+    token = cache_query(settings, scopes=settings.token_scopes(), min_validity=settings.refresh_margin)
+    return view_of(settings, token=token)
+
+
 def _snapshot(config: Path) -> SettingsProbe:
     """Take a probe, load fully and write the snapshot, as send-mail does on a miss."""
     probe = SettingsProbe(str(config))
-    probe.write(view_of(load_settings(config)))
+    probe.write(_view(load_settings(config)))
     return probe
 
 
@@ -47,7 +55,7 @@ def test_snapshot_serves_the_validated_view_when_nothing_changed(config: Path) -
     """A second probe of unchanged inputs reads back exactly the view that was written."""
     _snapshot(config)
     view = SettingsProbe(str(config)).read()
-    assert view == view_of(load_settings(config))
+    assert view == _view(load_settings(config))
     assert view is not None
     assert (view.via, view.sender) == ("relay", "sender@contoso.com")
 
@@ -107,4 +115,46 @@ def test_a_corrupt_snapshot_is_ignored(config: Path) -> None:
     """A truncated or foreign file is a miss, never an error."""
     probe = _snapshot(config)
     probe.path.write_text('{"format": 1, "fingerprint": ')
+    assert SettingsProbe(str(config)).read() is None
+
+
+def test_snapshot_keeps_what_a_direct_send_reads(config: Path) -> None:
+    """The server, mailbox and cached-token query of a direct SMTP send round-trip through the file."""
+    config.write_text(CONFIG.replace('via = "relay"', 'via = "direct"'))
+    _snapshot(config)
+    view = SettingsProbe(str(config)).read()
+    assert view is not None
+    assert view.direct is not None
+    assert (view.direct.host, view.direct.port, view.direct.mailbox) == (
+        "smtp.office365.com",
+        587,
+        "sender@contoso.com",
+    )
+    assert view.direct.token.scopes == ["https://outlook.office365.com/.default"]
+    assert view == _view(load_settings(config))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ['transport = "graph"\n', 'fallback_transport = "graph"\n'],
+    ids=["graph", "fallback"],
+)
+def test_no_direct_view_where_only_the_full_path_can_send(config: Path, extra: str) -> None:
+    """Graph, or SMTP with a Graph fallback: the view has no direct part (the full path sends)."""
+    config.write_text(extra + CONFIG)
+    assert _view(load_settings(config)).direct is None
+
+
+def test_managed_identity_has_no_direct_view(config: Path) -> None:
+    """A managed identity's tokens are not read without msal: no direct part."""
+    config.write_text('[identity]\nflow = "managed_identity"\n[smtp]\nusername = "sender@contoso.com"\n')
+    assert _view(load_settings(config)).direct is None
+
+
+def test_a_direct_part_of_the_wrong_shape_voids_the_snapshot(config: Path) -> None:
+    """A snapshot whose direct part lacks a key or has one of the wrong type is not used."""
+    config.write_text(CONFIG.replace('via = "relay"', 'via = "direct"'))
+    probe = _snapshot(config)
+    text = probe.path.read_text()
+    probe.path.write_text(text.replace('"port": 587', '"port": "587"'))
     assert SettingsProbe(str(config)).read() is None
