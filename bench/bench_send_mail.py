@@ -177,10 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         work, sb = Path(tmp), background.sandbox
         # An installed package has its .pyc files; with PYTHONDONTWRITEBYTECODE set (as in some CI
         # and container set-ups) every run would recompile smtp_oauth and measure the compiler.
+        # SSL_CERT_FILE (which some containers set) makes OpenSSL parse the whole CA bundle, ~20 ms,
+        # and send-mail honours it; cron, the caller measured here, passes no such variable.
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith("SMTP_OAUTH_") and k != "PYTHONDONTWRITEBYTECODE"
+            if not k.startswith("SMTP_OAUTH_") and k not in {"PYTHONDONTWRITEBYTECODE", "SSL_CERT_FILE"}
         }
         env.update(XDG_STATE_HOME=str(work / "state"), XDG_CONFIG_HOME=str(work / "config"))
         env.update(XDG_RUNTIME_DIR=str(work / "run"))

@@ -41,15 +41,26 @@ def _approximate_size(message: EmailMessage | bytes) -> int:
 
 
 def _send(direct: DirectView, view: SendMailView, envelope: Envelope, token: str) -> Delivered:
+    """One send; the system's CAs looked up in their directory, else (or if that fails) the bundle."""
     import ssl
 
+    from smtp_oauth.errors import DeliveryError
     from smtp_oauth.smtp.stdlib_client import Submission, send_one
-    from smtp_oauth.tls import add_ca_file
+    from smtp_oauth.tls import add_ca_file, ca_directory_context
 
     context = {**view.hint_context, "mailbox": direct.mailbox}
     submission = Submission(
         direct.host, direct.port, direct.implicit_tls, direct.timeout, direct.mailbox, context
     )
+    trust = ca_directory_context()
+    if trust is not None:
+        try:
+            tls = add_ca_file(trust, direct.ca_file, key="smtp.ca_file")
+            return send_one(submission, envelope, token=token, tls_context=tls)
+        except DeliveryError as error:
+            if not isinstance(error.__cause__, ssl.SSLCertVerificationError):
+                raise
+            # The directory may lack a CA the bundle has (nothing was sent): the bundle decides.
     tls = add_ca_file(ssl.create_default_context(), direct.ca_file, key="smtp.ca_file")
     return send_one(submission, envelope, token=token, tls_context=tls)
 
