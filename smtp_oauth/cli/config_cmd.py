@@ -1,14 +1,15 @@
 """``smtp-oauth config``: the effective settings and where each came from; ``--example`` prints a template.
 
-The listing reads like the TOML file it describes, each line followed by its source, so a person
-can see at once that ``SMTP_OAUTH_SMTP__PORT`` beats the file's ``port``. Secrets are shown as
-``**********``: the output is meant to be pasted into a support ticket.
+The listing is a TOML file (it loads back to the same settings), each line followed by its source
+as a comment, so a person can see at once that ``SMTP_OAUTH_SMTP__PORT`` beats the file's ``port``.
+Secrets are shown as ``**********``: the output is meant to be pasted into a support ticket.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from importlib import resources
 from typing import Any
@@ -35,10 +36,27 @@ def example_config() -> str:
     return resources.files("smtp_oauth").joinpath("config.example.toml").read_text(encoding="utf-8")
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_key(key: str) -> str:
+    """A key as TOML writes it: bare when it can be, else a quoted (basic) string."""
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key)
+
+
 def _toml_value(value: Any) -> str:
-    """A value as TOML would write it (JSON's strings, numbers, booleans and arrays are TOML too;
-    relay.users' tables come out as JSON objects, readable if not TOML)."""
-    return "(not set)" if value is None else json.dumps(value)
+    """A value as TOML writes it (https://toml.io/en/v1.0.0).
+
+    JSON's strings, integers, floats, booleans and arrays are TOML's too (json.dumps never writes
+    the one escape TOML lacks, ``\\/``); a table becomes an inline table, and its unset (None) keys
+    are left out, since TOML has no null.
+    """
+    if isinstance(value, dict):
+        items = [f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value if item is not None) + "]"
+    return json.dumps(value)
 
 
 def render_text(
@@ -64,7 +82,9 @@ def render_text(
             section = head
             lines.append("")
             lines.append(f"[{section}]")
-        entry = f"{name} = {_toml_value(item.value)}"
+        # TOML has no null: an unset key is shown commented out, so the listing stays a file that
+        # loads back to the same settings.
+        entry = f"# {name} = (not set)" if item.value is None else f"{name} = {_toml_value(item.value)}"
         lines.append(f"{entry:<{_VALUE_COLUMN}} # {item.source}")
     return "\n".join(lines) + "\n"
 

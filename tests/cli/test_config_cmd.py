@@ -117,6 +117,33 @@ def test_config_redacts_secrets(tmp_path: Path, config_file: Path) -> None:
     assert document["settings"]["relay.users"]["value"][0]["password_hash"] == "**********"
 
 
+def test_config_listing_is_valid_toml(tmp_path: Path, config_file: Path) -> None:
+    """The listing parses as TOML: unset keys are commented out, relay users are inline tables."""
+    done = run_cli("config", "--config", str(config_file), env=clean_env(tmp_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    parsed = tomllib.loads(done.stdout)
+    assert parsed["relay"]["users"] == [{"name": "fern", "password_hash": "**********"}]
+    assert "fallback_transport" not in parsed
+    assert "# fallback_transport = (not set)" in done.stdout
+
+
+def test_config_listing_loads_back_to_the_same_settings(tmp_path: Path, config_file: Path) -> None:
+    """The listing, saved as a file, is a configuration that gives the same effective values."""
+    env = clean_env(tmp_path)
+    listing = run_cli("config", "--config", str(config_file), env=env, cwd=tmp_path)
+    saved = tmp_path / "listing.toml"
+    saved.write_text(listing.stdout)
+    saved.chmod(0o600)
+    before = run_cli("config", "--json", "--config", str(config_file), env=env, cwd=tmp_path)
+    after = run_cli("config", "--json", "--config", str(saved), env=env, cwd=tmp_path)
+    assert after.returncode == 0, after.stderr
+
+    def values(stdout: str) -> dict[str, object]:
+        return {key: item["value"] for key, item in json.loads(stdout)["settings"].items()}
+
+    assert values(after.stdout) == values(before.stdout)
+
+
 def test_config_json_gives_source_kinds(tmp_path: Path, config_file: Path) -> None:
     """--json gives each key's value, source kind and where."""
     env = clean_env(tmp_path, SMTP_OAUTH_LOG_LEVEL="DEBUG")
