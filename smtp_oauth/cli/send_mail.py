@@ -413,19 +413,34 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> _Outcome:
         _print_dry_run(outgoing, prog)
         return _Outcome(int(ExitCode.OK))
     assert view is not None  # read whenever not a dry run
-    if via_relay:
-        if args.verbose:  # nothing else logs on the way to the relay
-            _configure_logging(args, view.log_level, view.log_format)
-        return _Outcome(_submit(view, outgoing, verbose=bool(args.verbose), prog=prog))
-    if fast is not None:
-        from smtp_oauth.cli.send_mail_direct import send_direct
+    return _hand_on(args, view, settings, outgoing, fast, prog=prog)
 
-        def settings_now() -> Settings:  # only for a token the server refused: MSAL needs them
-            loaded = settings if settings is not None else _load_settings(args)
-            _configure_logging(args, loaded.log_level, loaded.log_format)
-            return loaded
 
-        try:
+def _hand_on(
+    args: SendMailArgs,
+    view: SendMailView,
+    settings: Settings | None,
+    outgoing: Outgoing,
+    fast: DirectView | None,
+    *,
+    prog: str,
+) -> _Outcome:
+    """To the relay's socket, or by the stdlib path, else the full way. The first two report their
+    own failures, so that the console script can exit at once after them too."""
+    try:
+        if view.via == "relay":
+            if args.verbose:  # nothing else logs on the way to the relay
+                _configure_logging(args, view.log_level, view.log_format)
+            code = _submit(view, outgoing, verbose=bool(args.verbose), prog=prog)
+            return _Outcome(code, exit_now=_nothing_heavy_loaded())
+        if fast is not None:
+            from smtp_oauth.cli.send_mail_direct import send_direct
+
+            def settings_now() -> Settings:  # only for a token the server refused: MSAL needs them
+                loaded = settings if settings is not None else _load_settings(args)
+                _configure_logging(args, loaded.log_level, loaded.log_format)
+                return loaded
+
             delivered = send_direct(
                 fast,
                 view,
@@ -434,18 +449,19 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> _Outcome:
                 recipients=outgoing.recipients,
                 settings=settings_now,
             )
-        except SmtpOAuthError as error:  # the error the full path would report for the same failure
-            report_error(error, prog=prog)
-            return _Outcome(int(error.exit_code), exit_now=_nothing_heavy_loaded())
-        if delivered is not None:
-            _print_refused(delivered.refused, prog)
-            return _Outcome(int(ExitCode.OK), exit_now=_nothing_heavy_loaded())
+            if delivered is not None:
+                _print_refused(delivered.refused, prog)
+                return _Outcome(int(ExitCode.OK), exit_now=_nothing_heavy_loaded())
+    except SmtpOAuthError as error:  # the error the full path would report for the same failure
+        report_error(error, prog=prog)
+        return _Outcome(int(error.exit_code), exit_now=_nothing_heavy_loaded())
     return _Outcome(_send_full(args, settings, outgoing, prog=prog))
 
 
 def _nothing_heavy_loaded() -> bool:
-    """True while neither MSAL nor asyncio ran (a token refused once brings both): then nothing
-    but our own output is left for the interpreter's shutdown to finish."""
+    """True while neither MSAL nor asyncio ran (a token refused once brings both): then, after a
+    send by the stdlib path or through the relay, nothing but our own output is left for the
+    interpreter's shutdown to finish."""
     return "msal" not in sys.modules and "asyncio" not in sys.modules
 
 
@@ -477,7 +493,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
 
 
 def console_main() -> int:
-    """The console script: ``main``, then, after a send the stdlib path made alone, ``os._exit``.
+    """The console script: ``main``, then, after a send the stdlib path or the relay's socket
+    took alone, ``os._exit``.
 
     Such a run leaves nothing behind that the interpreter's shutdown would still do: no thread, no
     atexit handler of ours, no open file; what it skips is the final garbage collection over every

@@ -90,11 +90,35 @@ class SendMailArgs(argparse.Namespace):
         return [f"--{name.replace('_', '-')}" for name in COMPOSE_ONLY if getattr(self, name)]
 
 
+# The width of the formatters argparse makes only to check each option as it is added.
+_CHECK_WIDTH = 78
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line raises UsageError instead of exiting with 2."""
+    """argparse, but a bad command line raises UsageError instead of exiting with 2, and the
+    terminal is measured only when help is written.
+
+    argparse builds a formatter for every ``add_argument`` (to check its metavar), and each one asks
+    ``shutil.get_terminal_size``; importing shutil (with its compression modules) would cost every
+    run, one per message, a few milliseconds for help it never prints.
+    """
+
+    _sized = False  # True while --help is being written
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        if self._sized:
+            return super()._get_formatter()
+        return self.formatter_class(prog=self.prog, width=_CHECK_WIDTH)  # type: ignore[call-arg]
+
+    def format_help(self) -> str:
+        self._sized = True
+        try:
+            return super().format_help()
+        finally:
+            self._sized = False
 
 
 def _o_option(value: str, out: list[str]) -> None:
