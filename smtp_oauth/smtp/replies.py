@@ -19,8 +19,8 @@ so a person reading one line of a log knows which hop said no.
 from __future__ import annotations
 
 import enum
-import ssl
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from smtp_oauth.errors import (
     AuthenticationError,
@@ -29,6 +29,9 @@ from smtp_oauth.errors import (
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = [
     "Stage",
@@ -145,6 +148,8 @@ _TLS_HINT = (
 
 def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
     """The ssl error behind ``exc`` (aiosmtplib wraps it for implicit TLS, not for STARTTLS)."""
+    import ssl
+
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLError):
@@ -161,6 +166,8 @@ def connection_failure(
     TLS (an untrusted certificate gets the smtp.ca_file hint), a timeout, a refused or unreachable
     connection, the server hanging up: all temporary, the message was not taken.
     """
+    import ssl  # on a failure only: the relay's submission client maps replies here and has no TLS
+
     tls = _tls_failure(exc)
     if tls is not None:
         reason = getattr(tls, "verify_message", None) or tls.reason or str(tls)
