@@ -164,9 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="runs of each command (default 20)")
     parser.add_argument(
         "--compare",
-        type=Path,
-        metavar="SEND_MAIL",
-        help="also time this send-mail (direct), e.g. an older version's console script",
+        action="append",
+        default=[],
+        metavar="[LABEL=]SEND_MAIL",
+        help="also time this send-mail (direct), e.g. an older version's console script; repeatable",
     )
     args = parser.parse_args(argv)
 
@@ -220,12 +221,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "send-mail direct (cached)": lambda: timed(direct, env, work),
             "send-mail via relay": lambda: timed(via_relay, env, work),
         }
-        if args.compare is not None:
+        if args.compare:
             # An older version knows fewer keys: the sandbox's configuration without the [graph] table.
             older_config = sb.write_config(work / "compare.toml", graph=None)
-            other = [str(args.compare), "--config", str(older_config), *message]
-            timed(other, env, work)
-            commands["--compare send-mail direct"] = lambda: timed(other, env, work)
+        for index, spec in enumerate(args.compare):
+            label, _, path = spec.rpartition("=")
+            # Its own state directory: versions would void each other's settings snapshot.
+            other_env = {**env, "XDG_STATE_HOME": str(work / f"state-compare-{index}")}
+            other = [path, "--config", str(older_config), *message]
+            for _ in range(2):  # the token, then the snapshot (if that version keeps one)
+                timed(other, other_env, work)
+            name = f"{label or 'compare'} (direct)"
+            commands[name] = lambda other=other, other_env=other_env: timed(other, other_env, work)
         samples: dict[str, list[Sample]] = {name: [] for name in commands}
         for _ in range(args.runs):  # interleaved, so drift (CPU frequency, caches) hits all alike
             for name, run in commands.items():
