@@ -153,7 +153,7 @@ def row(name: str, samples: list[Sample], baseline: list[Sample]) -> str:
     wall, base = median(samples, lambda s: s.wall), median(baseline, lambda s: s.wall)
     cpu, rss = median(samples, lambda s: s.cpu), median(samples, lambda s: s.rss_kib)
     return (
-        f"{name:<30}{wall * 1000:>8.1f}{p90 * 1000:>8.1f}{cpu * 1000:>9.1f}{rss / 1024:>9.1f}"
+        f"{name:<36}{wall * 1000:>8.1f}{p90 * 1000:>8.1f}{cpu * 1000:>9.1f}{rss / 1024:>9.1f}"
         f"{wall / base:>8.2f}x{cpu / median(baseline, lambda s: s.cpu):>8.2f}x"
         f"{rss / median(baseline, lambda s: s.rss_kib):>8.2f}x"
     )
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="[LABEL=]SEND_MAIL",
-        help="also time this send-mail (direct), e.g. an older version's console script; repeatable",
+        help="also time this send-mail (direct and via the relay), e.g. an older version's; repeatable",
     )
     args = parser.parse_args(argv)
 
@@ -229,10 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Its own state directory: versions would void each other's settings snapshot.
             other_env = {**env, "XDG_STATE_HOME": str(work / f"state-compare-{index}")}
             other = [path, "--config", str(older_config), *message]
+            other_relay = [path, "--config", str(relay_config), *message]
             for _ in range(2):  # the token, then the snapshot (if that version keeps one)
                 timed(other, other_env, work)
-            name = f"{label or 'compare'} (direct)"
-            commands[name] = lambda other=other, other_env=other_env: timed(other, other_env, work)
+                timed(other_relay, other_env, work)
+            label = label or "compare"
+            commands[f"{label} (direct)"] = lambda c=other, e=other_env: timed(c, e, work)
+            commands[f"{label} (via relay)"] = lambda c=other_relay, e=other_env: timed(c, e, work)
         samples: dict[str, list[Sample]] = {name: [] for name in commands}
         for _ in range(args.runs):  # interleaved, so drift (CPU frequency, caches) hits all alike
             for name, run in commands.items():
@@ -244,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     delivered = f"{delivered_directly} messages at the sandbox"
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {delivered}")
     ratios = f"{'wall':>9}{'CPU':>9}{'RSS':>9}"
-    print(f"{'median of each':<30}{'wall ms':>8}{'p90':>8}{'CPU ms':>9}{'RSS MiB':>9}{ratios}")
+    print(f"{'median of each':<36}{'wall ms':>8}{'p90':>8}{'CPU ms':>9}{'RSS MiB':>9}{ratios}")
     for name, values in samples.items():
         print(row(name, values, baseline))
     for name, target in (("send-mail direct (cached)", DIRECT_TARGET), ("send-mail via relay", RELAY_TARGET)):
