@@ -56,11 +56,13 @@ def render_metrics(
     up: bool,
     token_expires_at: float | None = None,
     spool: Mapping[str, float] | None = None,
+    workers: tuple[int, int] | None = None,
 ) -> str:
     """Prometheus exposition text for the relay's queue depth, delivery outcomes and token expiry.
 
     ``queue`` counts the whole queue (every relay's, when several share it); ``accepted`` and
-    ``deliveries`` are this relay's; ``spool`` adds the backend's figures (``spool_<name>``).
+    ``deliveries`` are this relay's (``accepted`` summed over its accept workers); ``spool`` adds the
+    backend's figures (``spool_<name>``); ``workers`` is (accept workers running, restarts).
     """
     lines = [
         "# HELP smtp_oauth_relay_up 1 when the listener and the spool are working.",
@@ -85,6 +87,16 @@ def render_metrics(
         lines.append(f"smtp_oauth_relay_token_expiry_timestamp_seconds {token_expires_at:.0f}")
     for name, value in sorted((spool or {}).items()):
         lines += [f"# TYPE smtp_oauth_relay_{name} gauge", f"smtp_oauth_relay_{name} {value:g}"]
+    if workers is not None:
+        alive, restarts = workers
+        lines += [
+            "# HELP smtp_oauth_relay_workers Accept worker processes running (relay.workers).",
+            "# TYPE smtp_oauth_relay_workers gauge",
+            f"smtp_oauth_relay_workers {alive}",
+            "# HELP smtp_oauth_relay_worker_restarts_total Accept workers started again after dying.",
+            "# TYPE smtp_oauth_relay_worker_restarts_total counter",
+            f"smtp_oauth_relay_worker_restarts_total {restarts}",
+        ]
     return "\n".join(lines) + "\n"
 
 

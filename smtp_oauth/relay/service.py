@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING
 
 from smtp_oauth.errors import ConfigurationError, StorageFullError
 from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager
-from smtp_oauth.relay.listener.server import ListenerTuning, Message, RelayListener
+from smtp_oauth.relay.listener.server import ListenerTuning, Message, RelayListener, log_queued
 from smtp_oauth.relay.listener.submission import QueueEntry, SubmissionListener
 from smtp_oauth.relay.metrics import MetricsServer, TokenWatch, render_metrics
 from smtp_oauth.relay.profiles import MailboxRoutes
 from smtp_oauth.relay.spool import open_spool
 from smtp_oauth.relay.spool.base import SpoolError
+from smtp_oauth.relay.workers.frames import Queued, Setup
+from smtp_oauth.relay.workers.pool import WorkerPool
 from smtp_oauth.settings.loading import load_settings
 from smtp_oauth.settings.models import Settings
 
@@ -93,12 +95,13 @@ class RelayService:
         relay = settings.relay
         self._routes = MailboxRoutes.from_settings(settings)  # ConfigurationError for a bad profile
         self._grace = relay.shutdown_timeout.total_seconds() * LISTENER_SHARE
+        self._listener_tuning = listener_tuning or ListenerTuning(shutdown_grace=self._grace)
         self.listener = RelayListener(  # raises ConfigurationError for an open relay, bad TLS files
             relay,
             default_mailbox=settings.smtp.username,
             profile_mailboxes=self._routes.default_mailboxes(),
             store=self._store,
-            tuning=listener_tuning or ListenerTuning(shutdown_grace=self._grace),
+            tuning=self._listener_tuning,
             # Big bodies are written here as they arrive, and the spool takes the file (its staging_dir).
             incoming_dir=settings.spool_path / "incoming",
         )
@@ -119,6 +122,7 @@ class RelayService:
         self.spool: Spool | None = None
         self._spool_tuning = spool_tuning
         self.delivery: DeliveryManager | None = None
+        self.workers: WorkerPool | None = None  # relay.workers > 1: the accept processes
         self.metrics_server: MetricsServer | None = None
         self.accepted = 0
         self.tokens: TokenWatch | None = None  # the upstream sessions' token provider, once made
@@ -154,7 +158,7 @@ class RelayService:
                 self.settings, watch=self._watch_tokens, routes=self._routes
             )
             self.delivery = DeliveryManager(spool, transports, self._config)
-            await self.listener.start()
+            await self._start_listening()
             await self.submission.start()
             self._listening = True
             if self.settings.relay.metrics_listen:
@@ -174,6 +178,41 @@ class RelayService:
                 delivery_task.result()  # raises what broke delivery; the relay exits non-zero
         finally:
             await self._shut_down(spool, delivery_task, metrics)
+
+    async def _start_listening(self) -> None:
+        """Accept here (relay.workers = 1), or bind and hand the sockets to the accept workers."""
+        count = self.settings.relay.worker_count
+        if count <= 1:
+            await self.listener.start()
+            return
+        sockets = await self.listener.bind_sockets()
+        self.workers = WorkerPool(
+            count, setup=self._worker_setup, sockets=sockets, queued=self._worker_queued
+        )
+        await self.workers.start()
+        log.info(
+            "relay listening on %s (%d accept workers)",
+            ", ".join(f"{h}:{p}" for h, p in self.listener.addresses),
+            count,
+        )
+
+    def _worker_setup(self, index: int) -> Setup:
+        settings = self.settings  # the current one: a worker restarted after a reload gets that
+        return Setup(
+            settings=settings,
+            default_mailbox=settings.smtp.username,
+            profile_mailboxes=self._routes.default_mailboxes(),
+            spool_dir=settings.spool_path,
+            incoming_dir=settings.spool_path / "incoming",
+            tuning=self._listener_tuning,
+            index=index,
+        )
+
+    def _worker_queued(self, queued: Queued) -> None:
+        """A worker committed a message: count it, and tell delivery there is work."""
+        self.accepted += 1
+        if self.delivery is not None:
+            self.delivery.wake()
 
     async def _open_spool(self) -> Spool:
         """The spool; a full disk is temporary (exit 75: systemd restarts the relay), not a config error."""
@@ -200,6 +239,8 @@ class RelayService:
         self._remove_signals()
         self._listening = False
         stopping = [self.listener.stop(), self.submission.stop()]
+        if self.workers is not None:
+            stopping.append(self.workers.stop(grace=self._grace))
         if self.delivery is not None:
             stopping.append(self.delivery.stop(grace=self._grace))
         await asyncio.gather(*stopping, return_exceptions=True)
@@ -216,21 +257,7 @@ class RelayService:
         spool, delivery = self._running()
         queue_id = await spool.enqueue(message)
         self.accepted += 1
-        log.info(
-            "queued %s",
-            queue_id,
-            extra={
-                "event": "queued",
-                "queue_id": queue_id,
-                "message_id": message.message_id,
-                "sender": message.mail_from,
-                "recipients": len(message.rcpt_tos),
-                "size": message.size,
-                "user": message.local_user,
-                "peer": message.peer,
-                "mailbox": message.mailbox,
-            },
-        )
+        log_queued(queue_id, message)
         delivery.wake()
         return queue_id
 
@@ -309,6 +336,8 @@ class RelayService:
             log.error("reload failed, keeping the running configuration: %s", error)  # noqa: TRY400
             return False
         self.settings = fresh
+        if self.workers is not None:
+            self.workers.reload(fresh.relay)
         self._routes = routes  # the same mailboxes and profiles; their senders may have changed
         return True
 
@@ -317,6 +346,8 @@ class RelayService:
     async def healthy(self) -> bool:
         """Listening, able to take mail (relay.min_free_space), and the spool answers a query."""
         if not self._listening or self.spool is None:
+            return False
+        if self.workers is not None and not self.workers.alive:
             return False
         if await self.listener.storage_low():
             return False
@@ -339,6 +370,7 @@ class RelayService:
             up=self._listening,
             token_expires_at=self.tokens.expires_at if self.tokens is not None else None,
             spool=figures,
+            workers=(self.workers.alive, self.workers.restarts) if self.workers is not None else None,
         )
 
 

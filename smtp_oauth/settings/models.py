@@ -473,6 +473,9 @@ class RelaySettings(_Section):
     max_connections_per_client: int = Field(20, ge=1)
     min_free_space: ByteSize = Field(ByteSize(100 * 1024 * 1024), ge=0)  # "100MiB", "1GB", bytes
     upstream_idle_timeout: Duration = timedelta(seconds=5)
+    # Accept processes sharing relay.listen and the spool (the main process delivers); unset: one
+    # per CPU, 1: everything in one process.
+    workers: int | None = Field(None, ge=1, le=256)
 
     @field_validator("listen")
     @classmethod
@@ -497,6 +500,13 @@ class RelaySettings(_Section):
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.listen)
+
+    @property
+    def worker_count(self) -> int:
+        """relay.workers, or the CPUs this process may run on."""
+        if self.workers is not None:
+            return self.workers
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     @property
     def submission_socket_path(self) -> Path:

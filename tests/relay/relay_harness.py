@@ -29,9 +29,10 @@ FAST_DELIVERY = {
 
 
 def relay_section(**extra: Any) -> dict[str, Any]:
-    """[relay] for tests: a free port, one user, unpaced."""
+    """[relay] for tests: a free port, one user, unpaced, one process (test_workers.py runs several)."""
     return {
         "listen": "127.0.0.1:0",
+        "workers": 1,
         "messages_per_minute": 0,
         "shutdown_timeout": "5s",
         "users": [{"name": USER, "password_hash": PASSWORD_HASH}],

@@ -90,8 +90,10 @@ class Acceptor:
         *,
         retry_after: float = RETRY_AFTER,
         quiet: QuietLog | None = None,
+        batch: int = ACCEPT_BATCH,
     ) -> None:
         self.sockets = sockets
+        self._batch = batch
         self._factory = protocol_factory
         self._retry_after = retry_after
         self._quiet = quiet or QuietLog(log)
@@ -106,7 +108,7 @@ class Acceptor:
             self._loop.add_reader(sock.fileno(), self._accept, sock)
 
     def _accept(self, sock: socket.socket) -> None:
-        for _ in range(ACCEPT_BATCH):
+        for _ in range(self._batch):
             try:
                 conn, _ = sock.accept()
             except (BlockingIOError, InterruptedError):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smtp_oauth.errors import ConfigurationError
-from smtp_oauth.relay.listener.accept import Acceptor, bind
+from smtp_oauth.relay.listener.accept import ACCEPT_BATCH, Acceptor, bind
 from smtp_oauth.relay.listener.handler import RelayHandler
 from smtp_oauth.relay.listener.incoming import SpillGuard
 from smtp_oauth.relay.listener.limits import ClientBytes, ConnectionLimits, FreeSpace
@@ -49,9 +49,10 @@ from smtp_oauth.relay.listener.session import (
 from smtp_oauth.relay.policy import RelayPolicy, check_not_open_relay, is_loopback_address
 from smtp_oauth.settings.models import RelaySettings, parse_listen
 
-__all__ = ["ListenerTuning", "Message", "RelayListener", "build_tls_context"]
+__all__ = ["ListenerTuning", "Message", "RelayListener", "build_tls_context", "log_queued"]
 
 log = logging.getLogger("smtp_oauth.relay.listener")
+LISTEN_BACKLOG = 512  # the kernel's queue of connections no process has accepted yet (listen(2))
 
 
 def build_tls_context(relay: RelaySettings) -> ssl.SSLContext | None:
@@ -69,6 +70,25 @@ def build_tls_context(relay: RelaySettings) -> ssl.SSLContext | None:
             hint="Both must be PEM files readable by the relay; the key must belong to the certificate.",
         ) from exc
     return context
+
+
+def log_queued(queue_id: str, message: Message) -> None:
+    """The "queued" event, once ``message`` is committed as ``queue_id`` (whichever process took it)."""
+    logging.getLogger("smtp_oauth.relay").info(
+        "queued %s",
+        queue_id,
+        extra={
+            "event": "queued",
+            "queue_id": queue_id,
+            "message_id": message.message_id,
+            "sender": message.mail_from,
+            "recipients": len(message.rcpt_tos),
+            "size": message.size,
+            "user": message.local_user,
+            "peer": message.peer,
+            "mailbox": message.mailbox,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -92,7 +112,9 @@ class RelayListener:
         store: Callable[[Message], Awaitable[str]],
         tuning: ListenerTuning | None = None,
         incoming_dir: Path | None = None,
+        sessions_changed: Callable[[int], None] | None = None,
     ) -> None:
+        self._sessions_changed = sessions_changed  # the open sessions' number (an accept worker's)
         self._default_mailbox = default_mailbox
         self._profile_mailboxes = dict(profile_mailboxes or {})
         self._store = store
@@ -116,6 +138,7 @@ class RelayListener:
         self._stores: set[asyncio.Task[str]] = set()
         self.stopping = False
         self.addresses: list[tuple[str, int]] = []
+        self._bound: list[socket.socket] = []
 
     def _load(self, relay: RelaySettings) -> _Config:
         check_not_open_relay(relay)
@@ -139,12 +162,12 @@ class RelayListener:
         """The users and networks in force now (reload() replaces them)."""
         return self._config.policy
 
-    async def start(self) -> None:
-        """Listen on relay.listen (IPv4 or IPv6; port 0 picks a free port, see ``addresses``)."""
+    async def bind_sockets(self) -> list[socket.socket]:
+        """Bind relay.listen (IPv4 or IPv6; port 0 picks a free port, see ``addresses``) without
+        accepting: ``start`` here, or in the accept worker processes these sockets are handed to."""
         host, port = parse_listen(self._config.relay.listen)
-        loop = asyncio.get_running_loop()
         try:
-            sockets = await bind(host.strip("[]"), port, backlog=256)
+            sockets = await bind(host.strip("[]"), port, backlog=LISTEN_BACKLOG)
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot listen on relay.listen {self._config.relay.listen}: {exc.strerror or exc}",
@@ -152,10 +175,35 @@ class RelayListener:
                 hint="Another program (or another relay) may use that port; pick another one, "
                 "or use a port above 1023 when not running as root.",
             ) from exc
-        self._acceptor = Acceptor(sockets, lambda: self._new_session(loop))
-        self._acceptor.start()
         self.addresses = [sock.getsockname()[:2] for sock in sockets]
-        log.info("relay listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
+        self._bound = sockets
+        return sockets
+
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Accept on relay.listen, or on ``sockets`` already listening (an accept worker's)."""
+        loop = asyncio.get_running_loop()
+        inherited = sockets is not None
+        if sockets is None:
+            sockets = await self.bind_sockets()
+        else:
+            self.addresses = [sock.getsockname()[:2] for sock in sockets]
+        # Sockets shared with other accept processes: one connection per wake-up, so that a worker
+        # busy with its sessions leaves the next connections to the idle ones woken with it.
+        self._acceptor = Acceptor(
+            sockets, lambda: self._new_session(loop), batch=1 if inherited else ACCEPT_BATCH
+        )
+        self._acceptor.start()
+        log.log(
+            logging.DEBUG if inherited else logging.INFO,
+            "relay listening on %s",
+            ", ".join(f"{h}:{p}" for h, p in self.addresses),
+        )
+
+    def close_sockets(self) -> None:
+        """Close sockets ``bind_sockets`` made that no acceptor of this process uses."""
+        for sock in self._bound:
+            sock.close()
+        self._bound = []
 
     def admit(self, peer: str) -> str | None:
         """A new connection from ``peer``: None to serve it, or the 421 reply that refuses it."""
@@ -243,17 +291,22 @@ class RelayListener:
     def session_opened(self, session: RelaySession) -> None:
         self._sessions.add(session)
         self._all_closed.clear()
+        if self._sessions_changed is not None:
+            self._sessions_changed(len(self._sessions))
 
     def session_closed(self, session: RelaySession) -> None:
         self._sessions.discard(session)
         if not self._sessions:
             self._all_closed.set()
+        if self._sessions_changed is not None:
+            self._sessions_changed(len(self._sessions))
 
     async def stop(self) -> None:
         """Stop accepting; idle sessions get 421, busy ones finish (bounded), stores always complete."""
         self.stopping = True
         if self._acceptor is not None:
             self._acceptor.close()
+        self.close_sockets()
         for session in list(self._sessions):
             if not session.busy:
                 session.hang_up(REPLY_SHUTTING_DOWN)

@@ -48,6 +48,7 @@ CHECKPOINT_INTERVAL = 300.0  # seconds between WAL checkpoints while the relay w
 INLINE_LIMIT = 256 * 1024  # bodies above this go to data/<id>.eml
 INCOMING = "incoming"  # bodies being received, not yet enqueued
 SCHEMA_VERSION = 1
+WRITE_LOCK = "write.lock"  # flocked by every writer around its transactions (sqlite_db.py)
 _INSERT = (
     "INSERT INTO messages (id, state, local_user, mailbox, mail_from, rcpt_tos, message_id, peer, "
     "size, body, body_in_file, next_attempt_at, created_at, updated_at) "
@@ -185,7 +186,9 @@ class SqliteSpool:
             await asyncio.to_thread(_make_private, directory, database)
             if exclusive:
                 lock_fd = await asyncio.to_thread(_take_lock, directory)
-            db = await SqliteDatabase.open(database, schema=_SCHEMA, user_version=SCHEMA_VERSION)
+            db = await SqliteDatabase.open(
+                database, schema=_SCHEMA, user_version=SCHEMA_VERSION, write_lock=directory / WRITE_LOCK
+            )
         except (OSError, sqlite3.Error, SpoolError) as exc:
             if lock_fd is not None:
                 os.close(lock_fd)

@@ -10,6 +10,12 @@ keep up with a sink that fsyncs each message. If that transaction fails, each in
 again alone, so one bad row does not fail its neighbours; every waiter is settled whatever is
 raised (a waiter left unsettled would hold an SMTP client without a reply forever).
 
+Several processes (the relay's accept workers, ``relay.workers``) write one file: each write
+transaction is taken under an exclusive ``flock`` of ``write_lock`` as well as SQLite's own lock.
+SQLite alone makes a writer that finds the database locked sleep and poll (its busy handler
+sleeps 1, 2, 5 ... 100 ms between tries), so two busy processes spend their time asleep; the kernel
+wakes a flock waiter the moment the lock is free, and meanwhile its inserts gather into one batch.
+
 Errors: sqlite3's (and anything else raised on the database thread) come out as ``SpoolError``.
 ``checkpoint`` copies the WAL back into the database and truncates it: without it, the WAL keeps
 the size of its largest burst, eating disk that pruning freed (https://sqlite.org/wal.html,
@@ -20,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +69,10 @@ class _PendingInsert:
 class SqliteDatabase:
     """Open with ``await SqliteDatabase.open(path, schema=...)``; every call runs on its thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, write_lock: Path | None = None) -> None:
         self.path = path
+        self._write_lock_path = write_lock
+        self._write_lock_fd: int | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
         self._pending: list[_PendingInsert] = []
@@ -71,9 +81,14 @@ class SqliteDatabase:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path, *, schema: str, user_version: int) -> SqliteDatabase:
-        """Connect (creating the file), switch to WAL + synchronous=FULL, apply ``schema``."""
-        database = cls(path)
+    async def open(
+        cls, path: Path, *, schema: str, user_version: int, write_lock: Path | None = None
+    ) -> SqliteDatabase:
+        """Connect (creating the file), switch to WAL + synchronous=FULL, apply ``schema``.
+
+        ``write_lock``: a file every process writing this database flocks around its transactions.
+        """
+        database = cls(path, write_lock=write_lock)
         try:
             await database.call(lambda _: database._connect(schema, user_version))
         except BaseException:
@@ -82,15 +97,34 @@ class SqliteDatabase:
         return database
 
     def _connect(self, schema: str, user_version: int) -> None:
+        if self._write_lock_path is not None:
+            # Another user's file (one `sudo smtp-oauth queue` made): SQLite's own lock still guards
+            # every write; only the waiting is by polling then.
+            with contextlib.suppress(OSError):
+                self._write_lock_fd = os.open(self._write_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")  # the 250 after DATA is a durability promise
         conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-        conn.executescript(schema)
-        conn.execute(f"PRAGMA user_version = {int(user_version)}")
+        with self._writing():
+            conn.executescript(schema)
+            conn.execute(f"PRAGMA user_version = {int(user_version)}")
         self._conn = conn
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """On the database thread: hold the processes' write lock (if any) for one transaction."""
+        fd = self._write_lock_fd
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -128,15 +162,17 @@ class SqliteDatabase:
         db = self._db
         if not durable:
             db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("BEGIN IMMEDIATE")
         try:
-            cursor = db.execute(sql, params)
-            rows = cursor.fetchall()
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
+            with self._writing():
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    cursor = db.execute(sql, params)
+                    rows = cursor.fetchall()
+                    db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
         finally:
             if not durable:
                 db.execute("PRAGMA synchronous = FULL")
@@ -194,19 +230,21 @@ class SqliteDatabase:
 
     def _commit(self, batch: list[_PendingInsert]) -> None:
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for item in batch:
-                db.execute(item.sql, item.values)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
-                db.execute("ROLLBACK")
-            raise
+        with self._writing():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for item in batch:
+                    db.execute(item.sql, item.values)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back
+                    db.execute("ROLLBACK")
+                raise
 
     def checkpoint_now(self) -> None:
         """On the database thread: copy the WAL into the database and truncate the WAL file."""
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        with self._writing():
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     async def close(self) -> None:
         """Close the connection and stop the thread (idempotent)."""
@@ -218,6 +256,9 @@ class SqliteDatabase:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._write_lock_fd is not None:
+                os.close(self._write_lock_fd)
+                self._write_lock_fd = None
 
         await self.call(run)
         self._executor.shutdown(wait=True)

@@ -1,0 +1,85 @@
+"""What the relay's main process and its accept workers say to each other over a socketpair.
+
+Each frame is a 4-byte big-endian length and a pickle. Pickle because the worker's setup is the
+validated ``Settings`` (secrets included) and the two ends are the same program, started by each
+other and connected by a socketpair no other process can reach: nothing untrusted is unpickled.
+
+main -> worker: ``Setup`` once, then ``Reload`` on SIGHUP. worker -> main: ``Ready`` once it
+accepts, ``Queued`` after each message it committed (delivery is woken, ``/metrics`` counts it),
+``Connections`` when its number of open sessions changes.
+A worker stops on SIGTERM; the main process stops on the worker's end closing (it died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from smtp_oauth.relay.listener.session import ListenerTuning
+    from smtp_oauth.settings.models import RelaySettings, Settings
+
+__all__ = ["Connections", "Queued", "Ready", "Reload", "Setup", "read_frame", "write_frame"]
+
+_LENGTH = struct.Struct(">I")
+MAX_FRAME = 16 * 1024 * 1024  # a setup with thousands of users is well below this
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything a worker needs to accept mail as the main process would."""
+
+    settings: Settings = field(repr=False)  # secrets inside
+    default_mailbox: str
+    profile_mailboxes: dict[str, str]
+    spool_dir: Path
+    incoming_dir: Path
+    tuning: ListenerTuning
+    index: int  # 1..relay.workers: in the worker's log lines
+
+
+@dataclass(frozen=True)
+class Reload:
+    """New users, sender rules, limits and TLS files for new sessions (validated by the main process)."""
+
+    relay: RelaySettings = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Ready:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Queued:
+    queue_id: str
+    mailbox: str
+
+
+@dataclass(frozen=True)
+class Connections:
+    """How many SMTP sessions the worker has open (sent when it changes; tests, balance)."""
+
+    open: int
+
+
+def write_frame(writer: asyncio.StreamWriter, frame: object) -> None:
+    data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_LENGTH.pack(len(data)) + data)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> object | None:
+    """The next frame, or None once the other end has closed (or sent something broken)."""
+    try:
+        header = await reader.readexactly(_LENGTH.size)
+        (length,) = _LENGTH.unpack(header)
+        if length > MAX_FRAME:
+            return None
+        frame: object = pickle.loads(await reader.readexactly(length))  # noqa: S301  # our own peer, see above
+    except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError, EOFError):
+        return None
+    return frame
