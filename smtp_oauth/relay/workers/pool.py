@@ -134,7 +134,7 @@ class WorkerPool:
             )
             log.error(
                 "relay accept worker %d exited with status %s after %.0f s; starting it again in %.0f s "
-                "(the connections it was serving were cut, no message they had been told was queued)",
+                "(the connections it was serving were cut; what it acknowledged is in the spool)",
                 worker.index,
                 code,
                 lived,
