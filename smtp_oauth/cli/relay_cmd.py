@@ -7,7 +7,6 @@ a non-loopback ``relay.listen`` without ``relay.users``) and when another relay 
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from smtp_oauth.cli.common import load_settings_from_args
 from smtp_oauth.errors import ExitCode
@@ -24,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from smtp_oauth.relay import eventloop
     from smtp_oauth.relay.service import run_relay
 
     settings = load_settings_from_args(args)
-    asyncio.run(run_relay(settings))
+    eventloop.run(run_relay(settings))  # on uvloop when installed: the main process delivers
     return int(ExitCode.OK)
