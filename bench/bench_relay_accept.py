@@ -1,10 +1,19 @@
-"""Accept throughput: 500 messages of 10 KB over 10 connections, durably stored.
+"""Accept throughput: 500 messages of 10 KB over 10 connections, durably stored; and the RSS it leaves.
 
-The relay (listener + SQLite spool, AUTH PLAIN on loopback) against a minimal aiosmtpd sink that
-writes each message to its own file and fsyncs it before answering 250. Each server runs in its own
-process; the clients are threads of this one (stdlib smtplib, like the legacy senders).
+The relay (listener + SQLite spool, AUTH PLAIN on loopback, scrypt hashes at the product's cost)
+in one process (``relay.workers = 1``) and with ``--workers`` accept processes in front of a main
+process (``relay/workers/``), each on uvloop and on asyncio's own loop (uvloop hidden from the
+server's processes), against a minimal aiosmtpd sink that writes each message to its own file and
+fsyncs it before answering 250, and against Postfix (``--postfix-port``, bench_relay_postfix.sh).
+Every server but Postfix is started fresh each round, in processes of its own; the kinds are
+interleaved; the clients are threads of this one (stdlib smtplib, like the legacy senders).
+Delivery does not run: this is what a client waits for.
+
+RSS: the relay's processes' VmRSS once listening (idle) and 1 s after the load (10 concurrent
+logins, then the messages); the largest process is reported (the target is per process).
 
     .venv/bin/python bench/bench_relay_accept.py [--messages 500] [--connections 10] [--rounds 3]
+        [--workers 2] [--postfix-port 2526]
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ import argparse
 import asyncio
 import email.policy
 import os
+import re
+import signal
 import smtplib
 import statistics
 import subprocess
@@ -20,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -77,27 +89,58 @@ def serve_sink(directory: Path) -> None:
     asyncio.run(main())
 
 
-def serve_relay(directory: Path) -> None:
+def serve_relay(directory: Path, workers: int) -> None:
+    from smtp_oauth.relay import eventloop
     from smtp_oauth.relay.listener.server import RelayListener
+    from smtp_oauth.relay.listener.session import ListenerTuning
     from smtp_oauth.relay.passwords import hash_password
     from smtp_oauth.relay.spool.sqlite import SqliteSpool
-    from smtp_oauth.settings.models import RelaySettings
+    from smtp_oauth.relay.workers.frames import Setup
+    from smtp_oauth.relay.workers.pool import WorkerPool
+    from smtp_oauth.settings.models import Settings
 
-    relay = RelaySettings(
-        listen="127.0.0.1:0",
-        users=[
-            {"name": USER, "password_hash": hash_password(PASSWORD), "allowed_senders": ["box@example.com"]}
-        ],
+    user = {"name": USER, "password_hash": hash_password(PASSWORD), "allowed_senders": ["box@example.com"]}
+    settings = Settings.model_validate(
+        {  # only [relay] is read: nothing is delivered
+            "log_level": "WARNING",  # not a "queued" line per message
+            "identity": {"tenant_id": "bench", "client_id": "bench", "client_secret": "unused"},
+            "smtp": {"username": "box@example.com"},
+            "relay": {"listen": "127.0.0.1:0", "workers": workers, "users": [user]},
+        }
     )
+    spool_dir = directory / "spool"
+
+    def setup(index: int) -> Setup:
+        return Setup(
+            settings=settings,
+            default_mailbox="box@example.com",
+            profile_mailboxes={},
+            spool_dir=spool_dir,
+            incoming_dir=spool_dir / "incoming",
+            tuning=ListenerTuning(),
+            index=index,
+        )
 
     async def main() -> None:
-        spool = await SqliteSpool.open(directory / "spool", exclusive=True)
-        listener = RelayListener(relay, default_mailbox="box@example.com", store=spool.enqueue)
-        await listener.start()
+        spool = await SqliteSpool.open(spool_dir, exclusive=True)
+        listener = RelayListener(settings.relay, default_mailbox="box@example.com", store=spool.enqueue)
+        pool = None
+        if workers == 1:
+            await listener.start()
+        else:  # as RelayService does: the main process binds, the workers accept and commit
+            sockets = await listener.bind_sockets()
+            pool = WorkerPool(workers, setup=setup, sockets=sockets, queued=lambda _: None)
+            await pool.start()
         print(listener.addresses[0][1], flush=True)
-        await asyncio.Event().wait()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        if pool is not None:
+            await pool.stop(grace=1.0)
+        await listener.stop()
+        await spool.close()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 def run_clients(port: int, messages: int, connections: int, size: int, *, login: bool) -> float:
@@ -121,18 +164,50 @@ def run_clients(port: int, messages: int, connections: int, size: int, *, login:
     return per_client * connections / (time.perf_counter() - started)
 
 
-def measure(kind: str, messages: int, connections: int, size: int, postfix_port: int = 0) -> float:
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    workers: int = 0  # 0: not the relay
+    uvloop: bool = True
+
+
+@dataclass(frozen=True)
+class Sample:
+    rate: float  # msg/s
+    idle: float = 0.0  # MiB, the largest of the server's processes
+    after: float = 0.0
+
+
+def rss_mib(pid: int) -> float:
+    """The largest VmRSS of ``pid`` and its children (the accept workers), MiB."""
+    pids = [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    sizes = [0]
+    for each in pids:
+        found = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{each}/status").read_text(), re.MULTILINE)
+        sizes.append(int(found.group(1)) if found else 0)
+    return max(sizes) / 1024
+
+
+def measure(kind: Kind, messages: int, connections: int, size: int, postfix_port: int) -> Sample:
     """Messages per second accepted by a fresh server of ``kind`` (or the Postfix on ``postfix_port``)."""
-    if kind == "postfix":
-        return run_clients(postfix_port, messages, connections, size, login=False)
+    if kind.name == "postfix":
+        return Sample(run_clients(postfix_port, messages, connections, size, login=False))
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:  # same disk as the project, not tmpfs
+        env = dict(os.environ)
+        if not kind.uvloop:  # an importable "uvloop" that fails: relay/eventloop.py falls back
+            (Path(tmp) / "uvloop.py").write_text("raise ImportError('hidden by the bench')\n")
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [tmp, env.get("PYTHONPATH")]))
+        serve = ["--serve", "relay", "--workers", str(kind.workers)] if kind.workers else ["--serve", "sink"]
         server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", kind, tmp], stdout=subprocess.PIPE, text=True
+            [sys.executable, __file__, *serve, tmp], stdout=subprocess.PIPE, text=True, env=env
         )
         try:
             assert server.stdout is not None
             port = int(server.stdout.readline())
-            return run_clients(port, messages, connections, size, login=kind == "relay")
+            idle = rss_mib(server.pid)
+            rate = run_clients(port, messages, connections, size, login=bool(kind.workers))
+            time.sleep(1.0)  # the login pool's malloc_trim after its burst
+            return Sample(rate, idle, rss_mib(server.pid))
         finally:
             server.terminate()
             server.wait()
@@ -146,31 +221,41 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--size", type=int, default=10 * 1024)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="relay.workers, besides 1")
     parser.add_argument("--postfix-port", type=int, default=0, help="also measure this Postfix smtpd")
     args = parser.parse_args()
     if args.serve == "sink":
         serve_sink(Path(args.directory))
         return
     if args.serve == "relay":
-        serve_relay(Path(args.directory))
+        serve_relay(Path(args.directory), args.workers)
         return
-    results: dict[str, list[float]] = {"sink": [], "relay": []}
-    if args.postfix_port:
-        results["postfix"] = []
+    n = args.workers
+    kinds = [
+        Kind("sink"),
+        *([Kind("postfix")] if args.postfix_port else []),
+        Kind("relay w1 uvloop", 1),
+        Kind("relay w1 asyncio", 1, uvloop=False),
+        Kind(f"relay w{n} uvloop", n),
+        Kind(f"relay w{n} asyncio", n, uvloop=False),
+    ]
+    results: dict[str, list[Sample]] = {kind.name: [] for kind in kinds}
     for _ in range(args.rounds):
-        for kind, rates in results.items():
-            rates.append(measure(kind, args.messages, args.connections, args.size, args.postfix_port))
-    best = {kind: max(rates) for kind, rates in results.items()}
-    median = {kind: statistics.median(rates) for kind, rates in results.items()}
-    for kind, rates in results.items():
-        shown = ", ".join(f"{rate:7.1f}" for rate in rates)
-        print(f"{kind:7s}: {shown}  msg/s (median {median[kind]:.1f}, best {best[kind]:.1f})")
-    for other in ("sink", "postfix"):
-        if other in results:
-            print(
-                f"relay / {other}: median {median['relay'] / median[other]:.2f}, "
-                f"best {best['relay'] / best[other]:.2f}"
+        for kind in kinds:
+            results[kind.name].append(
+                measure(kind, args.messages, args.connections, args.size, args.postfix_port)
             )
+    median = {name: statistics.median(s.rate for s in samples) for name, samples in results.items()}
+    for name, samples in results.items():
+        line = f"{name:18s}: {', '.join(f'{s.rate:6.0f}' for s in samples)} msg/s (median {median[name]:.0f})"
+        if name.startswith("relay"):
+            line += "".join(
+                f"; {median[name] / median[o]:.2f}x {o}" for o in ("sink", "postfix") if o in median
+            )
+            idle = statistics.median(s.idle for s in samples)
+            after = statistics.median(s.after for s in samples)
+            line += f"; largest process RSS idle {idle:.1f} MiB, 1 s after the load {after:.1f} MiB"
+        print(line)
 
 
 if __name__ == "__main__":
