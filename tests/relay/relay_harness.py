@@ -61,8 +61,10 @@ def send_legacy(
 
 
 @asynccontextmanager
-async def running_relay(sandbox: Sandbox, **delivery: float) -> AsyncIterator[tuple[RelayService, int]]:
-    """An in-process relay on the sandbox's settings; yields it and its port."""
+async def running_relay(
+    sandbox: Sandbox, *, ready_within: float = 10.0, **delivery: float
+) -> AsyncIterator[tuple[RelayService, int]]:
+    """An in-process relay on the sandbox's settings; yields it and its port once it listens."""
     service = RelayService(
         sandbox.settings(),
         delivery_tuning={**FAST_DELIVERY, **delivery},
@@ -71,7 +73,7 @@ async def running_relay(sandbox: Sandbox, **delivery: float) -> AsyncIterator[tu
     ready: asyncio.Future[list[tuple[str, int]]] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(service.run(ready=ready.set_result))
     try:
-        addresses = await asyncio.wait_for(asyncio.shield(ready), 10)
+        addresses = await asyncio.wait_for(asyncio.shield(ready), ready_within)
         yield service, addresses[0][1]
     finally:
         service.stop()
