@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from smtp_oauth.relay.passwords import SCRYPT_FLOOR_VARIABLE
+
 # The plugin comes from the package's pytest11 entry point once that is registered; registering
 # it twice (entry point + pytest_plugins) is an error, so only name it here when it is missing.
 pytest_plugins = ["tests.coverage_floor"]
@@ -22,6 +24,20 @@ _FOREIGN_VARIABLES = (
     "SSL_CERT_FILE",
     "CREDENTIALS_DIRECTORY",  # systemd's LoadCredential= directory: smtp-oauth reads secrets from it
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Files the tests write are private, as a careful user's (umask 077); cheap relay hashes.
+
+    Their configuration files hold the sandbox's client secret, and load_settings refuses such a file
+    when group or others may read it (msmtp's rule); a test of a loose mode sets it with chmod.
+    Subprocesses (the CLI, the relay) inherit the umask.
+    """
+    del config
+    os.umask(0o077)
+    # The relay refuses hashes cheaper than hash-password's (ln=14, ~50 ms a login); the fixtures
+    # log in hundreds of times with ln=4 ones. The tests of that refusal pass their own floor.
+    os.environ[SCRYPT_FLOOR_VARIABLE] = "1"
 
 
 @pytest.fixture(autouse=True)

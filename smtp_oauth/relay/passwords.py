@@ -16,11 +16,22 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["PasswordHashError", "ScryptHash", "hash_password", "parse_hash", "verify_password"]
+__all__ = [
+    "SCRYPT_FLOOR_VARIABLE",
+    "PasswordHashError",
+    "ScryptHash",
+    "hash_password",
+    "hash_weakness",
+    "parse_hash",
+    "scrypt_floor",
+    "verify_password",
+]
 
 SCHEME = "scrypt"
 DEFAULT_LOG2_N = 14  # n = 16384: ~50 ms and 16 MiB per check, the interactive-login cost of RFC 7914
@@ -33,6 +44,11 @@ HASH_BYTES = 32
 MAX_LOG2_N = 20
 MAX_R = 32
 MAX_P = 16
+
+# The test suite's override of the start-up floor (hash_weakness): its fixtures log in hundreds of
+# times and use cheap hashes. Not a configuration key and not SMTP_OAUTH_*, so that no user sets it
+# by accident; the relay logs a warning whenever it lowers the floor.
+SCRYPT_FLOOR_VARIABLE = "_SMTP_OAUTH_TEST_SUITE_SCRYPT_FLOOR"
 
 _FORMAT = re.compile(
     r"\$scrypt\$ln=(?P<ln>\d{1,2}),r=(?P<r>\d{1,2}),p=(?P<p>\d{1,2})"
@@ -137,3 +153,26 @@ def verify_password(password: str | bytes, hashed: str | ScryptHash) -> bool:
     """True when ``password`` matches; compared in constant time. CPU-bound: call via to_thread."""
     parsed = parse_hash(hashed) if isinstance(hashed, str) else hashed
     return hmac.compare_digest(parsed.derive(_as_bytes(password)), parsed.digest)
+
+
+def scrypt_floor(environ: Mapping[str, str] | None = None) -> int:
+    """The lowest ``ln`` accepted at start-up: hash-password's, unless the test suite lowered it."""
+    value = (os.environ if environ is None else environ).get(SCRYPT_FLOOR_VARIABLE, "")
+    return int(value) if value.isdigit() and 1 <= int(value) < DEFAULT_LOG2_N else DEFAULT_LOG2_N
+
+
+def hash_weakness(hashed: ScryptHash, *, floor_log2_n: int = DEFAULT_LOG2_N) -> str | None:
+    """Why ``hashed`` must not guard a login (None: it may), checked once at start-up.
+
+    scrypt's memory, and with it the cost of each offline guess, is 128 * n * r bytes (RFC 7914
+    section 5): a hash below hash-password's n * r is cheaper to attack than the ones it makes. A
+    hash of the empty password lets anyone in. The second test costs one scrypt (~50 ms).
+    """
+    if (1 << hashed.log2_n) * hashed.r < (1 << floor_log2_n) * DEFAULT_R:
+        return (
+            f"its scrypt parameters (ln={hashed.log2_n}, r={hashed.r}, p={hashed.p}) are weaker than "
+            f"those `smtp-oauth hash-password` uses (ln={floor_log2_n}, r={DEFAULT_R}, p={DEFAULT_P})"
+        )
+    if verify_password(b"", hashed):
+        return "it is the hash of the empty password"
+    return None

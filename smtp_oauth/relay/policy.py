@@ -26,7 +26,15 @@ from email.header import decode_header, make_header
 from email.utils import getaddresses
 
 from smtp_oauth.errors import ConfigurationError
-from smtp_oauth.relay.passwords import PasswordHashError, ScryptHash, parse_hash
+from smtp_oauth.relay.passwords import (
+    DEFAULT_LOG2_N,
+    SCRYPT_FLOOR_VARIABLE,
+    PasswordHashError,
+    ScryptHash,
+    hash_weakness,
+    parse_hash,
+    scrypt_floor,
+)
 from smtp_oauth.settings.models import RelaySettings, parse_listen
 
 __all__ = [
@@ -186,7 +194,12 @@ class LocalUser:
 
 
 def _build_user(
-    index: int, relay: RelaySettings, *, default_mailbox: str, profile_mailboxes: Mapping[str, str]
+    index: int,
+    relay: RelaySettings,
+    *,
+    default_mailbox: str,
+    profile_mailboxes: Mapping[str, str],
+    floor_log2_n: int,
 ) -> LocalUser:
     settings = relay.users[index]
     key = f"relay.users[{index}]"
@@ -198,6 +211,14 @@ def _build_user(
             key=f"{key}.password_hash",
             hint="Generate it with `smtp-oauth hash-password` and paste the whole line.",
         ) from None
+    weakness = hash_weakness(password, floor_log2_n=floor_log2_n)
+    if weakness is not None:
+        raise ConfigurationError(
+            f"{key}.password_hash of user {settings.name!r} is refused: {weakness}",
+            key=f"{key}.password_hash",
+            hint=f"Choose a password for {settings.name!r} and replace the hash with the line "
+            "`smtp-oauth hash-password` prints.",
+        )
     profile_mailbox = profile_mailboxes.get(settings.profile) if settings.profile else None
     mailbox = settings.mailbox or profile_mailbox or default_mailbox
     rules = settings.allowed_senders if settings.allowed_senders is not None else [mailbox]
@@ -234,6 +255,9 @@ class RelayPolicy:
         a profile but no mailbox.
         """
         users: dict[str, LocalUser] = {}
+        floor = scrypt_floor()
+        if floor != DEFAULT_LOG2_N and relay.users:
+            log.warning("%s lowers the scrypt floor to ln=%d (test suite only)", SCRYPT_FLOOR_VARIABLE, floor)
         for index, settings in enumerate(relay.users):
             if settings.name in users:
                 raise ConfigurationError(
@@ -242,7 +266,11 @@ class RelayPolicy:
                     hint="Give each [[relay.users]] entry its own name.",
                 )
             users[settings.name] = _build_user(
-                index, relay, default_mailbox=default_mailbox, profile_mailboxes=profile_mailboxes or {}
+                index,
+                relay,
+                default_mailbox=default_mailbox,
+                profile_mailboxes=profile_mailboxes or {},
+                floor_log2_n=floor,
             )
         networks: list[tuple[IPNetwork, str]] = []
         for index, network in enumerate(relay.allow_networks):

@@ -14,10 +14,12 @@ secrets directory; ``smtp-oauth config`` asks the same sources where each value 
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 from pydantic_settings import (
@@ -35,6 +37,7 @@ from smtp_oauth.settings.models import ENV_PREFIX, Settings
 from smtp_oauth.settings.profiles import PROFILE_VARIABLE, apply_profile
 
 __all__ = [
+    "check_file_permissions",
     "find_config_file",
     "load_settings",
     "secrets_directory",
@@ -108,11 +111,11 @@ def _describe_validation_error(error: ValidationError, source: str) -> Configura
     )
 
 
-def _check_toml(toml_file: Path) -> None:
-    """A syntax error or an unreadable file, said as such rather than as missing keys."""
+def _check_toml(toml_file: Path) -> dict[str, Any]:
+    """The file's tables; a syntax error or an unreadable file said as such, not as missing keys."""
     try:
         with toml_file.open("rb") as handle:
-            tomllib.load(handle)
+            return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(
             f"{toml_file}: TOML syntax error: {exc}", file=str(toml_file), hint="Fix the TOML syntax."
@@ -121,6 +124,74 @@ def _check_toml(toml_file: Path) -> None:
         raise ConfigurationError(
             f"cannot read configuration file {toml_file}: {exc.strerror}", file=str(toml_file)
         ) from exc
+
+
+# What counts as a secret in a configuration file. Keys that give access by themselves (the app's
+# client secret, its certificate's password, a user's password (ROPC), a password inside the
+# spool's database URL) are refused in a file group or others may read or write, as msmtp refuses
+# a password in such a file
+# ("must not have more than user read/write permissions"). Relay users' scrypt hashes are not
+# access by themselves, only material for offline guessing: like /etc/shadow (0640 root:shadow)
+# they may be read through the service's group (the systemd unit's root:smtp-oauth 0640), but not
+# by everyone. Secrets from the environment or a secrets directory never reach this check.
+_ACCESS_SECRET_KEYS = frozenset({"client_secret", "certificate_password", "password"})
+_HASH_KEYS = frozenset({"password_hash"})
+
+
+def _secrets_in(value: object) -> tuple[set[str], set[str]]:
+    """The access secrets and hash keys set (non-empty) anywhere in a TOML document."""
+    access: set[str] = set()
+    hashes: set[str] = set()
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key in _ACCESS_SECRET_KEYS and item:
+                access.add(key)
+            elif key == "spool_url" and isinstance(item, str) and _url_password(item):
+                access.add("spool_url (its password)")
+            elif key in _HASH_KEYS and item:
+                hashes.add(key)
+            else:
+                more_access, more_hashes = _secrets_in(item)
+                access |= more_access
+                hashes |= more_hashes
+    elif isinstance(value, list):
+        for item in value:
+            more_access, more_hashes = _secrets_in(item)
+            access |= more_access
+            hashes |= more_hashes
+    return access, hashes
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def check_file_permissions(toml_file: Path, document: Mapping[str, Any]) -> None:
+    """Refuse a configuration file holding a secret that others may read (see _ACCESS_SECRET_KEYS)."""
+    if os.name == "nt":  # mode bits mean nothing there; the file's ACL protects it
+        return
+    access, hashes = _secrets_in(document)
+    if not access and not hashes:
+        return
+    mode = stat.S_IMODE(toml_file.stat().st_mode)
+    if access and mode & 0o077:
+        held, allowed, wanted = ", ".join(sorted(access)), "user read/write", "600"
+    elif hashes and mode & 0o007:
+        held, allowed, wanted = "relay users' password hashes", "user and group", "640"
+    else:
+        return
+    raise ConfigurationError(
+        f"configuration file {toml_file} holds {held} but its mode is {mode:04o}: it must not have "
+        f"more than {allowed} permissions; run: chmod {wanted} {toml_file}",
+        file=str(toml_file),
+        hint=(
+            "Or move the secret out of the file: SMTP_OAUTH_IDENTITY__CLIENT_SECRET in the environment "
+            "or a file of that name in the secrets directory ($CREDENTIALS_DIRECTORY, /run/secrets)."
+        ),
+    )
 
 
 def load_settings(
@@ -134,7 +205,7 @@ def load_settings(
     toml_file = find_config_file(path)
     source = str(toml_file) if toml_file else "environment"
     if toml_file is not None:
-        _check_toml(toml_file)
+        check_file_permissions(toml_file, _check_toml(toml_file))
     sources = setting_sources(toml_file, secrets_directory())
     try:
         values: dict[str, Any] = {}

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from smtp_oauth.relay.passwords import PasswordHashError, hash_password, parse_hash, verify_password
+from smtp_oauth.relay.passwords import (
+    SCRYPT_FLOOR_VARIABLE,
+    PasswordHashError,
+    hash_password,
+    hash_weakness,
+    parse_hash,
+    scrypt_floor,
+    verify_password,
+)
 
 
 def test_default_hash_is_self_describing_scrypt() -> None:
@@ -77,3 +85,32 @@ def test_repr_hides_salt_and_digest() -> None:
     encoded = hash_password("pw", log2_n=4)
     digest_b64 = encoded.rsplit("$", 1)[1]
     assert digest_b64 not in repr(parse_hash(encoded))
+
+
+def test_hash_weaker_than_hash_password_makes_is_weak() -> None:
+    """A hash with scrypt parameters below hash-password's (ln=14, r=8) is reported as weak."""
+    weak = parse_hash(hash_password("long enough password", log2_n=10))
+    reason = hash_weakness(weak)
+    assert reason is not None
+    assert "ln=10" in reason
+    assert "ln=14" in reason
+
+
+def test_hash_of_the_empty_password_is_weak() -> None:
+    """A hash of the empty password is reported as weak, whatever its cost."""
+    assert hash_weakness(parse_hash(hash_password("", log2_n=4)), floor_log2_n=4) == (
+        "it is the hash of the empty password"
+    )
+
+
+def test_hash_password_output_is_not_weak() -> None:
+    """What hash-password makes (default parameters, a real password) passes the start-up check."""
+    assert hash_weakness(parse_hash(hash_password("correct horse"))) is None
+
+
+def test_floor_override_is_only_the_test_suite_variable() -> None:
+    """The floor is hash-password's unless the test suite's variable lowers it (never raises it)."""
+    assert scrypt_floor({}) == 14
+    assert scrypt_floor({SCRYPT_FLOOR_VARIABLE: "4"}) == 4
+    assert scrypt_floor({SCRYPT_FLOOR_VARIABLE: "20"}) == 14
+    assert scrypt_floor({"SMTP_OAUTH_RELAY__SCRYPT_FLOOR": "4"}) == 14

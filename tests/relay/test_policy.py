@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smtp_oauth.errors import ConfigurationError
-from smtp_oauth.relay.passwords import hash_password
+from smtp_oauth.relay.passwords import SCRYPT_FLOOR_VARIABLE, hash_password
 from smtp_oauth.relay.policy import (
     RelayPolicy,
     check_not_open_relay,
@@ -266,3 +266,20 @@ def test_a_plain_display_name_passes() -> None:
     fern = policy(users=[user(mailbox="fern@contoso.com")]).users["fern"]
     data = b'From: Fern Example <fern@contoso.com>\r\nSender: "fern@contoso.com" <fern@contoso.com>\r\n\r\nx'
     assert all(fern.may_send_as(address) for address in read_headers(data).from_addresses)
+
+
+def test_user_with_a_hash_cheaper_than_hash_password_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relay user whose scrypt parameters are below hash-password's is refused, naming the fix."""
+    monkeypatch.delenv(SCRYPT_FLOOR_VARIABLE)
+    with pytest.raises(ConfigurationError) as caught:
+        policy(users=[user("printer", password_hash=hash_password("long enough", log2_n=12))])
+    assert "'printer'" in str(caught.value)
+    assert "ln=12" in str(caught.value)
+    assert "smtp-oauth hash-password" in (caught.value.hint or "")
+    assert caught.value.key == "relay.users[0].password_hash"
+
+
+def test_user_with_the_hash_of_the_empty_password_is_refused() -> None:
+    """A relay user whose hash is of the empty password is refused at start-up."""
+    with pytest.raises(ConfigurationError, match=r"'scanner'.*empty password"):
+        policy(users=[user("scanner", password_hash=hash_password("", log2_n=4))])
