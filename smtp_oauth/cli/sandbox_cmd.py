@@ -1,7 +1,9 @@
 """``smtp-oauth sandbox``: run the fake Entra ID + fake Exchange Online until Ctrl-C or SIGTERM.
 
 FOR TESTING ONLY. It writes ``D/sandbox.toml`` and prints how to point send-mail, the relay and an
-application at it; delivered mail lands in ``D/mail``.
+application at it; delivered mail lands in ``D/mail``. A restart keeps what is configured against
+it: the tenant's ids and secrets, the signing key, the CA and server certificates (renewed only when
+missing or about to expire), the ports, and the keys a user added to sandbox.toml.
 """
 
 from __future__ import annotations
@@ -29,8 +31,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="D",
         help=f"where config, keys and delivered mail go (default: ./{DEFAULT_DIRECTORY})",
     )
-    parser.add_argument("--idp-port", type=int, default=0, metavar="P", help="HTTPS port (default: random)")
-    parser.add_argument("--smtp-port", type=int, default=0, metavar="P", help="SMTP port (default: random)")
+    parser.add_argument(
+        "--idp-port",
+        type=int,
+        default=0,
+        metavar="P",
+        help="HTTPS port (default: the last start's, else random)",
+    )
+    parser.add_argument(
+        "--smtp-port",
+        type=int,
+        default=0,
+        metavar="P",
+        help="SMTP port (default: the last start's, else random)",
+    )
 
 
 def banner(sandbox: Sandbox) -> str:
@@ -44,7 +58,7 @@ smtp-oauth sandbox: FOR TESTING ONLY. Fake services with throwaway secrets; no m
   SMTP submission    {sandbox.smtp_host}:{sandbox.smtp_port}   (fake Exchange Online, STARTTLS + XOAUTH2)
   CA certificate     {sandbox.ca_file}
   mailbox            {tenant.mailbox}
-  configuration      {config}   (client credentials; regenerated at every start)
+  configuration      {config}   (client credentials; kept across restarts with your additions)
 
 Send a message:
   send-mail --config {config} --to someone@example.test -s hello --body "it works"
@@ -67,7 +81,9 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with Sandbox(args.dir, idp_port=args.idp_port, smtp_port=args.smtp_port) as sandbox:
+    async with Sandbox(
+        args.dir, idp_port=args.idp_port, smtp_port=args.smtp_port, persistent=True
+    ) as sandbox:
         print(banner(sandbox), flush=True)
         await stop.wait()
     print("sandbox stopped", file=sys.stderr)
@@ -78,8 +94,13 @@ def run(args: argparse.Namespace) -> int:
 
     # The sandbox's own log (tokens issued, mail accepted or refused, and why) is its user interface.
     configure_logging("INFO", "text")
+    from smtp_oauth.sandbox.runner import PortInUse
+
     try:
         asyncio.run(_serve(args))
+    except PortInUse as exc:  # temporary: the other program may go away (EX_TEMPFAIL)
+        print(f"smtp-oauth sandbox: cannot start: {exc}", file=sys.stderr)
+        return int(ExitCode.TEMPFAIL)
     except OSError as exc:  # a port already taken, an unwritable directory
         print(f"smtp-oauth sandbox: cannot start: {exc}", file=sys.stderr)
         return int(ExitCode.UNAVAILABLE)

@@ -14,13 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["SandboxCertificates", "make_certificates", "write_private"]
+__all__ = ["SandboxCertificates", "kept_certificates", "make_certificates", "write_private"]
 
 _VALIDITY = datetime.timedelta(days=30)
+# A kept certificate this close to expiry is replaced at start: a sandbox left running for a day
+# must not start failing its clients' handshakes.
+_RENEW_BEFORE = datetime.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -134,4 +138,29 @@ def make_certificates(directory: Path) -> SandboxCertificates:
             serialization.NoEncryption(),
         ),
     )
+    return paths
+
+
+def kept_certificates(directory: Path) -> SandboxCertificates:
+    """The CA and server certificate already in ``directory`` if they are whole, chain and stay valid
+    for a day more; otherwise new ones (:func:`make_certificates`), as at a first start.
+
+    Keeping them lets a client configured with the sandbox CA (a relay's ``smtp.ca_file``, a system
+    trust store) keep working across restarts.
+    """
+    paths = SandboxCertificates(
+        ca_file=directory / "sandbox-ca.pem",
+        server_certificate=directory / "sandbox-server.pem",
+        server_key=directory / "sandbox-server.key",
+    )
+    try:
+        ca = x509.load_pem_x509_certificate(paths.ca_file.read_bytes())
+        server = x509.load_pem_x509_certificate(paths.server_certificate.read_bytes())
+        server.verify_directly_issued_by(ca)
+        deadline = datetime.datetime.now(datetime.UTC) + _RENEW_BEFORE
+        if min(ca.not_valid_after_utc, server.not_valid_after_utc) < deadline:
+            return make_certificates(directory)
+        paths.server_context()  # the key is there and matches the certificate
+    except (OSError, ValueError, TypeError, ssl.SSLError, InvalidSignature):
+        return make_certificates(directory)
     return paths

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 __all__ = ["SigningKey", "TokenInvalid"]
@@ -30,8 +31,8 @@ def _b64url_uint(value: int) -> str:
 class SigningKey:
     """An RSA key that signs the sandbox's access and id tokens."""
 
-    def __init__(self) -> None:
-        self._private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    def __init__(self, private_key: rsa.RSAPrivateKey | None = None) -> None:
+        self._private = private_key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
         numbers = self._private.public_key().public_numbers()
         self._public_jwk = {
             "kty": "RSA",
@@ -46,6 +47,20 @@ class SigningKey:
 
     def __repr__(self) -> str:
         return f"SigningKey(kid={self.key_id!r})"
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> SigningKey:
+        """The key written by :meth:`private_pem` (ValueError if ``data`` is not an RSA key)."""
+        key = serialization.load_pem_private_key(data, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise TypeError("not an RSA private key")
+        return cls(key)
+
+    def private_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (the sandbox keeps it 0600 across restarts)."""
+        return self._private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     def jwks(self) -> dict[str, Any]:
         """The JSON Web Key Set published at the IdP's ``jwks_uri``."""

@@ -32,18 +32,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shlex
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from smtp_oauth.sandbox.certs import SandboxCertificates, make_certificates
+from smtp_oauth.sandbox.certs import SandboxCertificates, kept_certificates, make_certificates
 from smtp_oauth.sandbox.exchange.server import DeliveredMessage, FakeExchange
 from smtp_oauth.sandbox.graph.server import FakeGraph
 from smtp_oauth.sandbox.idp.provider import SandboxIdentityProvider
+from smtp_oauth.sandbox.kept_state import KeptState, kept_config, kept_signing_key, load_state, save_state
 from smtp_oauth.sandbox.keys import SigningKey
 from smtp_oauth.sandbox.sandbox_config import (
     FEDERATED_TOKEN_FILE,
@@ -57,7 +60,7 @@ from smtp_oauth.sandbox.tenant import DEFAULT_GRAPH_PERMISSIONS, SandboxTenant, 
 from smtp_oauth.settings.loading import load_settings
 from smtp_oauth.settings.models import Settings
 
-__all__ = ["Sandbox"]
+__all__ = ["PortInUse", "Sandbox"]
 
 LOOPBACK = "127.0.0.1"
 EXCHANGE_MAX_MESSAGE_SIZE = 35 * 1024 * 1024
@@ -70,6 +73,18 @@ def _free_port(host: str) -> int:
         probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+class PortInUse(Exception):
+    """A port kept from the sandbox's last start is taken by another program."""
+
+    def __init__(self, service: str, port: int, fix: str) -> None:
+        super().__init__(
+            f"port {LOOPBACK}:{port} of the {service}, kept from the last start so that what is "
+            f"configured against the sandbox keeps working, is in use by another program: stop it, "
+            f"or {fix} (sandbox.toml is rewritten with the new port)"
+        )
+        self.port = port
 
 
 class Sandbox:
@@ -94,8 +109,13 @@ class Sandbox:
         graph_permissions: tuple[str, ...] = DEFAULT_GRAPH_PERMISSIONS,
         federated_token_lifetime: int = 3600,
         service: str = "exchange",
+        persistent: bool = False,
     ) -> None:
         self.directory = Path(directory).absolute()
+        # persistent (``smtp-oauth sandbox``): keep ids, secrets, keys, certificates, ports and the
+        # user's additions to sandbox.toml across restarts (kept_state.py); tests start afresh.
+        self._persistent = persistent
+        self._kept = KeptState()
         self.config_path = self.directory / "sandbox.toml"
         self.smtp_host = LOOPBACK
         self._idp_port = idp_port
@@ -141,12 +161,15 @@ class Sandbox:
             raise RuntimeError("the sandbox is already running")
         # Key generation and file writes take a moment: keep them off the event loop.
         certificates, key, tenant = await asyncio.to_thread(self._prepare)
+        kept_ports = self._kept.ports
+        idp_port = self._idp_port or kept_ports.get("idp", 0)
+        smtp_port = self._smtp_port or kept_ports.get("smtp", 0)
         idp = SandboxIdentityProvider(
             tenant,
             signing_key=key,
             tls_context=certificates.server_context(),
             host=LOOPBACK,
-            port=self._idp_port,
+            port=idp_port,
             **self._idp_options,
         )
         exchange = FakeExchange(
@@ -161,7 +184,7 @@ class Sandbox:
             acs_usernames={tenant.acs_username: tenant.app.client_id},
             acs_senders=[tenant.acs_sender],
             host=LOOPBACK,
-            port=self._smtp_port,
+            port=smtp_port,
             **self._exchange_options,
         )
         graph = FakeGraph(
@@ -173,11 +196,21 @@ class Sandbox:
             # One RBAC scope can hold both roles, 'Application SMTP.SendAsApp' and 'Application Mail.Send'.
             rbac_grants=tenant.rbac_assignments(),
             host=LOOPBACK,
+            port=kept_ports.get("graph", 0),
         )
-        await asyncio.to_thread(idp.start)
+        with self._kept_port(
+            "identity provider", idp_port, "pass --idp-port 0 for a new one", kept=idp_port != self._idp_port
+        ):
+            await asyncio.to_thread(idp.start)
         try:
-            await asyncio.to_thread(graph.start)
-            await exchange.start()
+            graph_fix = f"delete {self.directory / 'sandbox-state.json'} for new ports"
+            with self._kept_port("fake Microsoft Graph", graph.port, graph_fix, kept=bool(graph.port)):
+                await asyncio.to_thread(graph.start)
+            smtp_fix = "pass --smtp-port 0 for a new one"
+            with self._kept_port(
+                "fake Exchange Online SMTP", smtp_port, smtp_fix, kept=smtp_port != self._smtp_port
+            ):
+                await exchange.start()
         except BaseException:
             await asyncio.to_thread(graph.stop)
             await asyncio.to_thread(idp.stop)
@@ -185,10 +218,35 @@ class Sandbox:
         self._parts = (certificates, tenant, idp, exchange)
         self._graph = graph
         if self._relay_listen is None:
-            self._relay_listen = f"{LOOPBACK}:{_free_port(LOOPBACK)}"
+            kept_relay = kept_ports.get("relay")
+            self._relay_listen = f"{LOOPBACK}:{kept_relay or _free_port(LOOPBACK)}"
         await asyncio.to_thread(self._write_identity_files)
         self._token_refresher = asyncio.create_task(self._refresh_federated_token())
-        await asyncio.to_thread(self.write_config)
+        await asyncio.to_thread(self._write_start_files)
+
+    @contextlib.contextmanager
+    def _kept_port(self, service: str, port: int, fix: str, *, kept: bool) -> Iterator[None]:
+        """A kept port that is taken, said as PortInUse (a port the caller chose stays an OSError)."""
+        try:
+            yield
+        except OSError as exc:
+            if not (self._persistent and kept and exc.errno == errno.EADDRINUSE):
+                raise
+            raise PortInUse(service, port, fix) from exc
+
+    def _write_start_files(self) -> None:
+        if not self._persistent:
+            self.write_config()
+            return
+        # The user's keys stay (their [[relay.users]], relay TLS ...); the sandbox's own are rewritten.
+        self.write_config(base=kept_config(self.config_path))
+        self._kept.ports.update(
+            idp=self.idp.port,
+            smtp=self.smtp_port,
+            graph=self.graph.port,
+            relay=int(self.relay_listen.rsplit(":", 1)[1]),
+        )
+        save_state(self.directory, self._kept)
 
     def _write_identity_files(self) -> None:
         self.rotate_federated_token()
@@ -206,10 +264,21 @@ class Sandbox:
     def _prepare(self) -> tuple[SandboxCertificates, SigningKey, SandboxTenant]:
         self.directory.mkdir(parents=True, exist_ok=True)
         certificates, signing_key = self._given_keys
+        if not self._persistent:
+            return (
+                certificates or make_certificates(self.directory / "tls"),
+                signing_key or SigningKey(),
+                make_tenant(self.directory, graph_permissions=self._graph_permissions),
+            )
+        self._kept = load_state(self.directory)
+        tenant = make_tenant(
+            self.directory, graph_permissions=self._graph_permissions, kept=self._kept.tenant
+        )
+        save_state(self.directory, self._kept)  # the secrets are kept even if a port is taken below
         return (
-            certificates or make_certificates(self.directory / "tls"),
-            signing_key or SigningKey(),
-            make_tenant(self.directory, graph_permissions=self._graph_permissions),
+            certificates or kept_certificates(self.directory / "tls"),
+            signing_key or kept_signing_key(self.directory),
+            tenant,
         )
 
     async def stop(self) -> None:
@@ -318,6 +387,7 @@ class Sandbox:
         *,
         flow: str = "client_credentials",
         credential: str = "secret",
+        base: dict[str, Any] | None = None,
         **extra_sections: Any,
     ) -> Path:
         """Write a configuration for ``flow`` (default: ``config_path``, client credentials + secret).
@@ -325,6 +395,7 @@ class Sandbox:
         ``extra_sections`` are merged over the generated ones, table by table, e.g.
         ``relay={"users": [{"name": "app", "password_hash": "..."}]}`` or ``smtp={"timeout": 5}``;
         a value of None removes a key. Delegated flows use the public client app and the test user.
+        ``base``: tables the generated ones are merged over (a user's sandbox.toml of a last start).
         """
         endpoints = SandboxEndpoints(
             authority_host=self.authority_host,
@@ -343,7 +414,12 @@ class Sandbox:
             # ACS: user= is the SMTP username of the daemon app; mail goes out from the domain's sender.
             sections["smtp"].update(username=self.tenant.acs_username, from_address=self.tenant.acs_sender)
         target = self.config_path if path is None else Path(path)
-        write_private_text(target, render_toml(merge_sections(sections, extra_sections)))
+        sections = merge_sections(sections, extra_sections)
+        if base:
+            # Where the user moved the relay (listen, spool_dir) is theirs; the rest is the sandbox's.
+            sections = merge_sections(base, sections)
+            sections["relay"] = merge_sections(sections.get("relay", {}), base.get("relay", {}))
+        write_private_text(target, render_toml(sections))
         return target
 
     def settings(self, **overrides: Any) -> Settings:

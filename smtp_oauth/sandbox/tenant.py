@@ -2,8 +2,9 @@
 
 The tenant id is a random GUID per sandbox, as Entra's tenant ids are; the tenant also answers to
 its domain name ``sandbox.test`` (Entra accepts a verified domain wherever a tenant id goes). Every
-secret (client secret, certificate key, user password) is generated at start, lives only in this
-process and in the sandbox directory's 0600 files, and never appears in a ``repr``.
+secret (client secret, certificate key, user password) is generated at start (or, for
+``smtp-oauth sandbox``, kept from the last start), lives only in this process and in the sandbox
+directory's 0600 files, and never appears in a ``repr``.
 
 Registered, mirroring a real tenant set up for SMTP AUTH with OAuth:
 - a confidential app ("smtp-oauth sandbox daemon") with a client secret *and* a certificate
@@ -245,60 +246,88 @@ def _make_app_certificate(client_id: str, path: Path) -> x509.Certificate:
     return certificate
 
 
+def _kept_app_certificate(client_id: str, path: Path) -> x509.Certificate | None:
+    """The app's certificate already in ``path`` when it is this app's and valid a day more."""
+    try:
+        data = path.read_bytes()
+        certificate = x509.load_pem_x509_certificate(data)
+        serialization.load_pem_private_key(data, password=None)
+    except (OSError, ValueError, TypeError):
+        return None
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    fresh = certificate.not_valid_after_utc > datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+    mine = bool(names) and names[0].value == f"smtp-oauth sandbox app {client_id}"
+    return certificate if fresh and mine else None
+
+
 def make_tenant(
-    directory: Path, *, graph_permissions: tuple[str, ...] = DEFAULT_GRAPH_PERMISSIONS
+    directory: Path,
+    *,
+    graph_permissions: tuple[str, ...] = DEFAULT_GRAPH_PERMISSIONS,
+    kept: dict[str, str] | None = None,
 ) -> SandboxTenant:
     """A new tenant with random ids and secrets; writes the app's certificate to ``directory/app.pem``.
 
     ``graph_permissions`` are the Microsoft Graph permissions both apps hold (application and
-    delegated); a test leaves one out to see how a missing grant is reported.
+    delegated); a test leaves one out to see how a missing grant is reported. ``kept`` holds ids
+    and secrets of an earlier start (``smtp-oauth sandbox`` restarted): those are used again, the
+    missing ones are drawn and added to it, and a valid ``app.pem`` of the same app is kept.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    app_id = str(uuid.uuid4())
+    values = {} if kept is None else kept
+
+    def drawn(name: str, new: str) -> str:
+        return values.setdefault(name, new)
+
+    def new_id(name: str) -> str:
+        return drawn(name, str(uuid.uuid4()))
+
+    app_id = new_id("app.client_id")
     certificate_path = directory / "app.pem"
+    certificate = _kept_app_certificate(app_id, certificate_path) if kept is not None else None
     app = RegisteredApp(
         client_id=app_id,
         display_name="smtp-oauth sandbox daemon",
         is_public=False,
-        service_principal_id=str(uuid.uuid4()),
+        service_principal_id=new_id("app.service_principal_id"),
         redirect_uris=NATIVE_REDIRECT_URIS,
         app_roles=(APP_ROLE_SEND_AS_APP,),
         delegated_consent=(DELEGATED_SMTP_SEND,),
         graph_app_roles=graph_permissions,
         graph_delegated_consent=graph_permissions,
-        client_secret=_new_secret(),
-        certificate=_make_app_certificate(app_id, certificate_path),
+        client_secret=drawn("app.client_secret", _new_secret()),
+        certificate=certificate or _make_app_certificate(app_id, certificate_path),
     )
     public_app = RegisteredApp(
-        client_id=str(uuid.uuid4()),
+        client_id=new_id("public_app.client_id"),
         display_name="smtp-oauth sandbox desktop",
         is_public=True,
-        service_principal_id=str(uuid.uuid4()),
+        service_principal_id=new_id("public_app.service_principal_id"),
         redirect_uris=NATIVE_REDIRECT_URIS,
         delegated_consent=(DELEGATED_SMTP_SEND,),
         graph_delegated_consent=graph_permissions,
     )
     user = SandboxUser(
         upn=f"sender@{TENANT_DOMAIN}",
-        object_id=str(uuid.uuid4()),
+        object_id=new_id("user.object_id"),
         display_name="Sandbox Sender",
-        password=secrets.token_urlsafe(18),
+        password=drawn("user.password", secrets.token_urlsafe(18)),
     )
     rbac_app = RegisteredApp(
-        client_id=str(uuid.uuid4()),
+        client_id=new_id("rbac_app.client_id"),
         display_name="smtp-oauth sandbox scanner",
         is_public=False,
-        service_principal_id=str(uuid.uuid4()),
-        client_secret=_new_secret(),
+        service_principal_id=new_id("rbac_app.service_principal_id"),
+        client_secret=drawn("rbac_app.client_secret", _new_secret()),
     )
     second_user = SandboxUser(
         upn=f"scanner@{TENANT_DOMAIN}",
-        object_id=str(uuid.uuid4()),
+        object_id=new_id("second_user.object_id"),
         display_name="Sandbox Scanner",
-        password=secrets.token_urlsafe(18),
+        password=drawn("second_user.password", secrets.token_urlsafe(18)),
     )
     return SandboxTenant(
-        tenant_id=str(uuid.uuid4()),
+        tenant_id=new_id("tenant_id"),
         domain=TENANT_DOMAIN,
         app=app,
         public_app=public_app,
@@ -307,15 +336,15 @@ def make_tenant(
         rbac_app=rbac_app,
         second_user=second_user,
         system_identity=ManagedIdentity(
-            client_id=str(uuid.uuid4()),
-            service_principal_id=str(uuid.uuid4()),
+            client_id=new_id("system_identity.client_id"),
+            service_principal_id=new_id("system_identity.service_principal_id"),
             display_name="smtp-oauth-sandbox-vm",
             system_assigned=True,
             app_roles=(APP_ROLE_SEND_AS_APP,),
         ),
         user_identity=ManagedIdentity(
-            client_id=str(uuid.uuid4()),
-            service_principal_id=str(uuid.uuid4()),
+            client_id=new_id("user_identity.client_id"),
+            service_principal_id=new_id("user_identity.service_principal_id"),
             display_name="id-smtp-oauth-sandbox",
             system_assigned=False,
         ),
