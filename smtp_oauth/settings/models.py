@@ -475,7 +475,10 @@ class RelaySettings(_Section):
     upstream_idle_timeout: Duration = timedelta(seconds=5)
     # Accept processes sharing relay.listen and the spool (the main process delivers); unset: one
     # per CPU, 1: everything in one process.
-    workers: int | None = Field(None, ge=1, le=256)
+    # One by default: the connection and login limits (max_connections, max_connections_per_client,
+    # failed logins) are counted in each accept process, so N workers let one client hold N times as
+    # much; more workers is a choice for throughput, made knowingly.
+    workers: int = Field(1, ge=1, le=256)
 
     @field_validator("listen")
     @classmethod
@@ -503,10 +506,8 @@ class RelaySettings(_Section):
 
     @property
     def worker_count(self) -> int:
-        """relay.workers, or the CPUs this process may run on."""
-        if self.workers is not None:
-            return self.workers
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        """relay.workers: how many accept processes."""
+        return self.workers
 
     @property
     def submission_socket_path(self) -> Path:
