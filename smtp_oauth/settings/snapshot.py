@@ -149,7 +149,8 @@ def _file_identity(path: Path | None) -> list[Any]:
     if path is None:
         return ["(no file)"]
     info = path.stat()
-    return [os.path.abspath(path), info.st_mtime_ns, info.st_size, info.st_ino, info.st_dev]
+    # The mode too: a chmod that opens a file holding a secret must meet the loader's refusal.
+    return [os.path.abspath(path), info.st_mtime_ns, info.st_size, info.st_ino, info.st_dev, info.st_mode]
 
 
 def _listing(directory: Path | None) -> list[Any]:

@@ -85,6 +85,13 @@ def test_a_replaced_config_file_voids_the_snapshot(config: Path) -> None:
     assert SettingsProbe(str(config)).read() is None
 
 
+def test_a_chmod_of_the_config_file_voids_the_snapshot(config: Path) -> None:
+    """Opening the file to others after the snapshot sends the next run through the loader's refusal."""
+    _snapshot(config)
+    config.chmod(0o644)
+    assert SettingsProbe(str(config)).read() is None
+
+
 def test_an_smtp_oauth_variable_voids_the_snapshot(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Setting SMTP_OAUTH_* after the snapshot was taken means validating again."""
     _snapshot(config)
