@@ -19,7 +19,7 @@ import sys
 
 from smtp_oauth.errors import ConfigurationError
 
-__all__ = ["add_ca_file", "ca_directory_context"]
+__all__ = ["add_ca_file", "ca_directory_context", "ssl_error_in"]
 
 # c_rehash / update-ca-certificates names each certificate in the directory <subject hash>.<n>.
 _HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
@@ -65,3 +65,14 @@ def ca_directory_context() -> ssl.SSLContext | None:
     if keylog and not sys.flags.ignore_environment:
         context.keylog_filename = keylog  # as create_default_context does, for debugging TLS
     return context
+
+
+def ssl_error_in(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl error behind ``exc``, following its causes: the SMTP clients and httpx wrap it (for
+    implicit TLS, for STARTTLS, for HTTPS) in errors of their own, each a different way."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

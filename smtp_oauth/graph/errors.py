@@ -31,6 +31,7 @@ from smtp_oauth.errors import (
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
+from smtp_oauth.tls import ssl_error_in
 
 __all__ = [
     "GraphAuthorizationError",
@@ -316,18 +317,9 @@ def from_reply(  # noqa: PLR0911  # one return per kind of answer reads best
     return GraphPermanentError(message, **common)
 
 
-def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def from_exception(exc: httpx.HTTPError, *, server: str, context: Mapping[str, str]) -> DeliveryError:
     """The error for an exception httpx raised talking to ``server``: all of them are temporary."""
-    tls = _tls_failure(exc)
+    tls = ssl_error_in(exc)
     if tls is not None:
         reason = getattr(tls, "verify_message", None) or tls.reason or str(tls)
         hint = HINT_TLS if isinstance(tls, ssl.SSLCertVerificationError) else None

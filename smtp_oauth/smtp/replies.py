@@ -31,7 +31,7 @@ from smtp_oauth.errors import (
 )
 
 if TYPE_CHECKING:
-    import ssl
+    pass
 
 __all__ = [
     "Stage",
@@ -146,18 +146,6 @@ _TLS_HINT = (
 )
 
 
-def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
-    """The ssl error behind ``exc`` (aiosmtplib wraps it for implicit TLS, not for STARTTLS)."""
-    import ssl
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def connection_failure(
     exc: BaseException, *, server: str, stage: Stage, context: Mapping[str, str]
 ) -> DeliveryError | None:
@@ -168,7 +156,9 @@ def connection_failure(
     """
     import ssl  # on a failure only: the relay's submission client maps replies here and has no TLS
 
-    tls = _tls_failure(exc)
+    from smtp_oauth.tls import ssl_error_in
+
+    tls = ssl_error_in(exc)
     if tls is not None:
         reason = getattr(tls, "verify_message", None) or tls.reason or str(tls)
         return TemporaryDeliveryError(
