@@ -95,6 +95,7 @@ def serve_relay(directory: Path, workers: int) -> None:
     from smtp_oauth.relay.listener.session import ListenerTuning
     from smtp_oauth.relay.passwords import hash_password
     from smtp_oauth.relay.spool.sqlite import SqliteSpool
+    from smtp_oauth.relay.workers.authority import LimitsAuthority
     from smtp_oauth.relay.workers.frames import Setup
     from smtp_oauth.relay.workers.pool import WorkerPool
     from smtp_oauth.settings.models import Settings
@@ -129,7 +130,10 @@ def serve_relay(directory: Path, workers: int) -> None:
             await listener.start()
         else:  # as RelayService does: the main process binds, the workers accept and commit
             sockets = await listener.bind_sockets()
-            pool = WorkerPool(workers, setup=setup, sockets=sockets, queued=lambda _: None)
+            authority = LimitsAuthority(listener.connection_limits, listener.login_guard)
+            pool = WorkerPool(
+                workers, setup=setup, sockets=sockets, queued=lambda _: None, authority=authority
+            )
             await pool.start()
         print(listener.addresses[0][1], flush=True)
         stop = asyncio.Event()

@@ -27,8 +27,10 @@ from smtp_oauth.relay.metrics import MetricsServer, TokenWatch, render_metrics
 from smtp_oauth.relay.profiles import MailboxRoutes
 from smtp_oauth.relay.spool import open_spool
 from smtp_oauth.relay.spool.base import SpoolError
+from smtp_oauth.relay.workers.authority import LimitsAuthority
 from smtp_oauth.relay.workers.frames import Queued, Setup
 from smtp_oauth.relay.workers.pool import WorkerPool
+from smtp_oauth.relay.workers.sockets import reuse_port_available
 from smtp_oauth.settings.loading import load_settings
 from smtp_oauth.settings.models import Settings
 
@@ -123,6 +125,7 @@ class RelayService:
         self._spool_tuning = spool_tuning
         self.delivery: DeliveryManager | None = None
         self.workers: WorkerPool | None = None  # relay.workers > 1: the accept processes
+        self._reuse_port = False  # the workers listen on SO_REUSEPORT sockets of their own
         self.metrics_server: MetricsServer | None = None
         self.accepted = 0
         self.tokens: TokenWatch | None = None  # the upstream sessions' token provider, once made
@@ -185,9 +188,16 @@ class RelayService:
         if count <= 1:
             await self.listener.start()
             return
-        sockets = await self.listener.bind_sockets()
+        # One listening socket per worker where the system has SO_REUSEPORT (workers/sockets.py).
+        self._reuse_port = reuse_port_available()
+        sockets = await self.listener.bind_sockets(reuse_port=self._reuse_port)
         self.workers = WorkerPool(
-            count, setup=self._worker_setup, sockets=sockets, queued=self._worker_queued
+            count,
+            setup=self._worker_setup,
+            sockets=sockets,
+            queued=self._worker_queued,
+            # The limits of all workers are counted here, in this process's listener (reloads included).
+            authority=LimitsAuthority(self.listener.connection_limits, self.listener.login_guard),
         )
         await self.workers.start()
         log.info(
@@ -206,6 +216,7 @@ class RelayService:
             incoming_dir=settings.spool_path / "incoming",
             tuning=self._listener_tuning,
             index=index,
+            reuse_port=self._reuse_port,
         )
 
     def _worker_queued(self, queued: Queued) -> None:

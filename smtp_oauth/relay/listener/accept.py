@@ -6,18 +6,24 @@ an ever-growing storm of logged tracebacks (python/cpython#151615). Here the loo
 first EMFILE/ENFILE/ENOBUFS/ENOMEM, stops watching the socket for ``retry_after`` seconds (the
 waiting clients stay in the kernel's backlog) and says so in the log at most once per
 ``QuietLog`` interval, with the number of times it happened meanwhile.
+
+Each accepted connection is first admitted (``admit``: the connection limits, which in an accept
+worker are counted by the relay's main process); one refused gets its 421 on the bare socket and
+is closed before any SMTP session exists for it. An admitted connection is released by its
+session when it closes (or here, if it vanishes before its session is set up).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-__all__ = ["Acceptor", "QuietLog", "bind"]
+__all__ = ["Acceptor", "QuietLog", "bind", "listening_sibling"]
 
 log = logging.getLogger("smtp_oauth.relay.listener")
 
@@ -51,33 +57,64 @@ class QuietLog:
         return True
 
 
-async def bind(host: str, port: int, *, backlog: int) -> list[socket.socket]:
-    """Listening, non-blocking sockets for ``host`` ("" = every interface) and ``port``."""
+async def bind(
+    host: str, port: int, *, backlog: int, reuse_port: bool = False, listen: bool = True
+) -> list[socket.socket]:
+    """Listening, non-blocking sockets for ``host`` ("" = every interface) and ``port``.
+
+    ``reuse_port``: with SO_REUSEPORT, so that more sockets can be bound to the same address (one
+    per accept worker). ``listen=False``: bound only; such a socket holds the port for its owner
+    and its SO_REUSEPORT siblings but joins no accept queue, so it is given no connections.
+    """
     loop = asyncio.get_running_loop()
+    infos: list[tuple[socket.AddressFamily, bool, tuple[object, ...]]]
     if not host:
-        family = socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET
-        sock = socket.create_server(
-            ("", port), family=family, backlog=backlog, dualstack_ipv6=family == socket.AF_INET6
-        )
-        sock.setblocking(False)
-        return [sock]
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        dualstack = socket.has_dualstack_ipv6()
+        family = socket.AF_INET6 if dualstack else socket.AF_INET
+        infos = [(family, dualstack, ("::" if dualstack else "0.0.0.0", port))]  # noqa: S104  # host "" asks for it
+    else:
+        found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = [(family, False, tuple(address)) for family, _, _, _, address in dict.fromkeys(found)]
     sockets: list[socket.socket] = []
     try:
-        for family, _, _, _, address in dict.fromkeys(infos):
+        for family, dualstack, address in infos:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio does
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:  # one socket for both families only for "every interface"
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dualstack else 1)
             sock.bind(address)
-            sock.listen(backlog)
+            if port == 0:  # the first socket picked the port: the others (IPv4 and IPv6) take it too
+                port = sock.getsockname()[1]
+                infos = [(f, d, (a[0], port, *a[2:])) for f, d, a in infos]
+            if listen:
+                sock.listen(backlog)
             sock.setblocking(False)
     except OSError:
         for sock in sockets:
             sock.close()
         raise
     return sockets
+
+
+def listening_sibling(bound: socket.socket, *, backlog: int) -> socket.socket:
+    """A new SO_REUSEPORT socket listening on ``bound``'s address (bound with ``reuse_port``)."""
+    sock = socket.socket(bound.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if bound.family == socket.AF_INET6:
+            v6only = bound.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+        sock.bind(bound.getsockname())
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class Acceptor:
@@ -91,8 +128,12 @@ class Acceptor:
         retry_after: float = RETRY_AFTER,
         quiet: QuietLog | None = None,
         batch: int = ACCEPT_BATCH,
+        admit: Callable[[str], Awaitable[str | None]] | None = None,
+        release: Callable[[str], None] | None = None,
     ) -> None:
         self.sockets = sockets
+        self._admit = admit
+        self._release = release
         self._batch = batch
         self._factory = protocol_factory
         self._retry_after = retry_after
@@ -110,7 +151,7 @@ class Acceptor:
     def _accept(self, sock: socket.socket) -> None:
         for _ in range(self._batch):
             try:
-                conn, _ = sock.accept()
+                conn, address = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -122,15 +163,25 @@ class Acceptor:
                     self._quiet.log(logging.ERROR, f"accept-{exc.errno}", "accept() failed: %s", exc)
                 return
             conn.setblocking(False)
-            task = self._loop.create_task(self._connect(conn))
+            peer = str(address[0]) if isinstance(address, tuple) and address else ""
+            task = self._loop.create_task(self._connect(conn, peer))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _connect(self, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket, peer: str) -> None:
+        if self._admit is not None:
+            refusal = await self._admit(peer)
+            if refusal is not None:
+                with contextlib.suppress(OSError):  # a few bytes into an empty send buffer
+                    conn.send(f"{refusal}\r\n".encode("ascii"))
+                conn.close()
+                return
         try:
             await self._loop.connect_accepted_socket(self._factory, sock=conn)
         except OSError as exc:  # the client vanished before the transport was set up
             conn.close()
+            if self._release is not None:
+                self._release(peer)
             log.debug("connection dropped before it was set up: %s", exc)
 
     def _pause(self, sock: socket.socket, exc: OSError) -> None:

@@ -17,8 +17,14 @@ from aiosmtpd.smtp import TLSSetupException
 
 from smtp_oauth.relay.listener.accept import QuietLog
 from smtp_oauth.relay.listener.incoming import SPILL_AT, read_file_headers
-from smtp_oauth.relay.listener.limits import REPLY_INSUFFICIENT_STORAGE
-from smtp_oauth.relay.listener.logins import REPLY_AUTH_THROTTLED, LoginGuard, LoginLimits
+from smtp_oauth.relay.listener.limits import REPLY_INSUFFICIENT_STORAGE, LimitsUnavailable
+from smtp_oauth.relay.listener.logins import (
+    REPLY_AUTH_THROTTLED,
+    LoginAttempt,
+    LoginCounter,
+    LoginGuard,
+    LoginLimits,
+)
 from smtp_oauth.relay.listener.sasl import SaslCredentials, read_login, read_plain
 from smtp_oauth.relay.listener.session import (
     REPLY_SHUTTING_DOWN,
@@ -32,7 +38,7 @@ from smtp_oauth.relay.listener.verifier import PasswordVerifier
 from smtp_oauth.relay.passwords import parse_hash
 from smtp_oauth.relay.policy import NULL_SENDER, LocalUser, read_headers
 
-__all__ = ["RelayHandler"]
+__all__ = ["RelayHandler", "login_limits"]
 
 log = logging.getLogger("smtp_oauth.relay.listener")
 
@@ -62,21 +68,26 @@ def _clean_address(address: str) -> bool:
     return not any(c in "\r\n\0" or "\udc80" <= c <= "\udcff" for c in address)
 
 
+def login_limits(tuning: ListenerTuning) -> LoginLimits:
+    """The failed-login numbers of ``tuning``."""
+    return LoginLimits(
+        delay=tuning.auth_failure_delay,
+        delay_max=tuning.auth_failure_delay_max,
+        window=tuning.auth_failure_window,
+        user_failure_limit=tuning.auth_user_failure_limit,
+        user_attempt_interval=tuning.auth_user_attempt_interval,
+    )
+
+
 class RelayHandler:
     """aiosmtpd hooks; each returns the full status line. Shared by all sessions of a listener."""
 
-    def __init__(self, listener: ListenerState, tuning: ListenerTuning) -> None:
+    def __init__(
+        self, listener: ListenerState, tuning: ListenerTuning, *, logins: LoginCounter | None = None
+    ) -> None:
         self._listener = listener
         self._tuning = tuning
-        self._logins = LoginGuard(
-            LoginLimits(
-                delay=tuning.auth_failure_delay,
-                delay_max=tuning.auth_failure_delay_max,
-                window=tuning.auth_failure_window,
-                user_failure_limit=tuning.auth_user_failure_limit,
-                user_attempt_interval=tuning.auth_user_attempt_interval,
-            )
-        )
+        self.logins = logins or LoginGuard(login_limits(tuning))  # an accept worker's: the main process
         self._quiet = QuietLog(log)
         self.verifier = PasswordVerifier()  # bounded: scrypt's 16 MiB per check, given back after bursts
 
@@ -97,32 +108,50 @@ class RelayHandler:
         if credentials is None:
             return None  # the reader already answered (501 bad base64, 501 aborted)
         peer = server.peer_host
-        async with self._logins.turn(peer):  # one login of an address at a time, delay included
-            if self._logins.refuse_untrusted(credentials.login, peer):
-                self._quiet.log(
-                    logging.WARNING,
-                    f"auth_throttled {credentials.login}",
-                    "too many failed logins for user %r: logins from new addresses (now %s) get 454 "
-                    "for a while; addresses it logged in from before are not affected",
-                    credentials.login,
-                    peer,
-                )
-                return REPLY_AUTH_THROTTLED
-            user = self._listener.policy.user(credentials.login)
-            # Verify against a dummy hash for unknown names, so timing does not reveal which users exist.
-            hashed = user.password if user is not None else _DUMMY_HASH
-            matches = await self.verifier.verify(credentials.password, hashed)
-            if user is not None and matches:
-                self._logins.succeeded(user.name, peer)
-                session.authenticated = True
-                session.auth_data = user.name
-                log.info("%s authenticated as %r", peer, user.name)
-                return REPLY_AUTH_OK
-            return await self._login_failed(server, credentials)
+        try:
+            async with self.logins.attempt(credentials.login, peer) as attempt:  # the address's turn
+                return await self._check(server, session, credentials, attempt)
+        except LimitsUnavailable:
+            self._quiet.log(
+                logging.ERROR,
+                "auth_unavailable",
+                "cannot check logins: the relay's main process, which counts failed logins for all "
+                "accept workers, does not answer; logins get 454 until it does",
+            )
+            return REPLY_AUTH_THROTTLED
 
-    async def _login_failed(self, server: RelaySession, credentials: SaslCredentials) -> str | None:
+    async def _check(
+        self, server: RelaySession, session: Any, credentials: SaslCredentials, attempt: LoginAttempt
+    ) -> str | None:
+        """The password check, in the address's turn (the failure delay included)."""
+        peer = server.peer_host
+        if attempt.refused:
+            self._quiet.log(
+                logging.WARNING,
+                f"auth_throttled {credentials.login}",
+                "too many failed logins for user %r: logins from new addresses (now %s) get 454 "
+                "for a while; addresses it logged in from before are not affected",
+                credentials.login,
+                peer,
+            )
+            return REPLY_AUTH_THROTTLED
+        user = self._listener.policy.user(credentials.login)
+        # Verify against a dummy hash for unknown names, so timing does not reveal which users exist.
+        hashed = user.password if user is not None else _DUMMY_HASH
+        matches = await self.verifier.verify(credentials.password, hashed)
+        if user is not None and matches:
+            await attempt.succeeded(user.name)
+            session.authenticated = True
+            session.auth_data = user.name
+            log.info("%s authenticated as %r", peer, user.name)
+            return REPLY_AUTH_OK
+        return await self._login_failed(server, credentials, attempt)
+
+    async def _login_failed(
+        self, server: RelaySession, credentials: SaslCredentials, attempt: LoginAttempt
+    ) -> str | None:
         """Log with the peer, wait the growing delay, and hang up after too many tries in a session."""
-        count, delay = self._logins.failed(credentials.login, server.peer_host)
+        count, delay = await attempt.failed()
         log.warning(
             "authentication failed for user %r from %s (%d failures from this address, reply delayed %.1f s)",
             credentials.login,

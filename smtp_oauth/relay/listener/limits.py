@@ -5,6 +5,12 @@ address) next to a process limit (``relay.max_connections``), and ``queue_minfre
 below ``relay.min_free_space``). Beyond a connection limit the client gets ``421 4.7.0`` and the
 connection is closed before the greeting (RFC 5321 3.1: a server may answer 421 instead of 220).
 
+Who counts is a ``ConnectionCounter``: ``ConnectionLimits`` in the process that holds the limits,
+or, in an accept worker (``relay.workers``), the relay's main process asked over the control
+channel, so one client holds at most ``max_connections_per_client`` across all the workers. A
+counter that cannot be asked raises ``LimitsUnavailable`` and the connection is refused: a limit
+that cannot be checked is never waived.
+
 Bodies being received count against their client's address while they are unfinished
 (``ClientBytes``): 12 DATA transfers that never end cannot fill the spool's disk. Only the part
 written to the spool's ``incoming/`` counts; what is still in memory is bounded by
@@ -19,21 +25,45 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Protocol
 
 __all__ = [
     "REPLY_INSUFFICIENT_STORAGE",
+    "REPLY_LIMITS_UNAVAILABLE",
     "REPLY_TOO_MANY_CONNECTIONS",
     "REPLY_TOO_MANY_FROM_CLIENT",
     "ClientBytes",
+    "ConnectionCounter",
     "ConnectionLimits",
     "FreeSpace",
+    "LimitsUnavailable",
 ]
 
 REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 REPLY_TOO_MANY_FROM_CLIENT = "421 4.7.0 Too many connections from your address, try again later"
+REPLY_LIMITS_UNAVAILABLE = "421 4.7.0 Service temporarily unavailable, try again later"
 # RFC 3463 4.3.1 "mail system full"; Postfix's wording for queue_minfree.
 REPLY_INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage"
 FREE_SPACE_MAX_AGE = 1.0  # seconds a statvfs answer is reused: one syscall per second, not per MAIL
+
+
+class LimitsUnavailable(Exception):
+    """The process that holds the connection and login limits cannot be asked (it has gone)."""
+
+
+class ConnectionCounter(Protocol):
+    """Who admits a listener's connections and is told when they close."""
+
+    async def admit(self, peer: str) -> str | None:
+        """Count a new connection from ``peer``; or the 421 reply refusing it (then not counted).
+
+        LimitsUnavailable when the count cannot be taken.
+        """
+        ...
+
+    def release(self, peer: str) -> None:
+        """A connection ``admit`` counted has closed."""
+        ...
 
 
 class ConnectionLimits:
@@ -45,7 +75,10 @@ class ConnectionLimits:
         self._open: Counter[str] = Counter()
         self._count = 0
 
-    def admit(self, peer: str) -> str | None:
+    async def admit(self, peer: str) -> str | None:
+        return self.take(peer)
+
+    def take(self, peer: str) -> str | None:
         """Count a new connection from ``peer``; or the 421 reply refusing it (then not counted)."""
         if self._count >= self.total:
             return REPLY_TOO_MANY_CONNECTIONS

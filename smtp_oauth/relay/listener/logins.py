@@ -12,6 +12,12 @@
   usual, so the legitimate user is not locked out; a new address is slowed, not refused for good.
 
 Memory is bounded: records older than the window are dropped when the tables grow.
+
+A listener asks a ``LoginCounter`` for each attempt: ``LoginGuard`` in the process that holds the
+records, or, in an accept worker (``relay.workers``), the relay's main process over the control
+channel (which holds the address's turn and the records for all the workers, so N workers guess
+no faster than one). A counter that cannot be asked raises ``LimitsUnavailable``: the attempt
+gets 454, its password is not checked.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
-__all__ = ["REPLY_AUTH_THROTTLED", "LoginGuard", "LoginLimits"]
+__all__ = ["REPLY_AUTH_THROTTLED", "LoginAttempt", "LoginCounter", "LoginGuard", "LoginLimits"]
 
 # RFC 4954 section 6: 454 4.7.0 "Temporary authentication failure".
 REPLY_AUTH_THROTTLED = "454 4.7.0 Temporary authentication failure, try again later"
@@ -40,6 +47,29 @@ class LoginLimits:
     window: float = 900.0
     user_failure_limit: int = 5
     user_attempt_interval: float = 5.0
+
+
+class LoginAttempt(Protocol):
+    """One AUTH attempt, while it holds its address's turn."""
+
+    @property
+    def refused(self) -> bool:
+        """Answer 454 without checking the password: the user is under attack, the address new."""
+        ...
+
+    async def succeeded(self, user: str) -> None:
+        """The password matched ``user`` (the configured name)."""
+        ...
+
+    async def failed(self) -> tuple[int, float]:
+        """It did not: (failures from this address in the window, seconds to wait before the 535)."""
+        ...
+
+
+class LoginCounter(Protocol):
+    def attempt(self, login: str, address: str) -> AbstractAsyncContextManager[LoginAttempt]:
+        """Wait for ``address``'s turn (LimitsUnavailable if it cannot be had); held until exit."""
+        ...
 
 
 @dataclass
@@ -74,6 +104,12 @@ class LoginGuard:
             record = self._addresses[address] = _Address()
         async with record.turn:
             yield
+
+    @asynccontextmanager
+    async def attempt(self, login: str, address: str) -> AsyncIterator[LoginAttempt]:
+        """``LoginCounter.attempt`` in this process."""
+        async with self.turn(address):
+            yield _Attempt(self, login, address, refused=self.refuse_untrusted(login, address))
 
     def refuse_untrusted(self, user: str, address: str) -> bool:
         """True if this attempt must get 454 unchecked: the user is under attack, the address new."""
@@ -129,3 +165,17 @@ class LoginGuard:
             for record in self._users.values():
                 self._expire(record, now)
             self._users = {u: r for u, r in self._users.items() if r.failures or r.trusted}
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    guard: LoginGuard
+    login: str
+    address: str
+    refused: bool
+
+    async def succeeded(self, user: str) -> None:
+        self.guard.succeeded(user, self.address)
+
+    async def failed(self) -> tuple[int, float]:
+        return self.guard.failed(self.login, self.address)

@@ -19,7 +19,11 @@ rename. Once ``store`` has finished, the listener removes whatever file is left 
 Limits (``limits.py``): ``relay.max_connections`` in all and ``relay.max_connections_per_client``
 per address (421 4.7.0 beyond them), the disk a client's unfinished transfers may hold, and
 ``relay.min_free_space`` on the spool's file system (452 4.3.1 at MAIL FROM below it). Sockets are
-accepted by ``accept.Acceptor``, which pauses while the process is out of file descriptors.
+accepted by ``accept.Acceptor``, which pauses while the process is out of file descriptors and
+admits each connection before its session is made. An accept worker (``relay.workers``) is given
+``connections`` and ``logins`` that ask the relay's main process, so that the connection limits and
+the failed-login limits hold across all workers; in one process they are this listener's own
+``connection_limits`` and ``login_guard`` (which the main process also answers the workers from).
 """
 
 from __future__ import annotations
@@ -36,9 +40,17 @@ from pathlib import Path
 
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.relay.listener.accept import ACCEPT_BATCH, Acceptor, bind
-from smtp_oauth.relay.listener.handler import RelayHandler
+from smtp_oauth.relay.listener.handler import RelayHandler, login_limits
 from smtp_oauth.relay.listener.incoming import SpillGuard
-from smtp_oauth.relay.listener.limits import ClientBytes, ConnectionLimits, FreeSpace
+from smtp_oauth.relay.listener.limits import (
+    REPLY_LIMITS_UNAVAILABLE,
+    ClientBytes,
+    ConnectionCounter,
+    ConnectionLimits,
+    FreeSpace,
+    LimitsUnavailable,
+)
+from smtp_oauth.relay.listener.logins import LoginCounter, LoginGuard
 from smtp_oauth.relay.listener.session import (
     JUNK_COMMAND_LIMITS,
     REPLY_SHUTTING_DOWN,
@@ -113,6 +125,8 @@ class RelayListener:
         tuning: ListenerTuning | None = None,
         incoming_dir: Path | None = None,
         sessions_changed: Callable[[int], None] | None = None,
+        connections: ConnectionCounter | None = None,
+        logins: LoginCounter | None = None,
     ) -> None:
         self._sessions_changed = sessions_changed  # the open sessions' number (an accept worker's)
         self._default_mailbox = default_mailbox
@@ -121,12 +135,14 @@ class RelayListener:
         self.incoming_dir = incoming_dir  # None: bodies stay in memory (a listener without a spool)
         self._tuning = tuning or ListenerTuning()
         self._config = self._load(relay)
-        self._handler = RelayHandler(self, self._tuning)
+        self.login_guard = LoginGuard(login_limits(self._tuning))
+        self._handler = RelayHandler(self, self._tuning, logins=logins or self.login_guard)
         self._hostname = socket.gethostname()  # not getfqdn(): a DNS lookup per connection
         self._acceptor: Acceptor | None = None
-        self._connections = ConnectionLimits(
+        self.connection_limits = ConnectionLimits(
             total=relay.max_connections, per_client=relay.max_connections_per_client
         )
+        self._connections: ConnectionCounter = connections or self.connection_limits
         self._client_bytes = ClientBytes(
             per_client=self._tuning.unfinished_bytes_per_client or 2 * relay.max_message_size
         )
@@ -162,12 +178,18 @@ class RelayListener:
         """The users and networks in force now (reload() replaces them)."""
         return self._config.policy
 
-    async def bind_sockets(self) -> list[socket.socket]:
+    async def bind_sockets(self, *, reuse_port: bool = False) -> list[socket.socket]:
         """Bind relay.listen (IPv4 or IPv6; port 0 picks a free port, see ``addresses``) without
-        accepting: ``start`` here, or in the accept worker processes these sockets are handed to."""
+        accepting: ``start`` here, or in the accept worker processes these sockets are handed to.
+
+        ``reuse_port``: bound with SO_REUSEPORT but not listening: they hold the port, and each
+        accept worker listens on a sibling of its own (``accept.listening_sibling``).
+        """
         host, port = parse_listen(self._config.relay.listen)
         try:
-            sockets = await bind(host.strip("[]"), port, backlog=LISTEN_BACKLOG)
+            sockets = await bind(
+                host.strip("[]"), port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port, listen=not reuse_port
+            )
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot listen on relay.listen {self._config.relay.listen}: {exc.strerror or exc}",
@@ -179,8 +201,9 @@ class RelayListener:
         self._bound = sockets
         return sockets
 
-    async def start(self, sockets: list[socket.socket] | None = None) -> None:
-        """Accept on relay.listen, or on ``sockets`` already listening (an accept worker's)."""
+    async def start(self, sockets: list[socket.socket] | None = None, *, shared: bool = False) -> None:
+        """Accept on relay.listen, or on ``sockets`` already listening (an accept worker's);
+        ``shared``: other processes accept on the same sockets."""
         loop = asyncio.get_running_loop()
         inherited = sockets is not None
         if sockets is None:
@@ -190,7 +213,11 @@ class RelayListener:
         # Sockets shared with other accept processes: one connection per wake-up, so that a worker
         # busy with its sessions leaves the next connections to the idle ones woken with it.
         self._acceptor = Acceptor(
-            sockets, lambda: self._new_session(loop), batch=1 if inherited else ACCEPT_BATCH
+            sockets,
+            lambda: self._new_session(loop),
+            batch=1 if shared else ACCEPT_BATCH,
+            admit=self._admit,
+            release=self.release,
         )
         self._acceptor.start()
         log.log(
@@ -205,21 +232,28 @@ class RelayListener:
             sock.close()
         self._bound = []
 
-    def admit(self, peer: str) -> str | None:
-        """A new connection from ``peer``: None to serve it, or the 421 reply that refuses it."""
-        refusal = self._connections.admit(peer)
+    async def _admit(self, peer: str) -> str | None:
+        """The acceptor's: None to serve a new connection from ``peer``, or the 421 that refuses it."""
+        try:
+            refusal = await self._connections.admit(peer)
+        except LimitsUnavailable as exc:
+            return _unavailable(peer, exc)
         if refusal is not None:
+            relay = self._config.relay
             log.warning(
-                "refused a connection from %s: %s (%d open from it, relay.max_connections %d, "
+                "refused a connection from %s: %s (relay.max_connections %d, "
                 "relay.max_connections_per_client %d)",
                 peer,
                 refusal[10:],
-                self._connections.open_from(peer),
-                self._connections.total,
-                self._connections.per_client,
+                relay.max_connections,
+                relay.max_connections_per_client,
                 extra={"event": "connection_refused", "peer": peer},
             )
         return refusal
+
+    def admit(self, peer: str) -> str | None:
+        """A session's: its connection was counted when it was accepted (``_admit``), so None."""
+        return None
 
     def release(self, peer: str) -> None:
         """A connection ``admit`` let in has closed."""
@@ -264,8 +298,8 @@ class RelayListener:
                 relay.listen,
             )
         self._config = config
-        self._connections.total = relay.max_connections
-        self._connections.per_client = relay.max_connections_per_client
+        self.connection_limits.total = relay.max_connections
+        self.connection_limits.per_client = relay.max_connections_per_client
         if self.free_space is not None:
             self.free_space.minimum = int(relay.min_free_space)
         log.info(
@@ -323,6 +357,18 @@ class RelayListener:
                 await asyncio.wait_for(self._acceptor.wait_closed(), timeout=1.0)
         self._handler.verifier.close()
         log.info("relay listener stopped")
+
+
+def _unavailable(peer: str, reason: LimitsUnavailable) -> str:
+    """The connection limits cannot be counted (an accept worker without its main process): 421."""
+    log.error(
+        "refused a connection from %s: the relay's main process, which counts the connections of "
+        "all accept workers, cannot be asked (%s)",
+        peer,
+        reason,
+        extra={"event": "connection_refused", "peer": peer},
+    )
+    return REPLY_LIMITS_UNAVAILABLE
 
 
 @dataclass(frozen=True)

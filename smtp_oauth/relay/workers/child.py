@@ -1,9 +1,11 @@
 """One accept worker: ``python -m smtp_oauth.relay.workers.child CONTROL_FD LISTEN_FD...``.
 
-Started by ``pool.WorkerPool`` with the listening sockets and its end of a socketpair inherited.
+Started by ``pool.WorkerPool`` with the relay's sockets and its end of a socketpair inherited; with
+SO_REUSEPORT it listens on sockets of its own beside them (``sockets.py``).
 It reads its ``Setup`` from the socketpair, opens the spool as a second writer (the main process
 holds the spool's lock and delivers), accepts on the inherited sockets with the same listener as a
-single-process relay, and after each commit tells the main process (``Queued``). SIGTERM stops it
+single-process relay, and after each commit tells the main process (``Queued``). Its connection and
+login limits are the main process's, asked over the same socketpair (``remote.py``). SIGTERM stops it
 gracefully (sessions finish, every started commit completes); SIGINT and SIGHUP are the main
 process's to handle (a terminal's ^C reaches the whole process group). If the main process goes
 away (the socketpair closes), the worker stops too: nobody would deliver what it accepts.
@@ -20,9 +22,11 @@ import socket
 import sys
 
 from smtp_oauth.relay import eventloop
-from smtp_oauth.relay.listener.server import Message, RelayListener, log_queued
+from smtp_oauth.relay.listener.server import LISTEN_BACKLOG, Message, RelayListener, log_queued
 from smtp_oauth.relay.spool import open_spool
 from smtp_oauth.relay.workers.frames import Connections, Queued, Ready, Reload, Setup, read_frame, write_frame
+from smtp_oauth.relay.workers.remote import RemoteLimits
+from smtp_oauth.relay.workers.sockets import worker_sockets
 
 __all__ = ["main", "serve"]
 
@@ -46,6 +50,7 @@ async def serve(control_fd: int, listen_fds: list[int]) -> int:
         write_frame(writer, Queued(queue_id=queue_id, mailbox=message.mailbox))
         return queue_id
 
+    limits = RemoteLimits(writer)
     listener = RelayListener(
         settings.relay,
         default_mailbox=setup.default_mailbox,
@@ -54,22 +59,27 @@ async def serve(control_fd: int, listen_fds: list[int]) -> int:
         tuning=setup.tuning,
         incoming_dir=setup.incoming_dir,
         sessions_changed=lambda count: write_frame(writer, Connections(open=count)),
+        connections=limits,
+        logins=limits,
     )
-    sockets = [socket.socket(fileno=fd) for fd in listen_fds]
-    for sock in sockets:
+    inherited = [socket.socket(fileno=fd) for fd in listen_fds]
+    for sock in inherited:
         sock.setblocking(False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    control_task: asyncio.Task[None] | None = None
     try:
-        await listener.start(sockets)
+        sockets = worker_sockets(inherited, reuse_port=setup.reuse_port, backlog=LISTEN_BACKLOG)
+        await listener.start(sockets, shared=not setup.reuse_port)
         write_frame(writer, Ready(pid=os.getpid()))
         await writer.drain()
-        control_task = asyncio.create_task(_follow(reader, listener, stop))
+        control_task = asyncio.create_task(_follow(reader, listener, limits, stop))
         await stop.wait()
-        control_task.cancel()
     finally:
-        await listener.stop()
+        await listener.stop()  # the sessions finishing still ask the main process (logins, releases)
+        if control_task is not None:
+            control_task.cancel()
         await spool.close()
         writer.close()
         with contextlib.suppress(ConnectionError):
@@ -77,12 +87,18 @@ async def serve(control_fd: int, listen_fds: list[int]) -> int:
     return 0
 
 
-async def _follow(reader: asyncio.StreamReader, listener: RelayListener, stop: asyncio.Event) -> None:
-    """Apply the main process's reloads; stop when it has gone."""
+async def _follow(
+    reader: asyncio.StreamReader, listener: RelayListener, limits: RemoteLimits, stop: asyncio.Event
+) -> None:
+    """Apply the main process's reloads, hand its answers to ``limits``; stop when it has gone."""
     while (frame := await read_frame(reader)) is not None:
         if isinstance(frame, Reload):
             listener.reload(frame.relay)
-    log.error("the relay's main process has gone; this accept worker stops")
+        else:
+            limits.answer(frame)
+    limits.close()  # from now on every connection and login is refused
+    if not stop.is_set():
+        log.error("the relay's main process has gone; this accept worker stops")
     stop.set()
 
 

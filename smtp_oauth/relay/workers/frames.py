@@ -7,6 +7,12 @@ other and connected by a socketpair no other process can reach: nothing untruste
 main -> worker: ``Setup`` once, then ``Reload`` on SIGHUP. worker -> main: ``Ready`` once it
 accepts, ``Queued`` after each message it committed (delivery is woken, ``/metrics`` counts it),
 ``Connections`` when its number of open sessions changes.
+
+The limits (``remote.py`` asks, ``authority.py`` answers in the main process): ``Admit`` ->
+``Admission`` for each new connection and ``Release`` when it closes; ``LoginBegin`` -> ``LoginTurn``
+once the address's turn is the attempt's, then ``LoginSucceeded``, or ``LoginFailed`` ->
+``LoginDelay``, and ``LoginEnd`` (the turn is given back). A ``ticket`` pairs a question with its
+answer; it is unique within one worker's channel.
 A worker stops on SIGTERM; the main process stops on the worker's end closing (it died).
 """
 
@@ -23,7 +29,24 @@ if TYPE_CHECKING:
     from smtp_oauth.relay.listener.session import ListenerTuning
     from smtp_oauth.settings.models import RelaySettings, Settings
 
-__all__ = ["Connections", "Queued", "Ready", "Reload", "Setup", "read_frame", "write_frame"]
+__all__ = [
+    "Admission",
+    "Admit",
+    "Connections",
+    "LoginBegin",
+    "LoginDelay",
+    "LoginEnd",
+    "LoginFailed",
+    "LoginSucceeded",
+    "LoginTurn",
+    "Queued",
+    "Ready",
+    "Release",
+    "Reload",
+    "Setup",
+    "read_frame",
+    "write_frame",
+]
 
 _LENGTH = struct.Struct(">I")
 MAX_FRAME = 16 * 1024 * 1024  # a setup with thousands of users is well below this
@@ -40,6 +63,9 @@ class Setup:
     incoming_dir: Path
     tuning: ListenerTuning
     index: int  # 1..relay.workers: in the worker's log lines
+    # The inherited sockets are only bound (SO_REUSEPORT): the worker listens on its own siblings.
+    # False: they are listening, shared by all the workers.
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,65 @@ class Connections:
     """How many SMTP sessions the worker has open (sent when it changes; tests, balance)."""
 
     open: int
+
+
+@dataclass(frozen=True)
+class Admit:
+    """May a new connection from ``peer`` be served?"""
+
+    ticket: int
+    peer: str
+
+
+@dataclass(frozen=True)
+class Admission:
+    ticket: int
+    refusal: str | None  # the 421 reply, or None: counted, serve it
+
+
+@dataclass(frozen=True)
+class Release:
+    """A connection from ``peer`` that was admitted has closed."""
+
+    peer: str
+
+
+@dataclass(frozen=True)
+class LoginBegin:
+    """An AUTH attempt for ``login`` from ``address``: wait for the address's turn."""
+
+    ticket: int
+    login: str
+    address: str
+
+
+@dataclass(frozen=True)
+class LoginTurn:
+    ticket: int
+    refused: bool  # 454 without checking the password
+
+
+@dataclass(frozen=True)
+class LoginSucceeded:
+    ticket: int
+    user: str
+
+
+@dataclass(frozen=True)
+class LoginFailed:
+    ticket: int
+
+
+@dataclass(frozen=True)
+class LoginDelay:
+    ticket: int
+    failures: int
+    delay: float
+
+
+@dataclass(frozen=True)
+class LoginEnd:
+    ticket: int
 
 
 def write_frame(writer: asyncio.StreamWriter, frame: object) -> None:

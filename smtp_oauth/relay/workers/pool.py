@@ -1,11 +1,12 @@
 """The accept workers, seen from the main process: start, watch, restart, reload, stop.
 
-All workers accept on the same inherited listening sockets: the kernel queues each new connection
-once and whichever worker is idle takes it, so a busy worker takes fewer (with one SO_REUSEPORT
-socket per worker the kernel would split connections by a hash of their addresses instead, busy or
-not, and the connections waiting in a dying worker's own queue would be reset). The main process
-keeps its copy of the sockets open, so a restarted worker gets the same ones and the port never
-closes while the relay runs.
+Where the system has SO_REUSEPORT, the main process only binds relay.listen (holding the port, no
+accept queue) and each worker listens on a socket of its own beside it, over which the kernel
+spreads new connections; elsewhere all workers accept on the main process's listening sockets
+(``sockets.py`` says why and what a dying worker's queued connections become). Either way the
+main process keeps its sockets open, so the port never closes while the relay runs.
+
+The connection and login limits of all workers are counted here (``authority.LimitsAuthority``).
 
 A worker that dies (killed, out of memory, a bug) loses only the connections it was serving, none
 of their acknowledged messages (each 250 came after the spool's commit); it is started again after
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.relay.workers.authority import LimitsAuthority
 from smtp_oauth.relay.workers.frames import Connections, Queued, Ready, Reload, Setup, read_frame, write_frame
 from smtp_oauth.settings.models import RelaySettings
 
@@ -59,9 +61,11 @@ class WorkerPool:
         setup: Callable[[int], Setup],
         sockets: list[socket.socket],
         queued: Callable[[Queued], None],
+        authority: LimitsAuthority,
         restart_delay: float = 1.0,
     ) -> None:
         self._setup = setup
+        self._authority = authority  # the connection and login limits, counted for all workers
         self._sockets = sockets
         self._queued = queued
         self._restart_delay = restart_delay
@@ -171,7 +175,10 @@ class WorkerPool:
                 elif isinstance(frame, Ready):
                     worker.started_at = time.monotonic()
                     worker.ready.set()
+                else:
+                    self._authority.handle(writer, frame)
         finally:
+            self._authority.forget(writer)  # its connections are gone, its logins over
             worker.ready.clear()
             worker.connections = 0
             worker.writer = None
@@ -205,3 +212,4 @@ class WorkerPool:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._authority.close()
