@@ -98,6 +98,7 @@ def serve_relay(directory: Path, workers: int) -> None:
     from smtp_oauth.relay.workers.authority import LimitsAuthority
     from smtp_oauth.relay.workers.frames import Setup
     from smtp_oauth.relay.workers.pool import WorkerPool
+    from smtp_oauth.relay.workers.sockets import reuse_port_available
     from smtp_oauth.settings.models import Settings
 
     user = {"name": USER, "password_hash": hash_password(PASSWORD), "allowed_senders": ["box@example.com"]}
@@ -110,6 +111,7 @@ def serve_relay(directory: Path, workers: int) -> None:
         }
     )
     spool_dir = directory / "spool"
+    reuse_port = reuse_port_available()  # as RelayService: a listening socket per worker
 
     def setup(index: int) -> Setup:
         return Setup(
@@ -120,6 +122,7 @@ def serve_relay(directory: Path, workers: int) -> None:
             incoming_dir=spool_dir / "incoming",
             tuning=ListenerTuning(),
             index=index,
+            reuse_port=reuse_port,
         )
 
     async def main() -> None:
@@ -129,7 +132,7 @@ def serve_relay(directory: Path, workers: int) -> None:
         if workers == 1:
             await listener.start()
         else:  # as RelayService does: the main process binds, the workers accept and commit
-            sockets = await listener.bind_sockets()
+            sockets = await listener.bind_sockets(reuse_port=reuse_port)
             authority = LimitsAuthority(listener.connection_limits, listener.login_guard)
             pool = WorkerPool(
                 workers, setup=setup, sockets=sockets, queued=lambda _: None, authority=authority
