@@ -59,6 +59,7 @@ SUBMISSION_PORT = 587
 IMPLICIT_TLS_PORT = 465
 DEFAULT_RELAY_LISTEN = "127.0.0.1:2525"
 EXCHANGE_MAX_MESSAGE_SIZE = 35 * 1024 * 1024  # Exchange Online's default MaxSendSize (35 MB)
+MAX_WORKERS = 256  # relay.workers: accept processes at most
 
 Flow = Literal[
     "client_credentials",
@@ -473,12 +474,10 @@ class RelaySettings(_Section):
     max_connections_per_client: int = Field(20, ge=1)
     min_free_space: ByteSize = Field(ByteSize(100 * 1024 * 1024), ge=0)  # "100MiB", "1GB", bytes
     upstream_idle_timeout: Duration = timedelta(seconds=5)
-    # Accept processes sharing relay.listen and the spool (the main process delivers); unset: one
-    # per CPU, 1: everything in one process.
-    # One by default: the connection and login limits (max_connections, max_connections_per_client,
-    # failed logins) are counted in each accept process, so N workers let one client hold N times as
-    # much; more workers is a choice for throughput, made knowingly.
-    workers: int = Field(1, ge=1, le=256)
+    # Accept processes sharing relay.listen and the spool (the main process delivers, and counts
+    # the connection and login limits for all of them); unset: one per CPU this process may run
+    # on, 1: everything in one process.
+    workers: int | None = Field(None, ge=1, le=MAX_WORKERS)
 
     @field_validator("listen")
     @classmethod
@@ -506,8 +505,13 @@ class RelaySettings(_Section):
 
     @property
     def worker_count(self) -> int:
-        """relay.workers: how many accept processes."""
-        return self.workers
+        """relay.workers: how many accept processes (unset: the CPUs this process may use)."""
+        if self.workers is not None:
+            return self.workers
+        # The affinity mask, not os.cpu_count(): a relay pinned (taskset, a systemd CPUAffinity=)
+        # to 2 of 64 CPUs gains nothing from 64 workers.
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, min(usable or 1, MAX_WORKERS))
 
     @property
     def submission_socket_path(self) -> Path:
