@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from smtp_oauth.errors import ConfigurationError, StorageFullError
 from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager
+from smtp_oauth.relay.eventloop import cancel_and_wait
 from smtp_oauth.relay.listener.server import ListenerTuning, Message, RelayListener, log_queued
 from smtp_oauth.relay.listener.submission import QueueEntry, SubmissionListener
 from smtp_oauth.relay.metrics import MetricsServer, TokenWatch, render_metrics
@@ -256,8 +257,7 @@ class RelayService:
             stopping.append(self.delivery.stop(grace=self._grace))
         await asyncio.gather(*stopping, return_exceptions=True)
         if delivery_task is not None:
-            delivery_task.cancel()
-            await asyncio.gather(delivery_task, return_exceptions=True)
+            await cancel_and_wait([delivery_task])
         if metrics is not None:
             await metrics.stop()
         await spool.close()

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.relay.eventloop import cancel_and_wait
 from smtp_oauth.relay.spool.base import SpoolError
 from smtp_oauth.relay.spool.postgres import PostgresSpool, migrate_database
 from smtp_oauth.relay.spool.postgres_schema import SCHEMA_VERSION
@@ -124,9 +125,7 @@ async def test_a_dead_relays_claims_are_sent_again_by_the_next_owner(
     )
     queue_id = await dead.enqueue(message())
     [claimed] = await dead.claim_due(MAILBOX)
-    for task in dead._tasks:  # what SIGKILL does: no more renewals, no release
-        task.cancel()
-    await asyncio.gather(*dead._tasks, return_exceptions=True)
+    await cancel_and_wait(dead._tasks)  # what SIGKILL does: no more renewals, no release
     await dead._pool.close()
     async with relay_spool(postgres_url, tmp_path, "heir") as heir:
 

@@ -23,7 +23,6 @@ Nothing here imports a transport: the service hands in a ``TransportFactory`` (m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from smtp_oauth.relay.delivery.backoff import Pacer
 from smtp_oauth.relay.delivery.config import DeliveryConfig
 from smtp_oauth.relay.delivery.pool import MailboxPool
 from smtp_oauth.relay.delivery.upstream import DeliverySpool
+from smtp_oauth.relay.eventloop import wait_event
 
 if TYPE_CHECKING:
     from smtp_oauth.transport import TransportFactory
@@ -83,8 +83,7 @@ class DeliveryManager:
             except Exception:  # the spool failed (locked, disk full): the relay keeps running
                 logger.exception("cannot read the queue; trying again in %.0f s", self.config.poll_interval)
                 timeout = self.config.poll_interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.01))
+            await wait_event(self._wake, max(timeout, 0.01))
 
     async def _dispatch(self) -> float:
         """Prune when due and wake the pools with due messages; seconds until the next due one."""

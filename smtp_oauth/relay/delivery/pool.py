@@ -43,6 +43,7 @@ from smtp_oauth.relay.delivery.upstream import (
     is_congestion,
     is_upstream_wide,
 )
+from smtp_oauth.relay.eventloop import cancel_and_wait, wait_event
 from smtp_oauth.relay.spool.base import Message, MessageGone, SpooledMessage
 
 if TYPE_CHECKING:
@@ -148,9 +149,7 @@ class MailboxPool:
         if not self._tasks:
             return
         _, pending = await asyncio.wait(self._tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_and_wait(pending)
 
     async def _worker(self, index: int) -> None:
         stack = AsyncExitStack()  # holds the upstream session while it is open
@@ -218,8 +217,7 @@ class MailboxPool:
         """Sleep while the upstream's Retry-After lasts (woken early only to stop)."""
         delay = self._paused_until - time.monotonic()
         if delay > 0 and not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), timeout=delay)
+            await wait_event(self._stopped, delay)
 
     def _pause(self, wait: float) -> None:
         """Honour a wait the upstream asked for: this mailbox's workers claim nothing until then."""
@@ -229,14 +227,9 @@ class MailboxPool:
         """Wait for a wake-up (or the next probe); False if an open session stayed idle for
         ``idle_timeout``."""
         if not idle:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._work.wait(), timeout=until_probe)
+            await wait_event(self._work, until_probe)
             return True
-        try:
-            await asyncio.wait_for(self._work.wait(), timeout=self.config.idle_timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self._work, self.config.idle_timeout)
 
     async def _close(self, stack: AsyncExitStack) -> None:
         """QUIT the session, but do not let a dead server hold the worker."""

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.relay.eventloop import wait_event
 from smtp_oauth.relay.listener.accept import ACCEPT_BATCH, Acceptor, bind
 from smtp_oauth.relay.listener.handler import RelayHandler, login_limits
 from smtp_oauth.relay.listener.incoming import SpillGuard
@@ -345,8 +346,7 @@ class RelayListener:
             if not session.busy:
                 session.hang_up(REPLY_SHUTTING_DOWN)
         if self._sessions:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), timeout=self._tuning.shutdown_grace)
+            await wait_event(self._all_closed, self._tuning.shutdown_grace)
         for session in list(self._sessions):
             log.warning("closing the session of %s: still busy at shutdown", session.peer_host)
             session.hang_up()

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 from aiosmtpd.smtp import syntax
 
 from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.relay.eventloop import wait_event
 from smtp_oauth.relay.listener.handler import RelayHandler
 from smtp_oauth.relay.listener.incoming import SpillGuard
 from smtp_oauth.relay.listener.session import (
@@ -344,8 +345,7 @@ class SubmissionListener:
             if not session.busy:
                 session.hang_up(REPLY_SHUTTING_DOWN)
         if self._sessions:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), timeout=self._tuning.shutdown_grace)
+            await wait_event(self._all_closed, self._tuning.shutdown_grace)
         for session in list(self._sessions):
             session.hang_up()
         with contextlib.suppress(TimeoutError):

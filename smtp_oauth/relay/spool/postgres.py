@@ -47,6 +47,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from smtp_oauth.relay.eventloop import cancel_and_wait, wait_event
 from smtp_oauth.relay.spool.base import (
     STATES,
     Message,
@@ -176,6 +177,9 @@ class PostgresSpool:
         self._pending: list[_Pending] = []
         self._commit_needed = asyncio.Event()
         self._round_needed = asyncio.Event()
+        # A lease round recomputes ``owned`` from the database while claim_due may take a lease:
+        # one at a time, or the round's older view drops the lease claim_due just took.
+        self._lease_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._deliver = False
         self._closed = False
@@ -347,8 +351,7 @@ class PostgresSpool:
 
     async def _lease_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._round_needed.wait(), self.tuning.lease_renew)
+            await wait_event(self._round_needed, self.tuning.lease_renew)
             self._round_needed.clear()
             try:
                 await self._lease_round()
@@ -356,6 +359,10 @@ class PostgresSpool:
                 log.warning("cannot renew this relay's mailbox leases: %s", error)
 
     async def _lease_round(self) -> None:
+        async with self._lease_lock:
+            await self._renew_leases()
+
+    async def _renew_leases(self) -> None:
         """Say we are alive, renew our leases, take our share of free mailboxes, and put back what
         dead relays left in ``sending``."""
         ttl = f"{self.tuning.lease_ttl} seconds"
@@ -498,18 +505,7 @@ class PostgresSpool:
         """Claim under this relay's lease on ``mailbox``; a free lease is taken first if this relay
         is within its fair share (nothing is claimed while another live relay holds it)."""
         if self._deliver and mailbox not in self.owned and len(self.owned) < self._share:
-            try:
-                async with self._pool.connection() as conn:
-                    cursor = await conn.execute(
-                        "SELECT 1 FROM smtp_oauth_messages WHERE mailbox = %s "
-                        "AND state IN ('queued', 'deferred') LIMIT 1",
-                        (mailbox,),
-                    )
-                    if await cursor.fetchone() and await self._acquire(conn, mailbox):
-                        self.owned.add(mailbox)
-                        await self._requeue_orphans(conn)
-            except (psycopg.Error, PoolTimeout) as exc:
-                raise _database_error(exc, f"taking the lease on {mailbox}") from exc
+            await self._take_lease(mailbox)
         now = time.time()
         rows = await self._execute(
             "claiming messages",
@@ -522,6 +518,24 @@ class PostgresSpool:
             {"me": self.relay_id, "now": now, "mailbox": mailbox, "limit": limit},
         )
         return sorted((_row_to_message(row) for row in rows), key=lambda m: (m.next_attempt_at, m.id))
+
+    async def _take_lease(self, mailbox: str) -> None:
+        """Lease ``mailbox`` now (it has due work and nobody holds it), between lease rounds."""
+        async with self._lease_lock:
+            if mailbox in self.owned or len(self.owned) >= self._share:
+                return  # the round that just ran took it, or took our share
+            try:
+                async with self._pool.connection() as conn:
+                    cursor = await conn.execute(
+                        "SELECT 1 FROM smtp_oauth_messages WHERE mailbox = %s "
+                        "AND state IN ('queued', 'deferred') LIMIT 1",
+                        (mailbox,),
+                    )
+                    if await cursor.fetchone() and await self._acquire(conn, mailbox):
+                        self.owned.add(mailbox)
+                        await self._requeue_orphans(conn)
+            except (psycopg.Error, PoolTimeout) as exc:
+                raise _database_error(exc, f"taking the lease on {mailbox}") from exc
 
     @contextlib.asynccontextmanager
     async def open_body(self, queue_id: str) -> AsyncIterator[BinaryIO]:
@@ -700,11 +714,9 @@ class PostgresSpool:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(TimeoutError):  # what was handed over is committed first
-            await asyncio.wait_for(self._drained.wait(), 10)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await wait_event(self._drained, 10)  # what was handed over is committed first
+        if await cancel_and_wait(self._tasks):
+            log.warning("the queue database's background tasks did not stop; closing anyway")
         if self._deliver:
             try:
                 await self.release_leases()

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.relay.eventloop import cancel_and_wait
 from smtp_oauth.relay.workers.authority import LimitsAuthority
 from smtp_oauth.relay.workers.frames import Connections, Queued, Ready, Reload, Setup, read_frame, write_frame
 from smtp_oauth.settings.models import RelaySettings
@@ -209,7 +210,5 @@ class WorkerPool:
                         process.kill()
             if late:
                 await asyncio.wait(late)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         await self._authority.close()
