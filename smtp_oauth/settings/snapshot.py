@@ -22,7 +22,6 @@ a fresh snapshot. Stdlib only.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import stat
@@ -39,7 +38,19 @@ from smtp_oauth.settings.discovery import (
 )
 
 if TYPE_CHECKING:
+    from hashlib import sha256
+
     from smtp_oauth.settings.models import Settings
+else:
+    # CPython's own SHA-256 module: the same digest, without hashlib loading OpenSSL's libcrypto
+    # (~3 ms, and its pages) on the relay path, which has no TLS to share that cost with.
+    try:
+        from _sha256 import sha256  # Python 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # Python 3.12+
+        except ImportError:  # a build without either
+            from hashlib import sha256
 
 __all__ = ["CacheQuery", "DirectView", "SendMailView", "SettingsProbe", "view_of"]
 
@@ -176,7 +187,7 @@ def _fingerprint(toml_file: Path | None, environ: Mapping[str, str], profile: st
         variables,
         _listing(secrets_directory(environ)),
     ]
-    return hashlib.sha256(json.dumps(material).encode("utf-8", "surrogateescape")).hexdigest()
+    return sha256(json.dumps(material).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class SettingsProbe:
@@ -200,7 +211,7 @@ class SettingsProbe:
             self.fingerprint = _fingerprint(toml_file, env, profile)
         except (OSError, ConfigurationError):  # a full load reports what is wrong
             self.fingerprint = None
-        key = hashlib.sha256(os.fsencode(os.path.abspath(toml_file) if toml_file else "-")).hexdigest()
+        key = sha256(os.fsencode(os.path.abspath(toml_file) if toml_file else "-")).hexdigest()
         self.path = state_dir(env) / f"send-mail-{key[:16]}.json"
 
     def read(self) -> SendMailView | None:

@@ -32,6 +32,12 @@ def test_importing_send_mail_loads_neither_pydantic_nor_aiosmtplib() -> None:
     assert loaded & heavy == set()
 
 
+def test_settings_snapshot_does_not_load_openssl() -> None:
+    """The snapshot's SHA-256 fingerprint uses CPython's own module: the relay path loads no libcrypto."""
+    loaded = _modules_after("import smtp_oauth.settings.snapshot, smtp_oauth.cli.send_mail")
+    assert loaded & {"_hashlib", "ssl", "_ssl"} == set()
+
+
 def test_public_names_load_on_first_use() -> None:
     """smtp_oauth.Mailer imports the sender module when first asked for, and is the same class."""
     loaded = _modules_after("import smtp_oauth; smtp_oauth.Mailer")
