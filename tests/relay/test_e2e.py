@@ -133,7 +133,8 @@ async def test_sighup_reloads_users(sandbox: Sandbox, relay: RelayProcess) -> No
     ]
     sandbox.write_config(relay=relay_section(listen=f"127.0.0.1:{port}", users=users))
     relay.kill(signal.SIGHUP)
-    await wait_until(lambda: "relay configuration reloaded" in relay.log.read_text(), within=30, what="the reload")
+    reloaded = "relay configuration reloaded"
+    await wait_until(lambda: reloaded in relay.log.read_text(), within=30, what="the reload")
     await asyncio.to_thread(send_legacy, port, [make_message(sandbox.tenant.mailbox, 1)], user="scanner")
     await wait_until(lambda: len(sandbox.delivered()) == 1, what="delivery")
     relay.kill(signal.SIGTERM)

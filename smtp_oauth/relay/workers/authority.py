@@ -9,9 +9,9 @@ separately, so when a worker dies its connections are given back and its logins'
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 
+from smtp_oauth.relay.eventloop import cancel_and_wait
 from smtp_oauth.relay.listener.limits import ConnectionLimits
 from smtp_oauth.relay.listener.logins import LoginGuard
 from smtp_oauth.relay.workers.frames import (
@@ -98,10 +98,7 @@ class LimitsAuthority:
 
     async def close(self) -> None:
         """Stop answering (the relay is stopping)."""
-        for task in self._tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
 
 
 def _send(channel: asyncio.StreamWriter, frame: object) -> None:
