@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from io import BufferedIOBase
 from pathlib import Path
-from typing import Self
+from typing import BinaryIO, Self
 
 import pytest
 
@@ -526,5 +526,35 @@ async def test_a_failed_outcome_record_never_leaves_a_message_sending(tmp_path: 
             await wait_for_state(spool, queue_id, "delivered")
         assert spool.failures == 0
         assert len(upstream.sent) == 2  # once unrecorded, once more after the release
+    finally:
+        await spool.close()
+
+
+class BodyReadFailsSpool(SqliteSpool):
+    """A real spool whose first body read fails, as when the queue's database goes away between
+    the claim and the read."""
+
+    failures = 1
+
+    @asynccontextmanager
+    async def open_body(self, queue_id: str) -> AsyncIterator[BinaryIO]:
+        if self.failures:
+            self.failures -= 1
+            raise SpoolError("the relay's queue database failed while reading a message: connection lost")
+        async with super().open_body(queue_id) as body:
+            yield body
+
+
+async def test_a_failed_body_read_never_leaves_a_message_sending(tmp_path: Path) -> None:
+    """A claimed message whose body cannot be read is given back and delivered later, not left in
+    'sending' (where nobody would take it again until a restart)."""
+    spool = await BodyReadFailsSpool.open(tmp_path / "spool", exclusive=True)
+    try:
+        upstream = FakeUpstream()
+        queue_id = await spool.enqueue(incoming(1))
+        async with running(spool, upstream, poll_interval=0.1):
+            await wait_for_state(spool, queue_id, "delivered")
+        assert spool.failures == 0
+        assert len(upstream.sent) == 1
     finally:
         await spool.close()

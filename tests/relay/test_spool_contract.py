@@ -3,13 +3,69 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from smtp_oauth.relay.spool.base import Message, MessageGone, Spool, SpoolError
+from smtp_oauth.relay.spool.postgres import PostgresSpool, Row
+from smtp_oauth.relay.spool.sqlite import SqliteSpool
+from tests.relay.conftest import FAST_LEASES, SPOOL_BACKENDS
 from tests.relay.spool_helpers import BODY, MAILBOX, body_of, message
+
+LOST = "the relay's queue database failed while claiming messages: server closed the connection unexpectedly"
+
+
+class SqliteLosingClaimReplies(SqliteSpool):
+    """The next ``lose`` claims commit, and their caller hears only an error."""
+
+    lose = 0
+    lost: list[str]
+
+    async def _claim_rows(self, mailbox: str, limit: int, stamp: float) -> list[sqlite3.Row]:
+        rows = await super()._claim_rows(mailbox, limit, stamp)
+        if self.lose:
+            self.lose -= 1
+            self.lost.extend(row["id"] for row in rows)
+            raise SpoolError(LOST)
+        return rows
+
+
+class PostgresLosingClaimReplies(PostgresSpool):
+    """The next ``lose`` claims commit, and their caller hears only an error (the database
+    restarted, or the connection broke, between COMMIT and the reply)."""
+
+    lose = 0
+    lost: list[str]
+
+    async def _claim_rows(self, mailbox: str, limit: int, stamp: float) -> list[Row]:
+        rows = await super()._claim_rows(mailbox, limit, stamp)
+        if self.lose:
+            self.lose -= 1
+            self.lost.extend(row["id"] for row in rows)
+            raise SpoolError(LOST)
+        return rows
+
+
+@pytest.fixture(params=SPOOL_BACKENDS)
+async def losing_spool(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SqliteLosingClaimReplies | PostgresLosingClaimReplies]:
+    """A spool of each backend whose claims' replies can be lost (``lose``)."""
+    opened: SqliteLosingClaimReplies | PostgresLosingClaimReplies
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        opened = await PostgresLosingClaimReplies.open(
+            url, staging_dir=tmp_path / "incoming", deliver=True, tuning=FAST_LEASES
+        )
+    else:
+        opened = await SqliteLosingClaimReplies.open(tmp_path / "spool", exclusive=True)
+    opened.lost = []  # ids whose claim committed unheard
+    yield opened
+    await opened.close()
 
 
 async def test_enqueue_stores_envelope_and_body(any_spool: Spool) -> None:
@@ -202,3 +258,36 @@ async def test_open_body_of_an_unknown_id_is_message_gone(any_spool: Spool) -> N
 async def test_staging_dir_is_local(any_spool: Spool) -> None:
     """Every backend names a local directory for bodies being received."""
     assert isinstance(any_spool.staging_dir, Path)
+
+
+async def test_a_claim_whose_reply_was_lost_is_claimed_again(
+    losing_spool: SqliteLosingClaimReplies | PostgresLosingClaimReplies,
+) -> None:
+    """A claim that committed while its caller got only an error leaves no row 'sending' for good
+    (nobody holds it, and a live relay's claims are never taken): the spool queues it again by
+    itself, and leaves alone the claims delivery holds."""
+    spool = losing_spool
+    held_id = await spool.enqueue(message(mailbox="other@example.com"))
+    lost_id = await spool.enqueue(message())
+    deadline = time.monotonic() + 5
+    while len(await spool.pending_by_mailbox()) < 2:  # a shared queue: both leased, within a round
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    [held] = await spool.claim_due("other@example.com")
+    spool.lose = 1
+    with pytest.raises(SpoolError):
+        await spool.claim_due(MAILBOX)
+    assert spool.lost == [lost_id]  # committed: 'sending', and its caller does not know
+    deadline = time.monotonic() + 10
+    while not (claimed := await spool.claim_due(MAILBOX)):
+        assert time.monotonic() < deadline, "the lost claim stayed 'sending'"
+        await spool.pending_by_mailbox()  # delivery's dispatcher looks at the queue this often
+        await asyncio.sleep(0.05)
+    assert [entry.id for entry in claimed] == [lost_id]
+    await asyncio.sleep(5 * FAST_LEASES.lease_renew)  # a few more rounds: the held claim stays ours
+    await spool.pending_by_mailbox()
+    entry = await spool.get(held.id)
+    assert entry is not None
+    assert (entry.id, entry.state) == (held_id, "sending")
+    if isinstance(spool, PostgresSpool):
+        assert (await spool.figures())["spool_adopted_total"] == 1

@@ -142,6 +142,21 @@ async def test_a_dead_relays_claims_are_sent_again_by_the_next_owner(
         await heir.mark_delivered(queue_id, reply="250 ok")
 
 
+async def test_closing_gives_back_what_is_still_sending(postgres_url: str, tmp_path: Path) -> None:
+    """A relay's close (delivery stopped) queues its unfinished claims for the next owner at once,
+    instead of leaving them until its lease expires."""
+    async with relay_spool(postgres_url, tmp_path, "stays") as stays:
+        leaving = await PostgresSpool.open(
+            postgres_url, staging_dir=tmp_path, deliver=True, tuning=replace(FAST_LEASES, relay_id="leaving")
+        )
+        queue_id = await leaving.enqueue(message())
+        await leaving.claim_due(MAILBOX)
+        await leaving.close()
+        entry = await stays.get(queue_id)
+        assert entry is not None
+        assert (entry.state, entry.claimed_by) == ("queued", "")
+
+
 async def test_a_graceful_stop_hands_the_lease_over_promptly(postgres_url: str, tmp_path: Path) -> None:
     """A relay closing its spool gives its leases up; the other relay takes them at once."""
     async with relay_spool(postgres_url, tmp_path, "stays") as stays:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -145,3 +146,27 @@ async def test_enqueues_waiting_together_are_all_answered_when_one_fails(spool: 
         asyncio.gather(*(spool.enqueue(m) for m in [message()] * 5 + [bad]), return_exceptions=True), 10
     )
     assert [type(r).__name__ for r in results] == ["str"] * 5 + ["SpoolError"]
+
+
+async def test_a_claim_cut_off_after_it_ran_goes_back_to_the_queue(spool: SqliteSpool) -> None:
+    """A claim cancelled after its UPDATE ran on the database thread leaves a row 'sending' that no
+    worker holds; the next look at the queue puts it back, and leaves a held claim alone."""
+    queue_id = await spool.enqueue(message())
+    held_id = await spool.enqueue(message(mailbox="other@example.com"))
+    [held] = await spool.claim_due("other@example.com")
+    claim = asyncio.create_task(spool.claim_due("box@example.com"))
+    await asyncio.sleep(0)  # the claim is on the database thread now
+    with sqlite3.connect(spool.directory / "queue.sqlite3") as db:
+        deadline = time.monotonic() + 5
+        # Blocking the loop on purpose: the claim's reply must not reach it before the cancel.
+        while db.execute("SELECT state FROM messages WHERE id = ?", (queue_id,)).fetchone()[0] != "sending":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # noqa: ASYNC251  # blocking is the point (see above)
+    claim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claim
+    assert await spool.pending_by_mailbox() == {"box@example.com": pytest.approx(time.time(), abs=60)}
+    entry, other = await spool.get(queue_id), await spool.get(held.id)
+    assert entry is not None
+    assert other is not None
+    assert (entry.state, other.state, held.id) == ("queued", "sending", held_id)

@@ -9,9 +9,10 @@ session as the file ``Spool.open_body`` gives (the Mailer streams it); a report 
 suspends the mailbox after an upstream-wide failure: then only a probe is tried, and its success
 sends what was held back at once.
 
-A claimed message never stays ``sending`` because recording its outcome failed (the queue's
-database locked, full or unreachable): it is given back (``release``: queued again, sent again,
-at-least-once), and a release that fails too is tried again before the worker's next claim.
+A claimed message never stays ``sending`` because reading its body or recording its outcome
+failed (the queue's database locked, full or unreachable): it is given back (``release``: queued
+again, sent again, at-least-once), and a release that fails too is tried again before the
+worker's next claim, and once more when the pool stops.
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ class MailboxPool:
             return
         _, pending = await asyncio.wait(self._tasks, timeout=grace)
         await cancel_and_wait(pending)
+        for queue_id in sorted(self._unreleased):  # one last try; else recover() or a lease expiry
+            with contextlib.suppress(Exception):
+                await self.spool.release(queue_id)
+                self._unreleased.discard(queue_id)
 
     async def _worker(self, index: int) -> None:
         stack = AsyncExitStack()  # holds the upstream session while it is open
@@ -241,13 +246,19 @@ class MailboxPool:
         self, entry: SpooledMessage, session: Transport | None, stack: AsyncExitStack
     ) -> Transport | None:
         """Send one claimed message; returns the session to keep (None: open a new one next time)."""
+        handed_over = False  # from here on, _send records the outcome or gives the message back
         try:
             async with self.spool.open_body(entry.id) as body:
+                handed_over = True
                 return await self._send(entry, body, session, stack)
         except MessageGone:
             gone = "the message's body is missing from the spool"
             await self._record(entry, self._dead(entry, None, gone, None))
             return session
+        except BaseException:
+            if not handed_over:  # the body could not be read (the database failed, or a stop)
+                await asyncio.shield(self._give_back(entry))
+            raise
 
     async def _send(
         self, entry: SpooledMessage, body: BinaryIO, session: Transport | None, stack: AsyncExitStack
@@ -260,7 +271,15 @@ class MailboxPool:
             await self.pacer.wait()
             receipt = await session.send(body, sender=entry.mail_from, recipients=entry.rcpt_tos)
         except asyncio.CancelledError:
-            # Shutting down: give the message back untried (it may have gone out: at-least-once).
+            # Shutting down: give the message back (it may have gone out: at-least-once).
+            if self._stopping:
+                _log(
+                    logging.WARNING,
+                    entry,
+                    "send_cut_off",
+                    "the relay is stopping and the send did not finish in time; it goes back to "
+                    "the queue and may arrive twice",
+                )
             await asyncio.shield(self._give_back(entry))
             raise
         except PermanentDeliveryError as error:

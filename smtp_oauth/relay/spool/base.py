@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
@@ -41,6 +41,7 @@ from smtp_oauth.errors import ExitCode, SmtpOAuthError
 
 __all__ = [
     "STATES",
+    "ClaimBook",
     "Message",
     "MessageGone",
     "QueueState",
@@ -249,6 +250,65 @@ class Spool(SpoolIntake, SpoolDelivery, SpoolAdmin, Protocol):
     async def figures(self) -> dict[str, float]:
         """Backend figures for /metrics, by name (e.g. leases held, relays sharing the queue)."""
         ...
+
+
+class ClaimBook:
+    """Which of this process's ``sending`` rows its delivery holds, so that none is left behind.
+
+    A claim's UPDATE can commit and its reply still be lost (the database restarted or the
+    connection broke between COMMIT and the answer, or the caller was cancelled meanwhile): the
+    rows are then ``sending`` under this process's name, and no worker knows them. Nobody else
+    takes them either (a live relay's claims are never stolen), so without this they would wait
+    for a restart. The spool notes every claim that reached its caller (``held``) until its
+    outcome or release is recorded; ``adoptable`` tells which of its own ``sending`` rows may go
+    back to the queue: those not held, and stamped before any claim still running (a claim in
+    progress may have committed rows whose ids are not known yet).
+
+    A claim writes its stamp as the rows' ``updated_at``. Stamps are wall-clock seconds (they are
+    stored, and read by ``smtp-oauth queue``) but strictly increasing within the process, so a
+    clock stepped back cannot make a claim that started later look older than the bound an
+    adoption computed before it. Nothing here measures a duration.
+    """
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()  # claims delivery has, outcome not recorded yet
+        self.suspect = False  # a claim failed or was cancelled since the last adoption
+        self._running: set[float] = set()  # the stamps of the claims in progress
+        self._last = 0.0
+
+    def stamp(self) -> float:
+        """``time.time()``, but always above the previous stamp (1 µs is far above a double's
+        resolution at today's epoch, about 0.24 µs)."""
+        self._last = max(time.time(), self._last + 1e-6)
+        return self._last
+
+    @contextmanager
+    def claiming(self) -> Iterator[float]:
+        """Around a claim: gives its stamp, which the claim must write as ``updated_at``."""
+        stamp = self.stamp()
+        self._running.add(stamp)
+        try:
+            yield stamp
+        except BaseException:
+            self.suspect = True
+            raise
+        finally:
+            self._running.discard(stamp)
+
+    def took(self, queue_ids: Iterable[str]) -> None:
+        """These claims reached delivery."""
+        self.held.update(queue_ids)
+
+    def settled(self, queue_id: str) -> None:
+        """Its outcome (or its release) is recorded: the row is no longer ``sending`` of ours."""
+        self.held.discard(queue_id)
+
+    def adoptable(self) -> tuple[float, list[str]]:
+        """(stamped before, held ids): own ``sending`` rows whose ``updated_at`` is below the first
+        and whose id is not among the second went astray and may be queued again. With no claim
+        running the bound is a fresh stamp, which every claim that starts later exceeds."""
+        bound = min(self._running) if self._running else self.stamp()
+        return bound, sorted(self.held)
 
 
 def new_queue_id() -> str:

@@ -12,7 +12,9 @@ pacing) hold exactly across all relays, with no shared counters.
   this relay; they carry its id (``claimed_by``), and ``mark_*``/``release`` touch only our own.
 - A live relay's claims are never taken from it. What a dead relay left in ``sending`` is put
   back in the queue once its lease has expired (``recover`` and every lease round), and sent
-  again by the new owner: at-least-once, as with the SQLite spool.
+  again by the new owner: at-least-once, as with the SQLite spool. A relay's own ``sending``
+  rows that its delivery does not hold (a claim that committed but whose reply a database
+  restart cut off: ``ClaimBook``) are put back by itself, in every lease round.
 - A relay takes at most its fair share of the mailboxes with work (ceil(mailboxes / live relays));
   one stopping gracefully gives its leases up after closing its upstream sessions, keeping each
   for one pacing interval more (``handover_delay``) so that the next owner's first send is paced
@@ -40,7 +42,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 import psycopg
 from psycopg import sql
@@ -50,6 +52,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from smtp_oauth.relay.eventloop import cancel_and_wait, wait_event
 from smtp_oauth.relay.spool.base import (
     STATES,
+    ClaimBook,
     Message,
     MessageGone,
     QueueState,
@@ -173,6 +176,8 @@ class PostgresSpool:
         self.relays_alive = 0
         self._share = 1  # how many mailboxes this relay may lease (its fair share, at least one)
         self.recovered = 0  # claims of dead relays put back in the queue, since start
+        self.adopted = 0  # claims of ours that never reached delivery, put back, since start
+        self._book = ClaimBook()
         self._wake: Callable[[], None] | None = None
         self._pending: list[_Pending] = []
         self._commit_needed = asyncio.Event()
@@ -189,7 +194,7 @@ class PostgresSpool:
     @classmethod
     async def open(
         cls, url: str, *, staging_dir: Path, deliver: bool = False, tuning: PostgresTuning | None = None
-    ) -> PostgresSpool:
+    ) -> Self:
         """Connect, migrate the schema, and (``deliver``: a relay) join the relays and take leases."""
         tuning = tuning or PostgresTuning()
         options = _connection_options(url, tuning)
@@ -401,6 +406,7 @@ class PostgresSpool:
                     if await self._acquire(conn, mailbox):
                         owned.add(mailbox)
                 recovered = await self._requeue_orphans(conn)
+                recovered += await self._adopt_strays(conn)
         except (psycopg.Error, PoolTimeout) as exc:
             self.owned = set()  # unknown: claim_due checks the lease in the database anyway
             raise _database_error(exc, "renewing mailbox leases") from exc
@@ -442,6 +448,34 @@ class PostgresSpool:
             )
         return count
 
+    async def _adopt_strays(self, conn: psycopg.AsyncConnection[Any], *, everything: bool = False) -> int:
+        """Our own ``sending`` rows that delivery does not hold: back to queued (``ClaimBook``).
+        ``everything``: at close, after delivery has stopped, all of them."""
+        self._book.suspect = False
+        stamped_before, held = self._book.adoptable()
+        bound = "" if everything else "AND updated_at < %(before)s AND NOT (id = ANY(%(held)s)) "
+        try:
+            cursor = await conn.execute(
+                "UPDATE smtp_oauth_messages SET state = 'queued', claimed_by = NULL, updated_at = %(now)s "  # noqa: S608  # fixed SQL of ours
+                f"WHERE state = 'sending' AND claimed_by = %(me)s {bound}RETURNING id",
+                {"now": time.time(), "me": self.relay_id, "before": stamped_before, "held": held},
+            )
+            adopted = [row["id"] for row in await cursor.fetchall()]
+        except BaseException:
+            self._book.suspect = True
+            raise
+        for queue_id in adopted:
+            self._book.settled(queue_id)
+        if adopted and not everything:
+            self.adopted += len(adopted)
+            log.warning(
+                "%d messages this relay had claimed were not being sent (the queue database failed "
+                "while they were claimed); they go back to the queue",
+                len(adopted),
+                extra={"event": "adopted", "count": len(adopted)},
+            )
+        return len(adopted)
+
     async def _listen_loop(self) -> None:
         """LISTEN on a connection of its own: a NOTIFY wakes delivery (or a lease round, for a
         mailbox nobody delivers for). Reconnects after a database restart."""
@@ -463,6 +497,17 @@ class PostgresSpool:
                 log.debug("queue notifications interrupted (%s); reconnecting", error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.tuning.lease_renew)
+
+    async def _give_back_all(self) -> None:
+        """At close, delivery stopped: whatever is still ``sending`` of ours goes back to the queue
+        now, for the next owner, rather than when our lease has run out."""
+        try:
+            async with self._pool.connection() as conn:
+                count = await self._adopt_strays(conn, everything=True)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _database_error(exc, "giving back unfinished messages") from exc
+        if count:
+            log.info("%d unfinished messages go back to the queue", count, extra={"event": "requeued"})
 
     async def release_leases(self) -> None:
         """Give our leases up (a graceful stop, after delivery has closed its sessions).
@@ -506,18 +551,24 @@ class PostgresSpool:
         is within its fair share (nothing is claimed while another live relay holds it)."""
         if self._deliver and mailbox not in self.owned and len(self.owned) < self._share:
             await self._take_lease(mailbox)
-        now = time.time()
-        rows = await self._execute(
+        with self._book.claiming() as stamp:
+            rows = await self._claim_rows(mailbox, limit, stamp)
+            self._book.took(row["id"] for row in rows)
+        return sorted((_row_to_message(row) for row in rows), key=lambda m: (m.next_attempt_at, m.id))
+
+    async def _claim_rows(self, mailbox: str, limit: int, stamp: float) -> list[Row]:
+        """The claim's one UPDATE; ``stamp`` (``ClaimBook``) is its time and its mark."""
+        return await self._execute(
             "claiming messages",
-            f"UPDATE smtp_oauth_messages SET state = 'sending', claimed_by = %(me)s, updated_at = %(now)s "  # noqa: S608
-            "WHERE id IN (SELECT id FROM smtp_oauth_messages WHERE mailbox = %(mailbox)s "
-            "AND state IN ('queued', 'deferred') AND next_attempt_at <= %(now)s "
+            f"UPDATE smtp_oauth_messages SET state = 'sending', claimed_by = %(me)s, "  # noqa: S608
+            "updated_at = %(now)s WHERE id IN (SELECT id FROM smtp_oauth_messages "
+            "WHERE mailbox = %(mailbox)s AND state IN ('queued', 'deferred') "
+            "AND next_attempt_at <= %(now)s "
             "AND EXISTS (SELECT 1 FROM smtp_oauth_leases WHERE mailbox = %(mailbox)s AND owner = %(me)s "
             "AND until > now()) ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
             f"RETURNING {_COLUMNS}",
-            {"me": self.relay_id, "now": now, "mailbox": mailbox, "limit": limit},
+            {"me": self.relay_id, "now": stamp, "mailbox": mailbox, "limit": limit},
         )
-        return sorted((_row_to_message(row) for row in rows), key=lambda m: (m.next_attempt_at, m.id))
 
     async def _take_lease(self, mailbox: str) -> None:
         """Lease ``mailbox`` now (it has due work and nobody holds it), between lease rounds."""
@@ -579,6 +630,7 @@ class PostgresSpool:
             "WHERE id = %(id)s AND state = 'sending' AND claimed_by = %(me)s",
             {**params, "now": time.time(), "id": queue_id, "me": self.relay_id},
         )
+        self._book.settled(queue_id)
 
     async def mark_delivered(
         self, queue_id: str, *, reply: str, refused: dict[str, tuple[int, str]] | None = None
@@ -595,6 +647,7 @@ class PostgresSpool:
                     await conn.execute("DELETE FROM smtp_oauth_body_chunks WHERE queue_id = %s", (queue_id,))
         except (psycopg.Error, PoolTimeout) as exc:
             raise _database_error(exc, f"recording the delivery of {queue_id}") from exc
+        self._book.settled(queue_id)
 
     async def mark_deferred(self, queue_id: str, *, next_attempt_at: float, reply: str) -> None:
         await self._finish(
@@ -707,6 +760,7 @@ class PostgresSpool:
             "spool_leases_held": float(len(self.owned)),
             "spool_relays_alive": float(self.relays_alive),
             "spool_recovered_total": float(self.recovered),
+            "spool_adopted_total": float(self.adopted),
         }
 
     async def close(self) -> None:
@@ -719,6 +773,7 @@ class PostgresSpool:
             log.warning("the queue database's background tasks did not stop; closing anyway")
         if self._deliver:
             try:
+                await self._give_back_all()
                 await self.release_leases()
             except SpoolError as error:
                 log.warning("could not give up this relay's leases (they expire by themselves): %s", error)

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Self
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.relay.spool.base import (
     STATES,
+    ClaimBook,
     Message,
     MessageGone,
     QueueState,
@@ -161,6 +162,7 @@ class SqliteSpool:
         self._db = db
         self._lock_fd = lock_fd
         self._last_checkpoint = time.monotonic()
+        self._book = ClaimBook()
 
     @property
     def staging_dir(self) -> Path:
@@ -268,23 +270,49 @@ class SqliteSpool:
                 path.unlink(missing_ok=True)
 
     async def pending_by_mailbox(self) -> dict[str, float]:
+        if self._book.suspect:
+            await self._adopt_strays()
         rows = await self._db.query(
             "SELECT mailbox, MIN(next_attempt_at) AS due FROM messages "
             "WHERE state IN ('queued', 'deferred') GROUP BY mailbox"
         )
         return {row["mailbox"]: row["due"] for row in rows}
 
+    async def _adopt_strays(self) -> None:
+        """``sending`` rows that delivery does not hold (a claim cancelled or failed after its
+        UPDATE ran on the database thread): back to queued (``ClaimBook``)."""
+        self._book.suspect = False
+        stamped_before, held = self._book.adoptable()
+        try:
+            rows, _ = await self._db.write(
+                "UPDATE messages SET state = 'queued', updated_at = ? WHERE state = 'sending' "
+                "AND updated_at < ? AND id NOT IN (SELECT value FROM json_each(?)) RETURNING id",
+                (time.time(), stamped_before, json.dumps(held)),
+                durable=False,
+            )
+        except BaseException:
+            self._book.suspect = True
+            raise
+        for row in rows:
+            self._book.settled(row["id"])
+
     async def claim_due(self, mailbox: str, limit: int = 1) -> list[SpooledMessage]:
-        now = time.time()
+        with self._book.claiming() as stamp:
+            rows = await self._claim_rows(mailbox, limit, stamp)
+            self._book.took(row["id"] for row in rows)
+        return sorted((_row_to_message(row) for row in rows), key=lambda m: m.next_attempt_at)
+
+    async def _claim_rows(self, mailbox: str, limit: int, stamp: float) -> list[sqlite3.Row]:
+        """The claim's one UPDATE; ``stamp`` (``ClaimBook``) is its time and its mark."""
         rows, _ = await self._db.write(
             "UPDATE messages SET state = 'sending', updated_at = ? WHERE id IN ("  # noqa: S608  # fixed SQL
             " SELECT id FROM messages WHERE state IN ('queued', 'deferred') AND mailbox = ?"
             " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?)"
             f" RETURNING {_COLUMNS}",
-            (now, mailbox, now, limit),
+            (stamp, mailbox, stamp, limit),
             durable=False,  # a claim lost in a crash is what recover() does anyway
         )
-        return sorted((_row_to_message(row) for row in rows), key=lambda m: m.next_attempt_at)
+        return rows
 
     @contextlib.asynccontextmanager
     async def open_body(self, queue_id: str) -> AsyncIterator[BinaryIO]:
@@ -361,6 +389,7 @@ class SqliteSpool:
             (*params, time.time(), queue_id),
             durable=durable,  # a release lost in a crash is what recover() does anyway
         )
+        self._book.settled(queue_id)
         return bool(rows and rows[0]["body_in_file"])
 
     async def _unlink_body(self, queue_id: str) -> None:
