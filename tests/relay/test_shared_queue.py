@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from smtp_oauth.relay.service import RelayService
 from smtp_oauth.sandbox import Sandbox
@@ -204,11 +203,6 @@ async def test_three_relays_share_one_queue_through_a_crash_and_a_stop(
                 await relay.process.wait()
 
 
-@pytest.mark.xfail(
-    reason="known defect, open: a message whose claim was cut by the restart can stay 'sending' under "
-    "the live relay's own lease until that relay restarts (seen in about one run in three)",
-    strict=False,
-)
 async def test_a_database_restart_during_intake_gives_4xx_and_loses_nothing(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
