@@ -348,20 +348,43 @@ async def test_refused_recipients_are_recorded(spool: SqliteSpool) -> None:
     assert entry.refused == {"gone@example.net": (550, "5.1.1 unknown")}
 
 
-async def test_stop_requeues_a_send_in_progress(spool: SqliteSpool) -> None:
-    """A send still running when the grace period ends is cancelled and its message queued again."""
+async def test_stop_requeues_a_send_in_progress(spool: SqliteSpool, caplog: pytest.LogCaptureFixture) -> None:
+    """A send still running when the grace period ends is cancelled, its message queued again, and
+    one line says it may arrive twice."""
     upstream = FakeUpstream(hang_for={MAILBOX})
     queue_id = await spool.enqueue(incoming(1))
     manager = DeliveryManager(spool, upstream.factory(), fast_config())
     task = asyncio.create_task(manager.run())
     await wait_for_state(spool, queue_id, "sending")
     started = time.monotonic()
-    await manager.stop(grace=0.2)
+    with caplog.at_level(logging.INFO, logger="smtp_oauth.relay"):
+        await manager.stop(grace=0.2)
     await asyncio.wait_for(task, 2)
     assert time.monotonic() - started < 1.5
     entry = await spool.get(queue_id)
     assert entry is not None
     assert entry.state == "queued"
+    cut = [r for r in caplog.records if getattr(r, "event", None) == "send_cut_off"]
+    assert [getattr(r, "queue_id", None) for r in cut] == [queue_id]
+
+
+async def test_stop_lets_a_send_in_progress_finish_within_the_grace_period(
+    spool: SqliteSpool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A graceful stop waits (up to its grace period) for a send under way and records it, as
+    Postfix lets a delivery finish: the message is delivered once, not queued again."""
+    upstream = FakeUpstream(delay=0.5)
+    queue_id = await spool.enqueue(incoming(1))
+    manager = DeliveryManager(spool, upstream.factory(), fast_config())
+    task = asyncio.create_task(manager.run())
+    await wait_for_state(spool, queue_id, "sending")
+    with caplog.at_level(logging.INFO, logger="smtp_oauth.relay"):
+        await manager.stop(grace=5.0)
+    await asyncio.wait_for(task, 2)
+    entry = await spool.get(queue_id)
+    assert entry is not None
+    assert (entry.state, len(upstream.sent)) == ("delivered", 1)
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "send_cut_off"]
 
 
 async def test_stop_does_not_wait_long_for_a_dead_server_to_answer_quit(spool: SqliteSpool) -> None:
@@ -501,12 +524,17 @@ class BookkeepingFailsSpool(SqliteSpool):
     failures = 2  # mark_delivered, then the release after it
 
     async def mark_delivered(
-        self, queue_id: str, *, reply: str, refused: dict[str, tuple[int, str]] | None = None
-    ) -> None:
+        self,
+        queue_id: str,
+        *,
+        reply: str,
+        refused: dict[str, tuple[int, str]] | None = None,
+        report: Message | None = None,
+    ) -> str | None:
         if self.failures:
             self.failures -= 1
             raise SpoolError("the relay's queue failed: disk I/O error")
-        await super().mark_delivered(queue_id, reply=reply, refused=refused)
+        return await super().mark_delivered(queue_id, reply=reply, refused=refused, report=report)
 
     async def release(self, queue_id: str) -> None:
         if self.failures:

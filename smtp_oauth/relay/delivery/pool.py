@@ -271,16 +271,7 @@ class MailboxPool:
             await self.pacer.wait()
             receipt = await session.send(body, sender=entry.mail_from, recipients=entry.rcpt_tos)
         except asyncio.CancelledError:
-            # Shutting down: give the message back (it may have gone out: at-least-once).
-            if self._stopping:
-                _log(
-                    logging.WARNING,
-                    entry,
-                    "send_cut_off",
-                    "the relay is stopping and the send did not finish in time; it goes back to "
-                    "the queue and may arrive twice",
-                )
-            await asyncio.shield(self._give_back(entry))
+            await self._cut_off(entry, "the send")
             raise
         except PermanentDeliveryError as error:
             await self._answered()
@@ -292,10 +283,28 @@ class MailboxPool:
             logger.exception("unexpected error delivering %s", entry.id)
             await self._record(entry, self._deferred(entry, body, error))
         else:
-            await self._record(entry, self._delivered(entry, body, receipt))
+            try:
+                await self._record(entry, self._delivered(entry, body, receipt))
+            except asyncio.CancelledError:  # sent, but its delivery may not be recorded
+                await self._cut_off(entry, "recording its delivery")
+                raise
             return session
         await self._close(stack)  # after a failure start afresh: new connection, new token
         return None
+
+    async def _cut_off(self, entry: SpooledMessage, doing: str) -> None:
+        """Cancelled (the relay stopping, its grace period over) while ``doing``: the message goes
+        back to the queue. It may have gone out already, so it may arrive twice (at-least-once);
+        the line says so, one per message, which is what bounds the duplicates of a stop."""
+        if self._stopping:
+            _log(
+                logging.WARNING,
+                entry,
+                "send_cut_off",
+                f"the relay is stopping and {doing} did not finish in time; the message goes back "
+                "to the queue and may arrive twice",
+            )
+        await asyncio.shield(self._give_back(entry))
 
     async def _record(self, entry: SpooledMessage, outcome: Coroutine[object, object, None]) -> None:
         """Record an outcome; if that fails, give the message back rather than leave it ``sending``."""
@@ -399,18 +408,23 @@ class MailboxPool:
         if retry_at is None:
             temporary = []  # none, or too old to try again: final like a 5xx
         permanent = {addr: reply for addr, reply in receipt.refused.items() if addr not in temporary}
-        original = await self._original(data) if permanent else b""  # before mark_delivered drops it
+        failed = {addr: f"{code} {text}" for addr, (code, text) in permanent.items()}
+        refusal = "the server refused these recipients"
+        report = await self._report(entry, data, failed, refusal, None) if permanent else None
         refused = {**entry.refused, **permanent}
         if retry_at is None:
-            await self.spool.mark_delivered(entry.id, reply=receipt.reply, refused=refused)
+            report_id = await self.spool.mark_delivered(
+                entry.id, reply=receipt.reply, refused=refused, report=report
+            )
         else:
             code, text = receipt.refused[temporary[0]]
-            await self.spool.mark_partly_delivered(
+            report_id = await self.spool.mark_partly_delivered(
                 entry.id,
                 remaining=temporary,
                 next_attempt_at=retry_at,
                 reply=f"{code} {text}",
                 refused=refused,
+                report=report,
             )
         self.results["delivered"] += 1
         _log(
@@ -435,9 +449,8 @@ class MailboxPool:
             )
             self.on_change()
         if permanent:
-            failed = {addr: f"{code} {text}" for addr, (code, text) in permanent.items()}
             _log(logging.WARNING, entry, "refused", "some recipients were refused", refused=failed)
-            await self._bounce(entry, original, failed, "the server refused these recipients", None)
+            self._bounced(entry, report_id)
 
     def _retry_at(self, entry: SpooledMessage) -> float | None:
         """When to try ``entry`` again after this failed attempt; None once it is too old."""
@@ -495,9 +508,13 @@ class MailboxPool:
     async def _dead(
         self, entry: SpooledMessage, data: Body, reason: str, error: BaseException | None
     ) -> None:
-        await self.spool.mark_dead(entry.id, reply=reason)
-        self.results["dead"] += 1
         hint = error.explain() if isinstance(error, SmtpOAuthError) else None
+        failed = dict.fromkeys(entry.rcpt_tos, reason)
+        if isinstance(error, DeliveryError) and error.recipients:
+            failed = {addr: f"{code} {text}" for addr, (code, text) in error.recipients.items()}
+        report = await self._report(entry, data, failed, reason, hint)
+        report_id = await self.spool.mark_dead(entry.id, reply=reason, report=report)
+        self.results["dead"] += 1
         _log(
             logging.ERROR,
             entry,
@@ -506,11 +523,7 @@ class MailboxPool:
             upstream_reply=reason,
             attempts=entry.attempts + 1,
         )
-        failed = dict.fromkeys(entry.rcpt_tos, reason)
-        if isinstance(error, DeliveryError) and error.recipients:
-            failed = {addr: f"{code} {text}" for addr, (code, text) in error.recipients.items()}
-        original = await self._original(data) if self.config.bounce else b""
-        await self._bounce(entry, original, failed, reason, hint)
+        self._bounced(entry, report_id)
 
     async def _original(self, data: Body) -> bytes:
         """``_report_original`` off the loop; a body that cannot be read gives a report without it."""
@@ -519,11 +532,16 @@ class MailboxPool:
         except (OSError, ValueError):  # ValueError: the file was closed
             return b""
 
-    async def _bounce(
-        self, entry: SpooledMessage, original: bytes, failed: dict[str, str], reason: str, hint: str | None
-    ) -> None:
+    async def _report(
+        self, entry: SpooledMessage, data: Body, failed: dict[str, str], reason: str, hint: str | None
+    ) -> Message | None:
+        """The non-delivery report on ``entry`` (None: reports are off, or it gets none). The spool
+        queues it in the transaction that records the failure, so a crash between the two cannot
+        lose it (RFC 5321 section 6.1: a failure the relay accepted responsibility for is
+        reported)."""
         if not (self.config.bounce and should_bounce(entry)):
-            return
+            return None
+        original = await self._original(data)  # before mark_* drops the body
         # In a thread: the report names this host, and socket.getfqdn() is a DNS look-up that can
         # take the resolver's whole timeout, which would freeze every session of the relay.
         report = await asyncio.to_thread(
@@ -537,8 +555,12 @@ class MailboxPool:
                 upstream_host=self.config.upstream_host,
             )
         )
-        ndr = Message(BOUNCE_USER, entry.mailbox, entry.mailbox, [entry.mail_from], report)
-        report_id = await self.spool.enqueue(ndr)
+        return Message(BOUNCE_USER, entry.mailbox, entry.mailbox, [entry.mail_from], report)
+
+    def _bounced(self, entry: SpooledMessage, report_id: str | None) -> None:
+        """Count and log a report the spool queued (none: nothing to say)."""
+        if report_id is None:
+            return
         self.results["bounced"] += 1
         _log(logging.INFO, entry, "bounced", f"non-delivery report {report_id} queued", report_id=report_id)
         self.on_change()
