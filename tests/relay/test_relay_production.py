@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from smtp_oauth.relay.delivery.manager import DeliveryManager
+from smtp_oauth.relay.spool.base import Message
 from smtp_oauth.relay.spool.sqlite import SqliteSpool
 from smtp_oauth.sandbox import Sandbox
 from smtp_oauth.transport import send_message
@@ -73,12 +74,17 @@ class FullDiskSpool(SqliteSpool):
     failures = 0
 
     async def mark_delivered(
-        self, queue_id: str, *, reply: str, refused: dict[str, tuple[int, str]] | None = None
-    ) -> None:
+        self,
+        queue_id: str,
+        *,
+        reply: str,
+        refused: dict[str, tuple[int, str]] | None = None,
+        report: Message | None = None,
+    ) -> str | None:
         if self.failures:
             self.failures -= 1
             raise sqlite3.OperationalError("database or disk is full")
-        await super().mark_delivered(queue_id, reply=reply, refused=refused)
+        return await super().mark_delivered(queue_id, reply=reply, refused=refused, report=report)
 
 
 async def test_upstream_sessions_stay_within_the_limit_after_spool_errors(tmp_path: Path) -> None:

@@ -7,9 +7,12 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
+from smtp_oauth.relay.delivery.bounce import BOUNCE_USER
 from smtp_oauth.relay.spool.base import Message, MessageGone, Spool, SpoolError
 from smtp_oauth.relay.spool.postgres import PostgresSpool, Row
 from smtp_oauth.relay.spool.sqlite import SqliteSpool
@@ -48,6 +51,51 @@ class PostgresLosingClaimReplies(PostgresSpool):
             self.lost.extend(row["id"] for row in rows)
             raise SpoolError(LOST)
         return rows
+
+
+CRASH = "the relay's queue database failed while recording a failure: the relay was killed"
+
+
+class SqliteCrashingBeforeReports(SqliteSpool):
+    """With ``crash``, the transaction recording a failure dies right before queueing its report
+    (where a crash came between the two when they were separate commits)."""
+
+    crash = False
+
+    def _queue_report_now(self, db: sqlite3.Connection, report_id: str, report: Message) -> None:
+        if self.crash:
+            raise SpoolError(CRASH)
+        super()._queue_report_now(db, report_id, report)
+
+
+class PostgresCrashingBeforeReports(PostgresSpool):
+    """As ``SqliteCrashingBeforeReports``, in PostgreSQL."""
+
+    crash = False
+
+    async def _queue_report(
+        self, conn: psycopg.AsyncConnection[Any], report_id: str, report: Message
+    ) -> None:
+        if self.crash:
+            raise SpoolError(CRASH)
+        await super()._queue_report(conn, report_id, report)
+
+
+@pytest.fixture(params=SPOOL_BACKENDS)
+async def crashing_spool(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SqliteCrashingBeforeReports | PostgresCrashingBeforeReports]:
+    """A spool of each backend that can crash between recording a failure and its report."""
+    opened: SqliteCrashingBeforeReports | PostgresCrashingBeforeReports
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        opened = await PostgresCrashingBeforeReports.open(
+            url, staging_dir=tmp_path / "incoming", deliver=True, tuning=FAST_LEASES
+        )
+    else:
+        opened = await SqliteCrashingBeforeReports.open(tmp_path / "spool", exclusive=True)
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture(params=SPOOL_BACKENDS)
@@ -291,3 +339,40 @@ async def test_a_claim_whose_reply_was_lost_is_claimed_again(
     assert (entry.id, entry.state) == (held_id, "sending")
     if isinstance(spool, PostgresSpool):
         assert (await spool.figures())["spool_adopted_total"] == 1
+
+
+async def test_a_failure_and_its_report_are_recorded_together_or_not_at_all(
+    crashing_spool: SqliteCrashingBeforeReports | PostgresCrashingBeforeReports,
+) -> None:
+    """Marking a message dead and queueing its non-delivery report are one transaction: a crash
+    between the two leaves the message claimed, to be tried again (never dead without its
+    report); recorded again, both are stored."""
+    spool = crashing_spool
+    queue_id = await spool.enqueue(message())
+    deadline = time.monotonic() + 5
+    while not await spool.claim_due(MAILBOX):  # a shared queue: once leased, within a round
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    report = Message(
+        BOUNCE_USER, MAILBOX, MAILBOX, ["fern@example.com"], b"Subject: failed\r\n\r\nreport\r\n"
+    )
+    spool.crash = True
+    with pytest.raises(SpoolError):
+        await spool.mark_dead(queue_id, reply="550 5.7.60 not allowed", report=report)
+    entry = await spool.get(queue_id)
+    assert entry is not None
+    assert (entry.state, entry.attempts) == ("sending", 0)
+    assert len(await spool.list()) == 1  # no report without its failure
+    spool.crash = False
+    report_id = await spool.mark_dead(queue_id, reply="550 5.7.60 not allowed", report=report)
+    assert report_id is not None
+    entry, queued = await spool.get(queue_id), await spool.get(report_id)
+    assert entry is not None
+    assert queued is not None
+    assert (entry.state, queued.state, queued.local_user, queued.rcpt_tos) == (
+        "dead",
+        "queued",
+        BOUNCE_USER,
+        ["fern@example.com"],
+    )
+    assert await body_of(spool, report_id) == report.data

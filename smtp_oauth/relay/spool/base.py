@@ -196,8 +196,18 @@ class SpoolDelivery(Protocol):
         ...
 
     async def mark_delivered(
-        self, queue_id: str, *, reply: str, refused: dict[str, tuple[int, str]] | None = None
-    ) -> None: ...
+        self,
+        queue_id: str,
+        *,
+        reply: str,
+        refused: dict[str, tuple[int, str]] | None = None,
+        report: Message | None = None,
+    ) -> str | None:
+        """Delivered (``refused``: the recipients that were not); ``report``: a non-delivery
+        report for those, queued in the same transaction. The report's queue id, if one was queued
+        (the mark_* that take a report all do this: a crash never loses a report, nor makes one
+        for a failure it did not record)."""
+        ...
 
     async def mark_deferred(self, queue_id: str, *, next_attempt_at: float, reply: str) -> None: ...
 
@@ -209,11 +219,14 @@ class SpoolDelivery(Protocol):
         next_attempt_at: float,
         reply: str,
         refused: dict[str, tuple[int, str]],
-    ) -> None:
+        report: Message | None = None,
+    ) -> str | None:
         """The others got it; ``remaining`` were refused for now (4xx): ``deferred`` for them alone."""
         ...
 
-    async def mark_dead(self, queue_id: str, *, reply: str) -> None: ...
+    async def mark_dead(self, queue_id: str, *, reply: str, report: Message | None = None) -> str | None:
+        """Failed for good; ``report`` (a non-delivery report) is queued in the same transaction."""
+        ...
 
     async def release(self, queue_id: str) -> None:
         """Give a claimed message back untried (shutdown, bookkeeping failure): -> ``queued``."""

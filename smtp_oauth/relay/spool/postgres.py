@@ -304,53 +304,58 @@ class PostgresSpool:
                         item.future.set_exception(outcome)
 
     async def _insert(self, batch: list[_Pending]) -> None:
-        """One transaction: the rows, their bodies (COPY, chunk by chunk), a NOTIFY per mailbox."""
-        now = time.time()
+        """One transaction: the batch's rows and bodies, and a NOTIFY per mailbox."""
         async with self._pool.connection() as conn, conn.transaction():
-            async with conn.cursor() as cursor:
-                await cursor.executemany(
-                    "INSERT INTO smtp_oauth_messages (id, state, local_user, mailbox, mail_from, rcpt_tos, "
-                    "message_id, peer, size, next_attempt_at, created_at, updated_at) "
-                    "VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [
-                        (
-                            item.queue_id,
-                            item.message.local_user,
-                            item.message.mailbox,
-                            item.message.mail_from,
-                            json.dumps(list(item.message.rcpt_tos)),
-                            item.message.message_id,
-                            item.message.peer,
-                            item.message.size,
-                            now,
-                            now,
-                            now,
-                        )
-                        for item in batch
-                    ],
-                )
-                async with cursor.copy(
-                    "COPY smtp_oauth_body_chunks (queue_id, seq, data) FROM STDIN (FORMAT BINARY)"
-                ) as copy:
-                    copy.set_types(["text", "int4", "bytea"])
-                    for item in batch:
-                        await self._copy_body(copy, item)
-            for mailbox in sorted({item.message.mailbox for item in batch}):
-                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, mailbox))
+            await self._store(conn, [(item.queue_id, item.message) for item in batch])
 
-    async def _copy_body(self, copy: psycopg.AsyncCopy, item: _Pending) -> None:
-        data = item.message.data
+    async def _store(self, conn: psycopg.AsyncConnection[Any], messages: list[tuple[str, Message]]) -> None:
+        """In the caller's transaction: the rows, their bodies (COPY, chunk by chunk), a NOTIFY per
+        mailbox (sent at COMMIT)."""
+        now = time.time()
+        async with conn.cursor() as cursor:
+            await cursor.executemany(
+                "INSERT INTO smtp_oauth_messages (id, state, local_user, mailbox, mail_from, rcpt_tos, "
+                "message_id, peer, size, next_attempt_at, created_at, updated_at) "
+                "VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        queue_id,
+                        message.local_user,
+                        message.mailbox,
+                        message.mail_from,
+                        json.dumps(list(message.rcpt_tos)),
+                        message.message_id,
+                        message.peer,
+                        message.size,
+                        now,
+                        now,
+                        now,
+                    )
+                    for queue_id, message in messages
+                ],
+            )
+            async with cursor.copy(
+                "COPY smtp_oauth_body_chunks (queue_id, seq, data) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["text", "int4", "bytea"])
+                for queue_id, message in messages:
+                    await self._copy_body(copy, queue_id, message)
+        for mailbox in sorted({message.mailbox for _, message in messages}):
+            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, mailbox))
+
+    async def _copy_body(self, copy: psycopg.AsyncCopy, queue_id: str, message: Message) -> None:
+        data = message.data
         if isinstance(data, bytes):
             for seq, start in enumerate(range(0, max(len(data), 1), CHUNK_SIZE)):
-                await copy.write_row((item.queue_id, seq, data[start : start + CHUNK_SIZE]))
+                await copy.write_row((queue_id, seq, data[start : start + CHUNK_SIZE]))
             return
         chunks = iter(await asyncio.to_thread(_read_chunks, data))
         seq = 0
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-            await copy.write_row((item.queue_id, seq, chunk))
+            await copy.write_row((queue_id, seq, chunk))
             seq += 1
         if seq == 0:
-            await copy.write_row((item.queue_id, 0, b""))
+            await copy.write_row((queue_id, 0, b""))
 
     # -- leases ------------------------------------------------------------------------------------
 
@@ -622,32 +627,69 @@ class PostgresSpool:
         finally:
             await asyncio.to_thread(file.close)
 
-    async def _finish(self, queue_id: str, assignments: str, params: dict[str, Any], *, doing: str) -> None:
-        """Update a message this relay claimed; one deleted meanwhile stays deleted."""
-        await self._execute(
-            doing,
+    async def _finish(
+        self,
+        queue_id: str,
+        assignments: str,
+        params: dict[str, Any],
+        *,
+        doing: str,
+        report: Message | None = None,
+        drop_body: bool = False,
+    ) -> str | None:
+        """Update a message this relay claimed, in one transaction with dropping its body
+        (``drop_body``) and queueing its ``report`` (a crash loses neither or both); the report's
+        queue id. One deleted meanwhile stays deleted, and gets no report."""
+        update = (
             f"UPDATE smtp_oauth_messages SET {assignments}, updated_at = %(now)s "  # noqa: S608  # fixed SQL
-            "WHERE id = %(id)s AND state = 'sending' AND claimed_by = %(me)s",
-            {**params, "now": time.time(), "id": queue_id, "me": self.relay_id},
+            "WHERE id = %(id)s AND state = 'sending' AND claimed_by = %(me)s RETURNING id"
         )
-        self._book.settled(queue_id)
-
-    async def mark_delivered(
-        self, queue_id: str, *, reply: str, refused: dict[str, tuple[int, str]] | None = None
-    ) -> None:
+        values = {**params, "now": time.time(), "id": queue_id, "me": self.relay_id}
+        if report is None and not drop_body:
+            await self._execute(doing, update, values)
+            self._book.settled(queue_id)
+            return None
+        report_id = new_queue_id() if report is not None else None
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                cursor = await conn.execute(
-                    "UPDATE smtp_oauth_messages SET state = 'delivered', attempts = attempts + 1, "
-                    "last_reply = %s, refused = %s, has_body = FALSE, claimed_by = NULL, updated_at = %s "
-                    "WHERE id = %s AND state = 'sending' AND claimed_by = %s RETURNING id",
-                    (reply, json.dumps(refused or {}), time.time(), queue_id, self.relay_id),
-                )
-                if await cursor.fetchone():  # the body goes at once: a delivered message is a record
-                    await conn.execute("DELETE FROM smtp_oauth_body_chunks WHERE queue_id = %s", (queue_id,))
+                cursor = await conn.execute(update, values)
+                if await cursor.fetchone() is None:
+                    report_id = None
+                else:
+                    if drop_body:  # a delivered message is a record: its body goes at once
+                        await conn.execute(
+                            "DELETE FROM smtp_oauth_body_chunks WHERE queue_id = %s", (queue_id,)
+                        )
+                    if report is not None and report_id is not None:
+                        await self._queue_report(conn, report_id, report)
         except (psycopg.Error, PoolTimeout) as exc:
-            raise _database_error(exc, f"recording the delivery of {queue_id}") from exc
+            raise _database_error(exc, doing) from exc
         self._book.settled(queue_id)
+        return report_id
+
+    async def _queue_report(
+        self, conn: psycopg.AsyncConnection[Any], report_id: str, report: Message
+    ) -> None:
+        """Inside the transaction recording a failure: queue its non-delivery report."""
+        await self._store(conn, [(report_id, report)])
+
+    async def mark_delivered(
+        self,
+        queue_id: str,
+        *,
+        reply: str,
+        refused: dict[str, tuple[int, str]] | None = None,
+        report: Message | None = None,
+    ) -> str | None:
+        return await self._finish(
+            queue_id,
+            "state = 'delivered', attempts = attempts + 1, last_reply = %(reply)s, refused = %(refused)s, "
+            "has_body = FALSE, claimed_by = NULL",
+            {"reply": reply, "refused": json.dumps(refused or {})},
+            doing=f"recording the delivery of {queue_id}",
+            report=report,
+            drop_body=True,
+        )
 
     async def mark_deferred(self, queue_id: str, *, next_attempt_at: float, reply: str) -> None:
         await self._finish(
@@ -666,9 +708,10 @@ class PostgresSpool:
         next_attempt_at: float,
         reply: str,
         refused: dict[str, tuple[int, str]],
-    ) -> None:
+        report: Message | None = None,
+    ) -> str | None:
         # One UPDATE: the recipients that took the message never get it twice, whenever a crash comes.
-        await self._finish(
+        return await self._finish(
             queue_id,
             "state = 'deferred', attempts = attempts + 1, rcpt_tos = %(rcpts)s, last_reply = %(reply)s, "
             "refused = %(refused)s, next_attempt_at = %(next)s, claimed_by = NULL",
@@ -679,14 +722,16 @@ class PostgresSpool:
                 "next": next_attempt_at,
             },
             doing=f"recording the partial delivery of {queue_id}",
+            report=report,
         )
 
-    async def mark_dead(self, queue_id: str, *, reply: str) -> None:
-        await self._finish(
+    async def mark_dead(self, queue_id: str, *, reply: str, report: Message | None = None) -> str | None:
+        return await self._finish(
             queue_id,
             "state = 'dead', attempts = attempts + 1, last_reply = %(reply)s, claimed_by = NULL",
             {"reply": reply},
             doing=f"recording the failure of {queue_id}",
+            report=report,
         )
 
     async def release(self, queue_id: str) -> None:

@@ -147,6 +147,28 @@ def _write_durably(path: Path, data: bytes) -> None:
     _fsync(path.parent)
 
 
+def _row_values(queue_id: str, message: Message, inline: bytes | None) -> tuple[Any, ...]:
+    """The ``_INSERT`` values of a new queued message; ``inline``: its body in the row (None: in
+    ``data/<id>.eml``)."""
+    now = time.time()
+    return (
+        queue_id,
+        "queued",
+        message.local_user,
+        message.mailbox,
+        message.mail_from,
+        json.dumps(list(message.rcpt_tos)),
+        message.message_id,
+        message.peer,
+        message.size,
+        inline,
+        int(inline is None),
+        now,
+        now,
+        now,
+    )
+
+
 class SqliteSpool:
     """``Spool`` on one SQLite file (``spool_dir/queue.sqlite3``) plus ``spool_dir/data/``.
 
@@ -210,23 +232,7 @@ class SqliteSpool:
         except OSError as exc:
             await self._unlink_body(queue_id)
             raise spool_error(exc, f"writing the body of a message of {message.local_user!r}") from exc
-        now = time.time()
-        values = (
-            queue_id,
-            "queued",
-            message.local_user,
-            message.mailbox,
-            message.mail_from,
-            json.dumps(list(message.rcpt_tos)),
-            message.message_id,
-            message.peer,
-            message.size,
-            None if in_file else data,
-            int(in_file),
-            now,
-            now,
-            now,
-        )
+        values = _row_values(queue_id, message, None if isinstance(data, Path) or in_file else data)
         try:
             await self._db.insert(_INSERT, values)
         except SpoolError:
@@ -337,16 +343,23 @@ class SqliteSpool:
             await asyncio.to_thread(file.close)
 
     async def mark_delivered(
-        self, queue_id: str, *, reply: str, refused: dict[str, tuple[int, str]] | None = None
-    ) -> None:
+        self,
+        queue_id: str,
+        *,
+        reply: str,
+        refused: dict[str, tuple[int, str]] | None = None,
+        report: Message | None = None,
+    ) -> str | None:
         # The body is dropped at once: a delivered message is kept only as a record.
-        in_file = await self._finish(
+        in_file, report_id = await self._finish(
             queue_id,
             "state = 'delivered', attempts = attempts + 1, last_reply = ?, refused = ?, body = NULL",
             (reply, json.dumps(refused or {})),
+            report=report,
         )
         if in_file:
             await self._unlink_body(queue_id)
+        return report_id
 
     async def mark_deferred(self, queue_id: str, *, next_attempt_at: float, reply: str) -> None:
         await self._finish(
@@ -363,34 +376,62 @@ class SqliteSpool:
         next_attempt_at: float,
         reply: str,
         refused: dict[str, tuple[int, str]],
-    ) -> None:
+        report: Message | None = None,
+    ) -> str | None:
         # One UPDATE: the recipients that took the message never get it twice, whenever a crash comes.
-        await self._finish(
+        _, report_id = await self._finish(
             queue_id,
             "state = 'deferred', attempts = attempts + 1, rcpt_tos = ?, last_reply = ?, refused = ?, "
             "next_attempt_at = ?",
             (json.dumps(remaining), reply, json.dumps(refused), next_attempt_at),
+            report=report,
         )
+        return report_id
 
-    async def mark_dead(self, queue_id: str, *, reply: str) -> None:
-        await self._finish(queue_id, "state = 'dead', attempts = attempts + 1, last_reply = ?", (reply,))
+    async def mark_dead(self, queue_id: str, *, reply: str, report: Message | None = None) -> str | None:
+        _, report_id = await self._finish(
+            queue_id, "state = 'dead', attempts = attempts + 1, last_reply = ?", (reply,), report=report
+        )
+        return report_id
 
     async def release(self, queue_id: str) -> None:
         await self._finish(queue_id, "state = 'queued'", (), durable=False)
 
     async def _finish(
-        self, queue_id: str, assignments: str, params: tuple[Any, ...], *, durable: bool = True
-    ) -> bool:
-        """Update a message we claimed; True if its body lives in a file. A row deleted meanwhile
-        (``smtp-oauth queue delete``) is left deleted."""
-        rows, _ = await self._db.write(
-            f"UPDATE messages SET {assignments}, updated_at = ? "  # noqa: S608  # fixed SQL of ours
-            "WHERE id = ? AND state = 'sending' RETURNING body_in_file",
-            (*params, time.time(), queue_id),
-            durable=durable,  # a release lost in a crash is what recover() does anyway
-        )
+        self,
+        queue_id: str,
+        assignments: str,
+        params: tuple[Any, ...],
+        *,
+        durable: bool = True,
+        report: Message | None = None,
+    ) -> tuple[bool, str | None]:
+        """Update a message we claimed and queue its ``report`` in the same transaction (a crash
+        loses neither or both); (its body lives in a file, the report's queue id). A row deleted
+        meanwhile (``smtp-oauth queue delete``) is left deleted, and gets no report."""
+        report_id = new_queue_id() if report is not None else None
+
+        def run(db: sqlite3.Connection) -> list[sqlite3.Row]:
+            rows = db.execute(
+                f"UPDATE messages SET {assignments}, updated_at = ? "  # noqa: S608  # fixed SQL of ours
+                "WHERE id = ? AND state = 'sending' RETURNING body_in_file",
+                (*params, time.time(), queue_id),
+            ).fetchall()
+            if rows and report is not None and report_id is not None:
+                self._queue_report_now(db, report_id, report)
+            return rows
+
+        # durable=False: a release lost in a crash is what recover() does anyway.
+        rows = await self._db.transaction(run, durable=durable)
         self._book.settled(queue_id)
-        return bool(rows and rows[0]["body_in_file"])
+        return bool(rows and rows[0]["body_in_file"]), report_id if rows else None
+
+    def _queue_report_now(self, db: sqlite3.Connection, report_id: str, report: Message) -> None:
+        """On the database thread, inside the transaction recording the failure: queue the report.
+        Its body goes in the row: a report is small (the original's header, 64 KiB at most)."""
+        if not isinstance(report.data, bytes):
+            raise SpoolError("a non-delivery report must be given as bytes", temporary=False)
+        db.execute(_INSERT, _row_values(report_id, report, report.data))
 
     async def _unlink_body(self, queue_id: str) -> None:
         """Remove a body file; one that cannot be removed is left for recover() (an orphan)."""

@@ -152,12 +152,12 @@ class SqliteDatabase:
         """The rows of one read-only statement."""
         return await self.call(lambda db: db.execute(sql, params).fetchall())
 
-    def write_now(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> tuple[Rows, int]:
-        """On the database thread: one statement in its own IMMEDIATE transaction.
+    def transaction_now(self, function: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """On the database thread: ``function(connection)`` in one IMMEDIATE transaction, under
+        the processes' write lock; rolled back if it raises.
 
-        Returns (RETURNING rows, rowcount); rows are fetched before COMMIT, since SQLite refuses to
-        commit under an unfinished statement. ``durable=False`` skips the fsync: the next durable
-        commit covers it, since WAL frames reach the disk in order.
+        ``durable=False`` skips the fsync: the next durable commit covers it, since WAL frames
+        reach the disk in order.
         """
         db = self._db
         if not durable:
@@ -166,8 +166,7 @@ class SqliteDatabase:
             with self._writing():
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    cursor = db.execute(sql, params)
-                    rows = cursor.fetchall()
+                    result = function(db)
                     db.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
@@ -176,7 +175,24 @@ class SqliteDatabase:
         finally:
             if not durable:
                 db.execute("PRAGMA synchronous = FULL")
-        return rows, cursor.rowcount
+        return result
+
+    async def transaction(self, function: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """``transaction_now`` from the event loop."""
+        return await self.call(lambda _: self.transaction_now(function, durable=durable))
+
+    def write_now(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> tuple[Rows, int]:
+        """On the database thread: one statement in its own transaction (``transaction_now``).
+
+        Returns (RETURNING rows, rowcount); rows are fetched before COMMIT, since SQLite refuses to
+        commit under an unfinished statement.
+        """
+
+        def run(db: sqlite3.Connection) -> tuple[Rows, int]:
+            cursor = db.execute(sql, params)
+            return cursor.fetchall(), cursor.rowcount
+
+        return self.transaction_now(run, durable=durable)
 
     async def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> tuple[Rows, int]:
         """``write_now`` from the event loop."""
