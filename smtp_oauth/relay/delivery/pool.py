@@ -39,6 +39,7 @@ from smtp_oauth.relay.delivery.backoff import Pacer, next_attempt_at
 from smtp_oauth.relay.delivery.bounce import BOUNCE_USER, MAX_ORIGINAL_HEADERS, build_report, should_bounce
 from smtp_oauth.relay.delivery.upstream import (
     CONGESTION_RETRY,
+    RETRY_AFTER_MAX,
     DeliverySpool,
     UpstreamHealth,
     is_congestion,
@@ -352,7 +353,8 @@ class MailboxPool:
             return
         if is_upstream_wide(error):
             reply = _reply_of(error)
-            if health.suspend(reply):
+            wait = error.retry_after if isinstance(error, DeliveryError) else None
+            if health.suspend(reply, retry_after=wait):
                 self._log_suspended(error, reply)
             health.held.add(entry.id)
             await self._deferred(entry, data, error, quiet=True)
@@ -366,9 +368,11 @@ class MailboxPool:
         hint = error.explain() if isinstance(error, SmtpOAuthError) else None
         logger.log(
             logging.ERROR if operator else logging.WARNING,
-            "%s: upstream failing (%s); holding its queue and trying one message every %.0f s at most%s",
+            "%s: upstream failing (%s); holding its queue and trying one message in %.0f s, then "
+            "every %.0f s at most%s",
             self.mailbox,
             reply,
+            self.health.seconds_to_probe() or 0.0,
             self.health.probe_max,
             f" (hint: {hint})" if hint else "",
             extra={"event": "upstream_suspended", "mailbox": self.mailbox, "upstream_reply": reply},
@@ -488,6 +492,7 @@ class MailboxPool:
         wait = error.retry_after if isinstance(error, DeliveryError) else None
         if wait is not None:
             # Not before the upstream said (Graph's Retry-After), whatever the backoff would allow.
+            wait = min(wait, RETRY_AFTER_MAX)
             retry_at = max(retry_at, now + wait)
             self._pause(wait)
         await self.spool.mark_deferred(entry.id, next_attempt_at=retry_at, reply=reply)

@@ -10,8 +10,12 @@ mailbox on Exchange Online:
   left, 535 after a fresh token, the identity platform refusing or unreachable) says nothing
   about the message: every other message would fail the same way. The mailbox is *suspended*:
   no message is tried but one probe, first after ``probe_first`` seconds, then doubling up to
-  ``probe_max`` (30 s). When a probe is delivered, the messages held back for that reason are sent
-  at once. Each state change is one log line, per mailbox.
+  ``probe_max`` (30 s). When the upstream said when to come back (Graph's ``Retry-After`` on a
+  429 or 503, https://learn.microsoft.com/en-us/graph/throttling), the probe comes then instead,
+  at most ``RETRY_AFTER_MAX`` away. A failure of a send that was already under way when the
+  mailbox was suspended does not push the probe further out. When a probe is delivered, the
+  messages held back for that reason are sent at once. Each state change is one log line, per
+  mailbox.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = [
     "PROBE_FIRST",
     "PROBE_MAX",
     "RESTORE_AFTER",
+    "RETRY_AFTER_MAX",
     "DeliverySpool",
     "UpstreamHealth",
     "is_congestion",
@@ -44,6 +49,9 @@ PROBE_FIRST = 5.0
 PROBE_MAX = 30.0
 RESTORE_AFTER = 60.0  # seconds without a 432 before the pool takes one more session again
 CONGESTION_RETRY = 2.0  # a message refused with 432 is tried again this soon
+# The longest Retry-After honoured as given: a proxy asking for hours must not hold the queue for
+# hours (``smtp-oauth queue retry`` still sends at once).
+RETRY_AFTER_MAX = 300.0
 
 
 class DeliverySpool(SpoolDelivery, Protocol):
@@ -144,11 +152,22 @@ class UpstreamHealth:
             grown = True
         return resumed, grown
 
-    def suspend(self, reply: str) -> bool:
-        """An upstream-wide failure; True if that is a change (the mailbox was not suspended)."""
+    def suspend(self, reply: str, *, retry_after: float | None = None) -> bool:
+        """An upstream-wide failure; True if that is a change (the mailbox was not suspended).
+
+        The next probe comes after ``retry_after`` (the upstream's Retry-After, at most
+        ``RETRY_AFTER_MAX``) if given, else after the doubling interval. Only the failure that
+        suspends the mailbox and a failed probe set it; a send that was under way meanwhile and
+        fails too only makes it wait longer when the upstream asked for longer.
+        """
         changed = not self.suspended
+        decides = changed or self.probing
         self.suspended_by = reply
         if changed:
             self._probe_wait = 0.0
-        self.end_probe()
+        if decides:
+            self.end_probe()
+        if retry_after is not None:
+            at = self.clock() + min(max(retry_after, 0.0), RETRY_AFTER_MAX)
+            self.next_probe = at if decides else max(self.next_probe, at)
         return changed
