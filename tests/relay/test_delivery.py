@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import time
@@ -329,14 +330,19 @@ async def test_too_old_message_is_dead(spool: SqliteSpool) -> None:
 
 
 async def test_sends_are_paced_per_mailbox(spool: SqliteSpool) -> None:
-    """At 600 messages a minute, sends of one mailbox are at least 0.1 s apart."""
+    """At 600 messages a minute, one mailbox's sends take a 0.1 s slot each: never two at once,
+    and no faster than the rate on average."""
     upstream = FakeUpstream()
-    ids = [await spool.enqueue(incoming(n)) for n in range(4)]
+    ids = [await spool.enqueue(incoming(n)) for n in range(6)]
     async with running(spool, upstream, messages_per_minute=600):
         for queue_id in ids:
             await wait_for_state(spool, queue_id, "delivered")
-    gaps = [b - a for a, b in zip(upstream.send_times, upstream.send_times[1:], strict=False)]
-    assert min(gaps) >= 0.09
+    times = upstream.send_times
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # The slots are 0.1 s apart; a send woken late by a busy machine can sit closer to the next
+    # one's slot, but unpaced sends would come milliseconds apart.
+    assert min(gaps) >= 0.05
+    assert (times[-1] - times[0]) / (len(times) - 1) >= 0.095
 
 
 async def test_refused_recipients_are_recorded(spool: SqliteSpool) -> None:
