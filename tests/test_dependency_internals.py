@@ -96,6 +96,10 @@ TIMEOUT_CB = Private(
     "aiosmtpd.smtp.SMTP", "_timeout_cb", "smtp_oauth.relay.listener.session.RelaySession._timeout_cb",
     "answer 421 before hanging up on an idle client (RFC 5321 4.5.3.2)",
 )  # fmt: skip
+GETADDR = Private(
+    "aiosmtpd.smtp.SMTP", "_getaddr", "smtp_oauth.relay.listener.session.RelaySession._getaddr",
+    "read the plain <user@domain> path of MAIL FROM and RCPT TO without aiosmtpd's slow parser",
+)  # fmt: skip
 
 # aiosmtpd in the sandbox's fake Exchange Online.
 CREATE_SESSION = Private(
@@ -147,6 +151,7 @@ def test_aiosmtplib_protocol_has_the_drain_helper() -> None:
         (CALL_HANDLER_HOOK, ["self", "command", "args"]),
         (HANDLE_CLIENT, ["self"]),
         (TIMEOUT_CB, ["self"]),
+        (GETADDR, ["self", "arg"]),
     ],
     ids=lambda value: value.attribute if isinstance(value, Private) else "",
 )
