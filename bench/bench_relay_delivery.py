@@ -24,24 +24,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from email.message import EmailMessage
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import bench_message
 from smtp_oauth.relay.spool.base import Message
 from smtp_oauth.relay.spool.sqlite import SqliteSpool
 from smtp_oauth.sandbox import Sandbox
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def body(sender: str, n: int, size: int) -> bytes:
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = "someone@example.net"
-    message["Subject"] = f"bench {n}"
-    message["Message-ID"] = f"<delivery-bench-{n}@sandbox.test>"
-    message.set_content(("0123456789abcdef" * 4 + "\n") * max(1, size // 65))
-    return message.as_bytes()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -60,7 +52,7 @@ async def fill(spool_dir: Path, mailbox: str, count: int, size: int) -> None:
                         mailbox=mailbox,
                         mail_from=mailbox,
                         rcpt_tos=["someone@example.net"],
-                        data=body(mailbox, n, size),
+                        data=bench_message(mailbox, n, size, tag="delivery").as_bytes(),
                     )
                 )
                 for n in range(count)
@@ -140,8 +132,10 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--messages", type=int, default=300)
-    parser.add_argument("--size", type=int, default=10 * 1024)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=300, help="messages in the spool per round")
+    parser.add_argument("--size", type=int, default=10 * 1024, help="bytes per message")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each kind, interleaved")
     asyncio.run(main(parser.parse_args()))

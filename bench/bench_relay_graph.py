@@ -15,27 +15,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import smtplib
+import sys
 import tempfile
 import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import bench_message
 from smtp_oauth.relay.passwords import hash_password
 from smtp_oauth.relay.service import RelayService
 from smtp_oauth.sandbox.runner import Sandbox
 
 USER, PASSWORD = "bench", "bench-password-123"
-
-
-def _message(sender: str, n: int, size: int) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = "someone@example.net"
-    message["Subject"] = f"bench {n}"
-    message["Message-ID"] = f"<graph-bench-{n}@sandbox.test>"
-    message.set_content(("0123456789abcdef" * 4 + "\n") * max(1, size // 65))
-    return message
 
 
 def _client(port: int, messages: list[EmailMessage], start: threading.Barrier) -> None:
@@ -57,7 +51,8 @@ async def _until(predicate: object, within: float) -> float:
 
 async def _send(port: int, sender: str, count: int, *, offset: int, size: int, connections: int) -> None:
     batches = [
-        [_message(sender, offset + n, size) for n in range(c, count, connections)] for c in range(connections)
+        [bench_message(sender, offset + n, size, tag="graph") for n in range(c, count, connections)]
+        for c in range(connections)
     ]
     start = threading.Barrier(connections)
     await asyncio.gather(*(asyncio.to_thread(_client, port, batch, start) for batch in batches))

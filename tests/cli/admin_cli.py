@@ -67,22 +67,32 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path, stdin: str | None = None
     return Completed(done.returncode, done.stdout, done.stderr)
 
 
-async def run_cli_async(*args: str, env: dict[str, str], cwd: Path, limit: float = 60) -> Completed:
-    """Run ``smtp-oauth ARGS`` while this event loop keeps serving (the sandbox runs on it)."""
+async def run_program(
+    *argv: str | Path, env: dict[str, str], cwd: str | Path, stdin: bytes | None = None, limit: float = 60
+) -> tuple[int, bytes, bytes]:
+    """Run a program to completion while this event loop keeps serving; (exit code, stdout, stderr).
+
+    Killed when it outlives ``limit`` seconds, so a hung child fails the test instead of outliving it.
+    """
     process = await asyncio.create_subprocess_exec(
-        *smtp_oauth_command(),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
+        *map(str, argv),
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
         cwd=cwd,
     )
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), limit)
+        stdout, stderr = await asyncio.wait_for(process.communicate(stdin), limit)
     except TimeoutError:
         process.kill()
         await process.wait()
         raise
     assert process.returncode is not None
-    return Completed(process.returncode, stdout.decode(), stderr.decode())
+    return process.returncode, stdout, stderr
+
+
+async def run_cli_async(*args: str, env: dict[str, str], cwd: Path, limit: float = 60) -> Completed:
+    """Run ``smtp-oauth ARGS`` while this event loop keeps serving (the sandbox runs on it)."""
+    code, stdout, stderr = await run_program(*smtp_oauth_command(), *args, env=env, cwd=cwd, limit=limit)
+    return Completed(code, stdout.decode(), stderr.decode())

@@ -6,7 +6,6 @@ which path sent the message: the stdlib one loads no asyncio, the full one does.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from smtp_oauth.cli.send_mail_direct import FAST_PATH_MAX_BYTES
 from smtp_oauth.errors import ExitCode
 from smtp_oauth.sandbox import Sandbox
+from tests.cli.admin_cli import run_program
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -31,21 +31,11 @@ HEAVY = {"pydantic", "pydantic_settings", "msal", "asyncio", "aiosmtplib", "aios
 
 async def probe(*args: str | Path, env: dict[str, str], stdin: bytes = b"") -> tuple[int, set[str], str]:
     """Exit code, the top-level packages a send-mail run loaded, and what it printed on stderr."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        PROBE,
-        *map(str, args),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=env["HOME"],
+    code, stdout, stderr = await run_program(
+        sys.executable, "-c", PROBE, *args, env=env, cwd=env["HOME"], stdin=stdin
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(stdin), 60)
-    assert process.returncode is not None
     loaded = {name.split(".")[0] for name in stdout.decode().split()}
-    return process.returncode, loaded, stderr.decode(errors="replace")
+    return code, loaded, stderr.decode(errors="replace")
 
 
 async def test_cached_direct_send_imports_no_pydantic_msal_asyncio_or_aiosmtplib(

@@ -60,6 +60,11 @@ def send_legacy(
             client.send_message(message)
 
 
+async def send_concurrently(port: int, batches: list[list[EmailMessage]]) -> None:
+    """Each batch over its own legacy connection, all connections at once."""
+    await asyncio.gather(*(asyncio.to_thread(send_legacy, port, batch) for batch in batches))
+
+
 @asynccontextmanager
 async def running_relay(
     sandbox: Sandbox, *, ready_within: float = 10.0, **delivery: float

@@ -6,7 +6,6 @@ names sendmail is installed as.
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from smtp_oauth.relay.service import RelayService
 from smtp_oauth.sandbox import Sandbox
-from tests.cli.admin_cli import clean_env
+from tests.cli.admin_cli import clean_env, run_program
 from tests.cli.send_mail_harness import SEND_MAIL
 from tests.relay.relay_harness import relay_section, running_relay, states, wait_until
 
@@ -53,20 +52,10 @@ async def run_as(
     link.parent.mkdir(exist_ok=True)
     if not link.exists():
         link.symlink_to(SEND_MAIL)
-    process = await asyncio.create_subprocess_exec(
-        str(link),
-        "-C",
-        str(sandbox.config_path),
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=env["HOME"],
+    code, stdout, stderr = await run_program(
+        link, "-C", sandbox.config_path, *args, env=env, cwd=env["HOME"], stdin=stdin
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(stdin), 60)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    return code, stdout.decode(), stderr.decode()
 
 
 SMTP_DIALOGUE = (

@@ -21,7 +21,7 @@ import pytest
 from smtp_oauth.relay.client import SubmissionClient
 from smtp_oauth.relay.service import RelayService
 from smtp_oauth.sandbox import Sandbox
-from tests.cli.admin_cli import clean_env
+from tests.cli.admin_cli import clean_env, run_program
 from tests.cli.send_mail_harness import SEND_MAIL
 from tests.relay.relay_harness import relay_section, running_relay, states, wait_until
 
@@ -45,20 +45,10 @@ async def relay(sandbox: Sandbox, socket_path: Path) -> AsyncIterator[RelayServi
 
 async def send_mail(sandbox: Sandbox, env: dict[str, str], *args: str, stdin: bytes = b"") -> tuple[int, str]:
     """Run the installed send-mail with the sandbox's configuration; (exit code, stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        str(SEND_MAIL),
-        "--config",
-        str(sandbox.config_path),
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=env["HOME"],
+    code, _, stderr = await run_program(
+        SEND_MAIL, "--config", sandbox.config_path, *args, env=env, cwd=env["HOME"], stdin=stdin
     )
-    _, stderr = await asyncio.wait_for(process.communicate(stdin), 60)
-    assert process.returncode is not None
-    return process.returncode, stderr.decode("utf-8", "replace")
+    return code, stderr.decode("utf-8", "replace")
 
 
 @pytest.fixture

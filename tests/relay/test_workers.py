@@ -21,16 +21,7 @@ from smtp_oauth.relay.client import SubmissionClient
 from smtp_oauth.relay.passwords import hash_password
 from smtp_oauth.relay.service import RelayService
 from smtp_oauth.sandbox import Sandbox
-from tests.relay.relay_harness import (
-    PASSWORD,
-    USER,
-    make_message,
-    relay_section,
-    running_relay,
-    send_legacy,
-    states,
-    wait_until,
-)
+from tests.relay import relay_harness as harness
 
 WORKERS = 2
 READY_WITHIN = 60.0  # each worker imports the relay and opens the spool; slow on a loaded machine
@@ -46,9 +37,11 @@ def socket_path() -> Iterator[Path]:
 async def relay(sandbox: Sandbox, socket_path: Path) -> AsyncIterator[tuple[RelayService, int]]:
     """A relay with two accept workers, its submission socket and metrics."""
     sandbox.write_config(
-        relay=relay_section(workers=WORKERS, submission_socket=str(socket_path), metrics_listen="127.0.0.1:0")
+        relay=harness.relay_section(
+            workers=WORKERS, submission_socket=str(socket_path), metrics_listen="127.0.0.1:0"
+        )
     )
-    async with running_relay(sandbox, ready_within=READY_WITHIN) as running:
+    async with harness.running_relay(sandbox, ready_within=READY_WITHIN) as running:
         yield running
 
 
@@ -75,13 +68,9 @@ async def test_mail_accepted_by_the_workers_is_delivered_by_the_main_process(
     """Ten messages over five connections at once: all stored, woken and delivered, each once."""
     _, port = relay
     sender = sandbox.settings().smtp.username
-    await asyncio.gather(
-        *(
-            asyncio.to_thread(send_legacy, port, [make_message(sender, 2 * c + n) for n in range(2)])
-            for c in range(5)
-        )
-    )
-    await wait_until(lambda: len(sandbox.delivered()) == 10, what="ten deliveries")
+    batches = [[harness.make_message(sender, 2 * c + n) for n in range(2)] for c in range(5)]
+    await harness.send_concurrently(port, batches)
+    await harness.wait_until(lambda: len(sandbox.delivered()) == 10, what="ten deliveries")
     subjects = sorted(str(m.message["Subject"]) for m in sandbox.delivered())
     assert subjects == sorted(f"legacy message {n}" for n in range(10))
 
@@ -96,9 +85,9 @@ async def test_concurrent_connections_are_spread_over_the_workers(
     clients = [await asyncio.to_thread(smtplib.SMTP, "127.0.0.1", port, timeout=30) for _ in range(8)]
     try:
         for client in clients:
-            await asyncio.to_thread(client.login, USER, PASSWORD)
+            await asyncio.to_thread(client.login, harness.USER, harness.PASSWORD)
         workers = service.workers
-        await wait_until(lambda: sum(workers.connections().values()) == 8, what="eight sessions")
+        await harness.wait_until(lambda: sum(workers.connections().values()) == 8, what="eight sessions")
         served = workers.connections()
     finally:
         for client in clients:
@@ -112,7 +101,7 @@ async def test_metrics_count_what_every_worker_accepted(
     """/metrics: accepted_total sums the workers, and shows how many run."""
     service, port = relay
     sender = sandbox.settings().smtp.username
-    await asyncio.gather(*(asyncio.to_thread(send_legacy, port, [make_message(sender, c)]) for c in range(4)))
+    await harness.send_concurrently(port, [[harness.make_message(sender, c)] for c in range(4)])
     text = await service.metrics()
     assert "smtp_oauth_relay_accepted_total 4\n" in text
     assert f"smtp_oauth_relay_workers {WORKERS}\n" in text
@@ -124,7 +113,7 @@ async def test_a_killed_worker_is_started_again(sandbox: Sandbox, relay: tuple[R
     assert service.workers is not None
     victim = service.workers.pids[0]
     os.kill(victim, signal.SIGKILL)
-    await wait_until(
+    await harness.wait_until(
         lambda: (
             service.workers is not None and service.workers.restarts == 1 and service.workers.alive == WORKERS
         ),
@@ -132,8 +121,10 @@ async def test_a_killed_worker_is_started_again(sandbox: Sandbox, relay: tuple[R
         what="the worker to be started again",
     )
     assert victim not in service.workers.pids
-    await asyncio.to_thread(send_legacy, port, [make_message(sandbox.settings().smtp.username, 1)])
-    await wait_until(lambda: len(sandbox.delivered()) == 1, what="delivery")
+    await asyncio.to_thread(
+        harness.send_legacy, port, [harness.make_message(sandbox.settings().smtp.username, 1)]
+    )
+    await harness.wait_until(lambda: len(sandbox.delivered()) == 1, what="delivery")
 
 
 async def test_workers_killed_mid_data_lose_nothing_acknowledged(
@@ -144,7 +135,7 @@ async def test_workers_killed_mid_data_lose_nothing_acknowledged(
     service, port = relay
     assert service.workers is not None
     sender = sandbox.settings().smtp.username
-    await asyncio.to_thread(send_legacy, port, [make_message(sender, n) for n in range(3)])
+    await asyncio.to_thread(harness.send_legacy, port, [harness.make_message(sender, n) for n in range(3)])
     cut = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
         await asyncio.to_thread(_begin_data, cut, sender)
@@ -153,15 +144,15 @@ async def test_workers_killed_mid_data_lose_nothing_acknowledged(
         assert await asyncio.to_thread(_rest, cut) == b""  # cut off, never a 250
     finally:
         cut.close()
-    await wait_until(lambda: len(sandbox.delivered()) == 3, what="the acknowledged messages")
-    await wait_until(
+    await harness.wait_until(lambda: len(sandbox.delivered()) == 3, what="the acknowledged messages")
+    await harness.wait_until(
         lambda: service.workers is not None and service.workers.alive == WORKERS,
         within=30,
         what="the workers to come back",
     )
     await asyncio.sleep(0.5)
     assert len(sandbox.delivered()) == 3
-    assert sum((await states(service)).values()) == 3
+    assert sum((await harness.states(service)).values()) == 3
 
 
 def _rest(sock: socket.socket) -> bytes:
@@ -186,7 +177,7 @@ def _begin_data(sock: socket.socket, sender: str) -> None:
         return line
 
     reply()  # greeting
-    token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+    token = base64.b64encode(f"\0{harness.USER}\0{harness.PASSWORD}".encode()).decode()
     for command, code in (
         ("EHLO client", b"250"),
         (f"AUTH PLAIN {token}", b"235"),
@@ -211,13 +202,13 @@ async def test_local_submissions_still_go_to_the_main_process(
             client.send(message, sender=sender, recipients=["a@example.test"])
 
     await asyncio.to_thread(submit)
-    await wait_until(lambda: len(sandbox.delivered()) == 1, what="delivery of the local submission")
+    await harness.wait_until(lambda: len(sandbox.delivered()) == 1, what="delivery of the local submission")
 
 
 async def test_a_reload_reaches_the_workers(sandbox: Sandbox, relay: tuple[RelayService, int]) -> None:
     """SIGHUP's reload: a user added to the file can log in through the workers."""
     service, port = relay
-    section = relay_section(workers=WORKERS, submission_socket=str(service.submission.path))
+    section = harness.relay_section(workers=WORKERS, submission_socket=str(service.submission.path))
     section["users"] = [
         *section["users"],
         {"name": "added", "password_hash": hash_password("added-password", log2_n=4)},
@@ -235,8 +226,8 @@ async def test_a_reload_reaches_the_workers(sandbox: Sandbox, relay: tuple[Relay
 
 async def test_a_graceful_stop_stops_every_worker(sandbox: Sandbox, socket_path: Path) -> None:
     """stop() (SIGTERM) ends the workers too, and the port closes."""
-    sandbox.write_config(relay=relay_section(workers=WORKERS, submission_socket=str(socket_path)))
-    async with running_relay(sandbox, ready_within=READY_WITHIN) as (service, port):
+    sandbox.write_config(relay=harness.relay_section(workers=WORKERS, submission_socket=str(socket_path)))
+    async with harness.running_relay(sandbox, ready_within=READY_WITHIN) as (service, port):
         assert service.workers is not None
         pids = service.workers.pids
     assert pids
