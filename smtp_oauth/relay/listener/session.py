@@ -17,7 +17,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 
@@ -52,6 +52,20 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(
     rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:[ \t]+(.*))?", re.DOTALL
 )
+
+
+def _write_and_close(transport: asyncio.BaseTransport, text: str) -> None:
+    """Write ``text`` (ASCII reply lines) on a stream transport, then close it once flushed.
+
+    Not ``isinstance(transport, asyncio.WriteTransport)``: uvloop's transports (the relay runs on
+    uvloop when it is installed) have the methods without subclassing asyncio's classes, so such a
+    check sent no 421 and closed nothing there.
+    """
+    stream = cast("asyncio.WriteTransport", transport)
+    if not stream.is_closing():
+        if text:
+            stream.write(text.encode("ascii"))
+        stream.close()
 
 
 @dataclass(frozen=True)
@@ -208,9 +222,7 @@ class RelaySession(SMTP):
         if first:
             refusal = self.listener.admit(peer_host)
             if refusal is not None:  # over a connection limit: no session, just the 421
-                assert isinstance(transport, asyncio.WriteTransport)  # a TCP transport
-                transport.write(f"{refusal}\r\n".encode("ascii"))
-                transport.close()
+                _write_and_close(transport, f"{refusal}\r\n")
                 self._refused = True
                 return
             self._admitted = True
@@ -297,8 +309,5 @@ class RelaySession(SMTP):
 
     def hang_up(self, *replies: str) -> None:
         """Write ``replies`` (if any), then close once they have been flushed."""
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            if replies:
-                transport.write("".join(f"{reply}\r\n" for reply in replies).encode("ascii"))
-            transport.close()
+        if self.transport is not None:
+            _write_and_close(self.transport, "".join(f"{reply}\r\n" for reply in replies))
