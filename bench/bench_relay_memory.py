@@ -18,26 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import smtplib
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import RelayChild, status_kib
 from smtp_oauth.relay.passwords import hash_password
 from smtp_oauth.sandbox import Sandbox
 
 USER, PASSWORD = "bench", "bench-password-123"
 MIB = 1024 * 1024
-
-
-def status_kib(pid: int, field: str) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    assert match, field
-    return int(match.group(1))
 
 
 def big_message(sender: str, size: int) -> bytes:
@@ -62,33 +56,16 @@ async def main(size: int) -> None:
         async with Sandbox(directory / "sandbox") as sandbox:
             users = [{"name": USER, "password_hash": hash_password(PASSWORD)}]
             sandbox.write_config(relay={"listen": "127.0.0.1:0", "users": users, "messages_per_minute": 0})
-            log = (directory / "relay.log").open("wb")
-            relay = subprocess.Popen(  # noqa: ASYNC220  # a benchmark: the pid is all we need
-                [sys.executable, "-m", "smtp_oauth", "--config", str(sandbox.config_path), "relay"],
-                stdout=log,
-                stderr=log,
-            )
-            try:
-                port = 0
-                while not port:
-                    await asyncio.sleep(0.1)
-                    found = re.search(
-                        r"listening on 127\.0\.0\.1:(\d+)", (directory / "relay.log").read_text()
-                    )
-                    port = int(found.group(1)) if found else 0
+            async with RelayChild(sandbox.config_path, directory / "relay.log") as relay:
                 baseline = status_kib(relay.pid, "VmRSS")
                 data = big_message(sandbox.tenant.mailbox, size)
                 started = time.perf_counter()
-                await asyncio.to_thread(send, port, sandbox.tenant.mailbox, data)
+                await asyncio.to_thread(send, relay.port, sandbox.tenant.mailbox, data)
                 accepted = time.perf_counter()
                 while not sandbox.delivered():  # noqa: ASYNC110  # the fake Exchange has no event to wait on
                     await asyncio.sleep(0.05)
                 delivered = time.perf_counter()
                 peak = status_kib(relay.pid, "VmHWM")
-            finally:
-                relay.terminate()
-                relay.wait()
-                log.close()
             assert sandbox.delivered()[0].data == data, "the delivered message differs"
     size_mib = len(data) / MIB
     print(
