@@ -145,33 +145,39 @@ def greetings(clients: list[Client]) -> dict[str, int]:
     return dict(Counter(c.greeting[:3] or "closed" for c in clients))
 
 
+async def held_while(
+    port: int, sender: str, sources: list[str], count: int
+) -> tuple[dict[str, int], str, float]:
+    """``count`` connections from each of ``sources``, held while the legitimate client sends.
+
+    The replies to those connects by code, and the legitimate client's final reply and seconds.
+    """
+    floods = await asyncio.gather(*(open_many(port, source, count) for source in sources))
+    everyone = [client for clients in floods for client in clients]
+    await asyncio.sleep(1)  # the refused ones are closed by now; the held ones stay
+    reply, seconds = await legit_send(port, sender)
+    for client in everyone:
+        client.close()
+    await asyncio.sleep(1)
+    return greetings(everyone), reply, seconds
+
+
 async def connections(port: int, sender: str, flood: int, *, per_client: int, total: int) -> None:
     print("1. connections", flush=True)
-    clients = await open_many(port, FLOODER, flood)
-    await asyncio.sleep(1)  # the refused ones are closed by now; the held ones stay
-    held = sum(c.greeting.startswith("220") for c in clients)
-    reply, seconds = await legit_send(port, sender)
-    for client in clients:
-        client.close()
+    replies, reply, seconds = await held_while(port, sender, [FLOODER], flood)
     figure(
         f"held by one address ({flood} opened)",
-        f"{held} (replies {greetings(clients)})",
+        f"{replies.get('220', 0)} (replies {replies})",
         f"max_connections_per_client = {per_client}; before: no limit, ~1,000 idle connections "
         "locked every client out",
     )
     figure("legitimate client meanwhile", f"{reply[:40]!r} in {seconds * 1000:.0f} ms", "served")
     addresses = -(-(total + per_client) // per_client)  # enough to pass max_connections
     sources = [f"127.0.1.{n}" for n in range(1, addresses + 1)]
-    floods = await asyncio.gather(*(open_many(port, source, per_client) for source in sources))
-    everyone = [c for clients in floods for c in clients]
-    await asyncio.sleep(1)
-    held = sum(c.greeting.startswith("220") for c in everyone)
-    reply, seconds = await legit_send(port, sender)
-    for client in everyone:
-        client.close()
+    replies, reply, seconds = await held_while(port, sender, sources, per_client)
     figure(
         f"held by {addresses} addresses x {per_client}",
-        f"{held}",
+        f"{replies.get('220', 0)}",
         f"max_connections = {total}",
     )
     figure(
@@ -179,7 +185,6 @@ async def connections(port: int, sender: str, flood: int, *, per_client: int, to
         f"{reply[:48]!r} in {seconds * 1000:.0f} ms",
         "refused like every client past max_connections (Postfix: the same past its process limit)",
     )
-    await asyncio.sleep(1)
 
 
 def directory_bytes(directory: Path) -> int:
@@ -264,10 +269,16 @@ async def recovery(
         reply, _ = await legit_send(relay.port, sender)
         assert reply.startswith("250"), reply
 
-    async def all_deferred() -> bool:
-        return (await asyncio.to_thread(queue_states, metrics_port))["deferred"] == queued
+    seen: list[Counter[str]] = [Counter()]
 
-    await until(all_deferred, within=120, what="the queue to be deferred")
+    async def suspended() -> bool:  # the first failure suspends the mailbox: the rest wait queued
+        seen[0] = states = await asyncio.to_thread(queue_states, metrics_port)
+        return states["deferred"] >= 1 and states["deferred"] + states["queued"] == queued
+
+    try:
+        await until(suspended, within=120, what="the queue to be deferred")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}: {dict(seen[0])}") from None
     await asyncio.sleep(down)
     up = time.monotonic()
     await sandbox.exchange.start()
