@@ -3,18 +3,21 @@
 No exception of msal, requests, aiosmtplib or pydantic leaves the library: they are turned into
 these at one boundary each (``settings.py``, ``tokens.py``, ``sender.py``)::
 
-    SmtpOAuthError                    base; .temporary, .exit_code, .explain()
-     +-- ConfigurationError           bad/missing settings (file, key)            exit 78
-     +-- StorageFullError             the local disk is full: try again later     exit 75
+    SmtpOAuthError                    base; .temporary, .kind, .explain()          kind
+     +-- ConfigurationError           bad/missing settings (file, key)             config
+     +-- StorageFullError             the local disk is full: try again later      temporary
      +-- TokenError                   the identity platform refused or was unreachable
-     |                                (.error, .aadsts_code, .correlation_id)     exit 77, or 75 if temporary
+     |                                (.error, .aadsts_code, .correlation_id)      denied, or temporary
      +-- DeliveryError                the mail service said no, or could not be reached
           |                           (.code, .enhanced_status, .text: SMTP replies only;
           |                           .retry_after: seconds the service asked to wait)
-          +-- TemporaryDeliveryError  4xx, network, timeouts: retry later         exit 75
-          +-- PermanentDeliveryError  5xx: retrying the same message won't help   exit 69
-          |    +-- MessageError       the message itself is unusable              exit 65
-          +-- AuthenticationError     535 / 530 on AUTH: the token was refused    exit 77
+          +-- TemporaryDeliveryError  4xx, network, timeouts: retry later          temporary
+          +-- PermanentDeliveryError  5xx: retrying the same message won't help    permanent
+          |    +-- MessageError       the message itself is unusable               message
+          +-- AuthenticationError     535 / 530 on AUTH: the token was refused     denied
+
+``kind`` says what sort of failure it is; what a command does with it (its exit status) is the
+command's business: ``smtp_oauth/cli/exit_codes.py`` maps each kind to a sysexits code.
 
 ``explain()`` returns the cause and the fix for the replies and AADSTS codes Exchange Online and
 Entra ID are known to send (sources: https://learn.microsoft.com/en-us/exchange/troubleshoot/send-emails/smtp-submission-improvements,
@@ -34,7 +37,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigurationError",
     "DeliveryError",
-    "ExitCode",
+    "FailureKind",
     "MessageError",
     "PermanentDeliveryError",
     "SmtpOAuthError",
@@ -44,18 +47,16 @@ __all__ = [
 ]
 
 
-class ExitCode(enum.IntEnum):
-    """sysexits.h codes, as sendmail and msmtp use them (interface: send-mail exit codes)."""
+class FailureKind(enum.StrEnum):
+    """What sort of failure an error is; each command maps a kind to its exit status."""
 
-    OK = 0
-    USAGE = 64  # EX_USAGE: bad command line
-    DATAERR = 65  # EX_DATAERR: bad message or address
-    NOINPUT = 66  # EX_NOINPUT: an input file is missing or unreadable
-    UNAVAILABLE = 69  # EX_UNAVAILABLE: permanent upstream rejection
-    SOFTWARE = 70  # EX_SOFTWARE: a bug of ours
-    TEMPFAIL = 75  # EX_TEMPFAIL: try again later
-    NOPERM = 77  # EX_NOPERM: authentication/authorization refused
-    CONFIG = 78  # EX_CONFIG: configuration error
+    TEMPORARY = "temporary"  # trying again later may work (4xx, network, a busy service, a full disk)
+    CONFIG = "config"  # the settings are missing or wrong
+    PERMANENT = "permanent"  # the service refused for good (5xx)
+    MESSAGE = "message"  # the message or an address in it is unusable
+    DENIED = "denied"  # authentication or authorization was refused
+    INPUT = "input"  # an input file is missing or unreadable
+    SOFTWARE = "software"  # a bug of ours, or a state the code did not expect
 
 
 _PLACEHOLDERS = {
@@ -83,7 +84,7 @@ class SmtpOAuthError(Exception):
     """Base class of every error smtp-oauth raises."""
 
     temporary: bool = False
-    exit_code: ExitCode = ExitCode.SOFTWARE
+    kind: FailureKind = FailureKind.SOFTWARE
 
     def __init__(self, message: str, *, context: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
@@ -101,7 +102,7 @@ class SmtpOAuthError(Exception):
 class ConfigurationError(SmtpOAuthError):
     """The settings are missing, unreadable or invalid; names the file and the key."""
 
-    exit_code = ExitCode.CONFIG
+    kind = FailureKind.CONFIG
 
     def __init__(
         self,
@@ -125,7 +126,7 @@ class StorageFullError(SmtpOAuthError):
     """Local storage (the relay's spool) has no room: temporary, a restart later will work."""
 
     temporary = True
-    exit_code = ExitCode.TEMPFAIL
+    kind = FailureKind.TEMPORARY
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -214,7 +215,7 @@ _AADSTS_HINTS: dict[int, str] = {
 class TokenError(SmtpOAuthError):
     """The Microsoft identity platform refused to issue a token, or could not be reached."""
 
-    exit_code = ExitCode.NOPERM
+    kind = FailureKind.DENIED
 
     def __init__(
         self,
@@ -236,7 +237,7 @@ class TokenError(SmtpOAuthError):
         self.correlation_id = correlation_id
         self.temporary = temporary
         if temporary:
-            self.exit_code = ExitCode.TEMPFAIL
+            self.kind = FailureKind.TEMPORARY
 
     def explain(self) -> str | None:  # noqa: PLR0911  # one early return per kind of failure
         if self.aadsts_code in _AADSTS_HINTS:
@@ -429,7 +430,7 @@ def _parse_enhanced(text: str) -> str | None:
 class DeliveryError(SmtpOAuthError):
     """The SMTP server refused, or could not be reached (``code`` is None then)."""
 
-    exit_code = ExitCode.UNAVAILABLE
+    kind = FailureKind.PERMANENT
 
     def __init__(
         self,
@@ -477,7 +478,7 @@ class TemporaryDeliveryError(DeliveryError):
     """A 4xx reply, a dropped connection or a timeout: the same message may go through later."""
 
     temporary = True
-    exit_code = ExitCode.TEMPFAIL
+    kind = FailureKind.TEMPORARY
 
     def explain(self) -> str | None:
         hint = super().explain()
@@ -493,10 +494,10 @@ class PermanentDeliveryError(DeliveryError):
 class MessageError(PermanentDeliveryError):
     """The message or an address in it is unusable (bad syntax, no recipients)."""
 
-    exit_code = ExitCode.DATAERR
+    kind = FailureKind.MESSAGE
 
 
 class AuthenticationError(DeliveryError):
     """AUTH XOAUTH2 was refused even with a freshly issued token."""
 
-    exit_code = ExitCode.NOPERM
+    kind = FailureKind.DENIED

@@ -12,7 +12,9 @@ import argparse
 import json
 import sys
 import textwrap
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+from smtp_oauth.cli.exit_codes import exit_code_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -80,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.all_profiles:
         report = _check(load, args)
         if args.json:
-            print(json.dumps(report.to_dict(), indent=2))
-        return report.exit_code
+            print(json.dumps(_as_json(report), indent=2))
+        return _exit_code(report)
     from smtp_oauth.settings.loading import settings_for_profile
 
     base = load_settings_from_args(args)
@@ -95,9 +97,23 @@ def run(args: argparse.Namespace) -> int:
             print()
     if args.json:
         print(
-            json.dumps({"profiles": {name: report.to_dict() for name, report in reports.items()}}, indent=2)
+            json.dumps({"profiles": {name: _as_json(report) for name, report in reports.items()}}, indent=2)
         )
-    return next((report.exit_code for report in reports.values() if report.exit_code), 0)
+    return next((code for code in map(_exit_code, reports.values()) if code), 0)
+
+
+def _exit_code(report: CheckReport) -> int:
+    """0 when every step passed, else the exit status of the first failure's kind."""
+    return 0 if report.failure is None else exit_code_for(report.failure)
+
+
+def _as_json(report: CheckReport) -> dict[str, Any]:
+    """The report's document, with the exit status of the whole check and of each failed step."""
+    document = report.to_dict()
+    document["exit_code"] = _exit_code(report)
+    for step, entry in zip(report.steps, document["steps"], strict=True):
+        entry["exit_code"] = exit_code_for(step.failure) if step.failure else 0
+    return document
 
 
 def _check(load: Callable[[], Settings], args: argparse.Namespace) -> CheckReport:
@@ -124,5 +140,5 @@ def _check(load: Callable[[], Settings], args: argparse.Namespace) -> CheckRepor
     else:
         failure = report.first_failure
         assert failure is not None
-        print(f"\nCheck failed at: {failure.title} (exit {report.exit_code}).")
+        print(f"\nCheck failed at: {failure.title} (exit {_exit_code(report)}).")
     return report

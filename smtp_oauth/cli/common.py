@@ -7,7 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
-from smtp_oauth.errors import ExitCode, SmtpOAuthError
+from smtp_oauth.cli.exit_codes import ExitCode, exit_code_of
+from smtp_oauth.errors import SmtpOAuthError
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
@@ -60,7 +61,7 @@ def run_guarded(action: Callable[[], int]) -> int:
         return action()
     except SmtpOAuthError as error:
         report_error(error)
-        return int(error.exit_code)
+        return exit_code_of(error)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -14,7 +14,7 @@ import sys
 from importlib import resources
 from typing import Any
 
-from smtp_oauth.errors import ExitCode
+from smtp_oauth.cli.exit_codes import ExitCode
 
 __all__ = ["add_arguments", "example_config", "run"]
 

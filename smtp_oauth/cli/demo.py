@@ -24,7 +24,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smtp_oauth.errors import ExitCode, SmtpOAuthError
+from smtp_oauth.cli.exit_codes import ExitCode, exit_code_of
+from smtp_oauth.errors import SmtpOAuthError
 
 if TYPE_CHECKING:
     from smtp_oauth.sandbox import Sandbox
@@ -64,7 +65,7 @@ class _Demo:
         try:
             outcome = await action()
         except Exception as error:  # a self-test: any failure is reported as the step's FAIL
-            self.exit_code = int(error.exit_code) if isinstance(error, SmtpOAuthError) else 1
+            self.exit_code = exit_code_of(error) if isinstance(error, SmtpOAuthError) else 1
             print(f"[{self.number}/{self.total}] FAIL  {title}: {error}", flush=True)
             hint = error.explain() if isinstance(error, SmtpOAuthError) else None
             if hint:

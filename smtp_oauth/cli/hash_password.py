@@ -14,7 +14,7 @@ import json
 import sys
 from typing import BinaryIO, TextIO
 
-from smtp_oauth.errors import ExitCode
+from smtp_oauth.cli.exit_codes import ExitCode
 from smtp_oauth.relay.passwords import hash_password
 
 __all__ = ["add_arguments", "read_password", "run"]

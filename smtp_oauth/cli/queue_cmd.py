@@ -19,7 +19,7 @@ from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 
 from smtp_oauth.cli.common import add_config_option
-from smtp_oauth.errors import ExitCode
+from smtp_oauth.cli.exit_codes import ExitCode, exit_code_of
 from smtp_oauth.logs import configure_logging
 from smtp_oauth.relay.spool import open_spool
 from smtp_oauth.relay.spool.base import STATES, MessageGone, SpoolAdmin, SpooledMessage, SpoolError
@@ -216,13 +216,13 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0911  # one exit per outco
             return _migrate(settings)
         except SpoolError as error:
             print(f"smtp-oauth: {error}", file=sys.stderr)
-            return int(error.exit_code)
+            return exit_code_of(error)
     directory = settings.spool_path
     try:
         result = asyncio.run(_run(settings, args))
     except SpoolError as error:
         print(f"smtp-oauth: {error}", file=sys.stderr)
-        return int(error.exit_code)
+        return exit_code_of(error)
     if result is not None:
         return result
     if args.action == "list":

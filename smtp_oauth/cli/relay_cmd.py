@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from smtp_oauth.cli.common import load_settings_from_args
-from smtp_oauth.errors import ExitCode
+from smtp_oauth.cli.exit_codes import ExitCode
 
 __all__ = ["add_arguments", "run"]
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from smtp_oauth.errors import ExitCode
+from smtp_oauth.cli.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from smtp_oauth.sandbox.runner import Sandbox

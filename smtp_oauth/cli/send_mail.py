@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from smtp_oauth.cli.common import report_error
+from smtp_oauth.cli.exit_codes import ExitCode, exit_code_of
 from smtp_oauth.cli.send_mail_args import SendMailArgs, UsageError, parse_args
-from smtp_oauth.errors import ExitCode, MessageError, SmtpOAuthError
+from smtp_oauth.errors import MessageError, SmtpOAuthError
 
 if TYPE_CHECKING:
     from email.headerregistry import Address
@@ -454,7 +455,7 @@ def _hand_on(
                 return _Outcome(int(ExitCode.OK), exit_now=_nothing_heavy_loaded())
     except SmtpOAuthError as error:  # the error the full path would report for the same failure
         report_error(error, prog=prog)
-        return _Outcome(int(error.exit_code), exit_now=_nothing_heavy_loaded())
+        return _Outcome(exit_code_of(error), exit_now=_nothing_heavy_loaded())
     return _Outcome(_send_full(args, settings, outgoing, prog=prog))
 
 
@@ -544,7 +545,7 @@ def _main(argv: Sequence[str] | None, prog: str | None) -> _Outcome:
         return _Outcome(int(ExitCode.USAGE))
     except SmtpOAuthError as error:
         report_error(error, prog=name)
-        return _Outcome(int(error.exit_code))
+        return _Outcome(exit_code_of(error))
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return _Outcome(INTERRUPTED)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from smtp_oauth.errors import ExitCode
+from smtp_oauth.cli.exit_codes import ExitCode
 from smtp_oauth.relay.client import SubmissionClient, open_submission_socket
 
 __all__ = ["MODES", "flush_queue", "list_queue", "no_aliases", "smtp_on_stdio"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from smtp_oauth.diagnostics.app_access import access_model, describe_model
 from smtp_oauth.diagnostics.report import Status, StepResult
-from smtp_oauth.errors import ExitCode
+from smtp_oauth.errors import FailureKind
 from smtp_oauth.settings.models import CLOUDS, Settings
 
 __all__ = [
@@ -210,7 +210,7 @@ def check_claims(claims: Mapping[str, Any], settings: Settings, *, now: datetime
         problem = find(claims, settings, now)
         if problem is not None:
             detail, fix = problem
-            return StepResult("claims", TITLE, Status.FAIL, detail, fix, int(ExitCode.NOPERM), facts)
+            return StepResult("claims", TITLE, Status.FAIL, detail, fix, FailureKind.DENIED, facts)
     note = _mailbox_note(claims, settings)
     status = Status.WARN if note else Status.PASS
     return StepResult(

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from smtp_oauth.diagnostics.report import Status, StepResult
-from smtp_oauth.errors import ExitCode
+from smtp_oauth.errors import FailureKind
 from smtp_oauth.settings.models import Settings
 
 __all__ = ["DRY_REQUEST_BODY", "GRAPH_STEPS", "check_graph_claims", "graph_audiences", "large_message_step"]
@@ -70,7 +70,7 @@ def check_graph_claims(claims: Mapping[str, Any], settings: Settings) -> StepRes
             f"graph.scopes is {settings.graph.scopes}: remove it to use the default {settings.graph_scopes}."
             if settings.graph.scopes
             else "Check identity.cloud.",
-            int(ExitCode.NOPERM),
+            FailureKind.DENIED,
             facts,
         )
     if settings.identity.is_delegated:
@@ -90,7 +90,7 @@ def check_graph_claims(claims: Mapping[str, Any], settings: Settings) -> StepRes
             f"the delegated token has no Mail.Send scope (scp: {' '.join(scopes) or 'none'})",
             f"Add the delegated permission Microsoft Graph > Mail.Send to app {client}, grant consent "
             f"({_consent_url(settings)}), then sign in again: smtp-oauth logout && smtp-oauth login",
-            int(ExitCode.NOPERM),
+            FailureKind.DENIED,
             facts,
         )
     roles = _as_list(claims.get("roles"))

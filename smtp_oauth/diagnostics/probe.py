@@ -15,7 +15,7 @@ import ssl
 import time
 
 from smtp_oauth.diagnostics.report import Status, StepResult
-from smtp_oauth.errors import ExitCode
+from smtp_oauth.errors import FailureKind
 from smtp_oauth.settings.models import Settings
 
 __all__ = ["SmtpProbe", "tls_context"]
@@ -68,7 +68,7 @@ class SmtpProbe:
                 "Check smtp.host and smtp.port (Exchange Online: smtp.office365.com, port 587 with "
                 "STARTTLS), DNS, and that a firewall or proxy lets this machine reach the port "
                 f"(try: nc -vz {self._host} {self._port}).",
-                int(ExitCode.TEMPFAIL),
+                FailureKind.TEMPORARY,
             )
         self._reader, self._writer = reader, writer
         peer = writer.get_extra_info("peername")
@@ -106,7 +106,7 @@ class SmtpProbe:
                 Status.FAIL,
                 f"TLS with {self._endpoint} failed: {exc or type(exc).__name__}",
                 'Check smtp.security: "starttls" for port 587, "tls" for port 465.',
-                int(ExitCode.TEMPFAIL),
+                FailureKind.TEMPORARY,
             )
         return self._secured(title, extensions)
 
@@ -128,7 +128,7 @@ class SmtpProbe:
                 f"{detail}; but the server offers no AUTH XOAUTH2 (AUTH: {' '.join(mechanisms) or 'none'})",
                 "smtp.host is not an Exchange Online submission endpoint, or SMTP AUTH is turned off "
                 "there. Use smtp.office365.com port 587.",
-                int(ExitCode.UNAVAILABLE),
+                FailureKind.PERMANENT,
                 facts,
             )
         return StepResult("tls", title, Status.PASS, f"{detail}; AUTH {' '.join(mechanisms)}", facts=facts)
@@ -141,7 +141,7 @@ class SmtpProbe:
             f"{self._endpoint} does not offer STARTTLS; smtp-oauth never sends a token in clear text",
             "Exchange Online offers STARTTLS on smtp.office365.com port 587. For a server that "
             'speaks TLS from the first byte (port 465) set smtp.security = "tls".',
-            int(ExitCode.UNAVAILABLE),
+            FailureKind.PERMANENT,
         )
 
     def _untrusted(self, title: str, exc: ssl.SSLCertVerificationError) -> StepResult:
@@ -162,7 +162,7 @@ class SmtpProbe:
             Status.FAIL,
             f"the certificate of {self._endpoint} is not trusted: {reason}",
             fix,
-            int(ExitCode.CONFIG),  # trust is configured (smtp.ca_file): retrying will not help
+            FailureKind.CONFIG,  # trust is configured (smtp.ca_file): retrying will not help
             {"ca_file": str(ca_file) if ca_file else None},
         )
 

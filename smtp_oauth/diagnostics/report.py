@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from smtp_oauth.errors import ExitCode
+from smtp_oauth.errors import FailureKind
 
 __all__ = ["CheckReport", "Status", "StepResult"]
 
@@ -30,7 +30,9 @@ class StepResult:
     status: Status
     detail: str  # what was found; never a secret or a token
     fix: str | None = None  # what to do, filled in with the user's ids where known
-    exit_code: int = int(ExitCode.OK)  # sysexits code of the failure (0 unless FAIL)
+    failure: FailureKind | None = (
+        None  # what sort of failure (None unless FAIL); the CLI maps it to an exit status
+    )
     facts: dict[str, Any] = field(default_factory=dict)  # machine-readable findings (ids, expiry)
 
     @property
@@ -44,14 +46,14 @@ class StepResult:
             "status": self.status.value,
             "detail": self.detail,
             "fix": self.fix,
-            "exit_code": self.exit_code,
+            "failure": self.failure.value if self.failure else None,
             "facts": self.facts,
         }
 
 
 @dataclass
 class CheckReport:
-    """All steps in order. ``exit_code`` is 0 only when no step failed."""
+    """All steps in order. ``failure`` is None only when no step failed."""
 
     steps: list[StepResult] = field(default_factory=list)
     identity: dict[str, str] = field(default_factory=dict)  # ids checked (never secrets)
@@ -66,17 +68,18 @@ class CheckReport:
         return next((step for step in self.steps if step.status is Status.FAIL), None)
 
     @property
-    def exit_code(self) -> int:
-        failure = self.first_failure
-        if failure is None:
-            return int(ExitCode.OK)
-        return failure.exit_code or 1
+    def failure(self) -> FailureKind | None:
+        """What sort of failure ended the check (a failed step that names none: a bug of ours)."""
+        step = self.first_failure
+        if step is None:
+            return None
+        return step.failure or FailureKind.SOFTWARE
 
     def to_dict(self) -> dict[str, Any]:
         """One JSON-serializable document for monitoring."""
         return {
             "ok": self.ok,
-            "exit_code": self.exit_code,
+            "failure": self.failure.value if self.failure else None,
             "checked_at": self.checked_at.isoformat(timespec="seconds"),
             "identity": self.identity,
             "steps": [step.to_dict() for step in self.steps],

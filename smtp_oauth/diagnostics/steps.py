@@ -81,7 +81,7 @@ class _Run:
         """Record ``error`` as the step's failure; ``cause``, when known, comes before its hint."""
         error.context.update(self.context)
         fix = " ".join(part for part in (cause, error.explain()) if part) or None
-        step = StepResult(name, _TITLES[name], Status.FAIL, str(error), fix, int(error.exit_code))
+        step = StepResult(name, _TITLES[name], Status.FAIL, str(error), fix, error.kind)
         return self.add(step)
 
     def skip_rest(self, wanted: list[str]) -> None:

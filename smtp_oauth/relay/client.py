@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
-from smtp_oauth.errors import ExitCode, PermanentDeliveryError, SmtpOAuthError, TemporaryDeliveryError
+from smtp_oauth.errors import FailureKind, PermanentDeliveryError, SmtpOAuthError, TemporaryDeliveryError
 from smtp_oauth.smtp.replies import Stage, from_reply
 
 __all__ = [
@@ -39,7 +39,7 @@ _CHUNK = 1 << 16
 class SubmissionDenied(SmtpOAuthError):
     """This account may not connect to the submission socket (its file mode and group say so)."""
 
-    exit_code = ExitCode.NOPERM
+    kind = FailureKind.DENIED
 
     def __init__(self, message: str, *, hint: str) -> None:
         super().__init__(message)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from smtp_oauth.errors import ExitCode
+from smtp_oauth.cli.exit_codes import ExitCode
 from smtp_oauth.sandbox import Sandbox
 from smtp_oauth.smtp.xoauth2 import encode
 from tests.cli.send_mail_harness import mailbox_of, run_send_mail

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from smtp_oauth.cli.exit_codes import ExitCode
 from smtp_oauth.cli.send_mail_direct import FAST_PATH_MAX_BYTES
-from smtp_oauth.errors import ExitCode
 from smtp_oauth.sandbox import Sandbox
 from tests.cli.admin_cli import run_program
 

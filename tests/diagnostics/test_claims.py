@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from smtp_oauth.diagnostics import Status, check_claims
+from smtp_oauth.errors import FailureKind
 from smtp_oauth.settings.loading import load_settings
 from smtp_oauth.settings.models import Settings
 
@@ -92,7 +93,7 @@ def test_wrong_audience_fails_and_names_the_scopes(app_only: Settings) -> None:
     """A Graph token fails, says it is not for Exchange Online, and names the default scope to use."""
     result = check_claims(_app_claims(aud="https://graph.microsoft.com"), app_only, now=NOW)
     assert result.status is Status.FAIL
-    assert result.exit_code == 77
+    assert result.failure is FailureKind.DENIED
     assert "https://graph.microsoft.com" in result.detail
     assert "not Exchange Online" in result.detail
     assert result.fix is not None

@@ -15,6 +15,7 @@ from aiosmtpd.smtp import SMTP, AuthResult
 
 from smtp_oauth.diagnostics import Status
 from smtp_oauth.diagnostics.probe import SmtpProbe
+from smtp_oauth.errors import FailureKind
 from smtp_oauth.sandbox.certs import SandboxCertificates, make_certificates
 from smtp_oauth.settings.loading import load_settings
 from smtp_oauth.settings.models import Settings
@@ -75,7 +76,7 @@ async def test_server_without_starttls_fails_and_sends_nothing_in_clear(
         connected, secured = await _probe(_settings(tmp_path, monkeypatch, port))
     assert connected.status is Status.PASS
     assert secured.status is Status.FAIL
-    assert secured.exit_code == 69
+    assert secured.failure is FailureKind.PERMANENT
     assert "does not offer STARTTLS" in secured.detail
     assert 'smtp.security = "tls"' in secured.fix
 
@@ -114,6 +115,6 @@ async def test_refused_connection_fails_with_exit_75(tmp_path: Path, monkeypatch
         port = probe.getsockname()[1]
     connected, secured = await _probe(_settings(tmp_path, monkeypatch, port))
     assert connected.status is Status.FAIL
-    assert connected.exit_code == 75
+    assert connected.failure is FailureKind.TEMPORARY
     assert f"nc -vz 127.0.0.1 {port}" in connected.fix
     assert secured is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from smtp_oauth.diagnostics import STEPS, Status, StepResult, run_checks
-from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.errors import ConfigurationError, FailureKind
 from smtp_oauth.sandbox import Sandbox
 from smtp_oauth.settings.models import Settings
 
@@ -15,7 +15,7 @@ async def test_healthy_sandbox_reports_every_step_in_order(smtp_oauth_sandbox: S
     seen: list[StepResult] = []
     report = await run_checks(smtp_oauth_sandbox.settings(), on_step=seen.append)
     assert report.ok
-    assert report.exit_code == 0
+    assert report.failure is None
     assert [step.name for step in report.steps] == ["config", "token", "claims", "connect", "tls", "auth"]
     assert seen == report.steps
     assert {step.status for step in report.steps} == {Status.PASS}
@@ -38,7 +38,7 @@ async def test_configuration_error_from_a_loader_is_the_first_failure() -> None:
 
     report = await run_checks(broken, send_test="ops@example.org")
     assert not report.ok
-    assert report.exit_code == 78
+    assert report.failure is FailureKind.CONFIG
     assert report.first_failure is not None
     assert report.first_failure.name == "config"
     assert "smtp.username" in report.first_failure.detail
@@ -55,7 +55,7 @@ async def test_auth_failure_fix_names_the_service_principal_from_the_token(
     failure = report.first_failure
     assert failure is not None
     assert failure.name == "auth"
-    assert report.exit_code == 77
+    assert report.failure is FailureKind.DENIED
     sp = smtp_oauth_sandbox.tenant.app.service_principal_id
     assert failure.fix is not None
     assert f"-ObjectId {sp}" in failure.fix

@@ -7,6 +7,7 @@ import email.policy
 
 import pytest
 
+from smtp_oauth.cli.exit_codes import exit_code_of
 from smtp_oauth.errors import MessageError
 from smtp_oauth.graph.mime import add_bcc, for_graph, reencode_quoted_printable
 
@@ -45,7 +46,7 @@ def test_a_header_recipient_outside_the_envelope_is_refused() -> None:
     with pytest.raises(MessageError) as caught:
         for_graph(RAW, ["c@z.test"])
     assert "b@y.test" in str(caught.value)
-    assert caught.value.exit_code == 65
+    assert exit_code_of(caught.value) == 65
     assert "transport" in (caught.value.explain() or "")
 
 

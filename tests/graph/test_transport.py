@@ -10,6 +10,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from smtp_oauth.cli.exit_codes import exit_code_of
 from smtp_oauth.errors import AuthenticationError, MessageError, TemporaryDeliveryError
 from smtp_oauth.graph.client import GraphClient
 from smtp_oauth.graph.transport import GraphTransport
@@ -105,7 +106,7 @@ async def test_a_long_retry_after_is_a_temporary_error_carrying_the_wait(
             await transport.send(_message(smtp_oauth_sandbox))
     assert time.monotonic() - started < 10
     error = caught.value
-    assert error.exit_code == 75
+    assert exit_code_of(error) == 75
     assert error.retry_after is not None
     assert 120 <= error.retry_after <= 150
     assert error.code is None
@@ -163,7 +164,7 @@ async def test_missing_mail_send_names_both_permission_models(
         with pytest.raises(AuthenticationError) as caught:
             await transport.send(_message(smtp_oauth_sandbox))
     error = caught.value
-    assert error.exit_code == 77
+    assert exit_code_of(error) == 77
     assert "403 ErrorAccessDenied" in str(error)
     hint = error.explain() or ""
     app = smtp_oauth_sandbox.tenant.app
@@ -253,7 +254,7 @@ async def test_a_large_message_without_mail_readwrite_is_a_permanent_message_err
     async with create_transport(graph_settings) as transport:
         with pytest.raises(MessageError) as caught:
             await transport.send(message)
-    assert caught.value.exit_code == 65
+    assert exit_code_of(caught.value) == 65
     assert "Mail.ReadWrite" in (caught.value.explain() or "")
     assert smtp_oauth_sandbox.graph_delivered() == []
 

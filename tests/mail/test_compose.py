@@ -10,7 +10,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from smtp_oauth.errors import ExitCode, MessageError
+from smtp_oauth.cli.exit_codes import ExitCode, exit_code_of
+from smtp_oauth.errors import MessageError
 from smtp_oauth.mail.compose import (
     Attachment,
     build_message,
@@ -62,7 +63,7 @@ def test_parse_addresses_rejects_non_addresses(bad: str) -> None:
     """Text that is not an address raises MessageError (exit 65) naming it."""
     with pytest.raises(MessageError) as caught:
         parse_addresses([bad], what="To")
-    assert caught.value.exit_code == ExitCode.DATAERR
+    assert exit_code_of(caught.value) == ExitCode.DATAERR
     assert "To" in str(caught.value)
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from smtp_oauth.errors import ConfigurationError, ExitCode
+from smtp_oauth.cli.exit_codes import ExitCode, exit_code_of
+from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.settings.loading import find_config_file, load_settings
 from smtp_oauth.settings.models import parse_duration, parse_listen
 
@@ -57,7 +58,7 @@ def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
     assert str(path) in str(error)
     assert error.key == "smtp.hots"
     assert error.file == str(path)
-    assert error.exit_code == ExitCode.CONFIG
+    assert exit_code_of(error) == ExitCode.CONFIG
 
 
 def test_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from smtp_oauth.cli.exit_codes import exit_code_of
 from smtp_oauth.errors import (
     AuthenticationError,
     MessageError,
@@ -354,7 +355,7 @@ async def test_unreachable_server_is_temporary(clean_env: None, certs: SandboxCe
     async with Mailer(make_settings(port, certs.ca_file), token_provider=None) as mailer:
         with pytest.raises(TemporaryDeliveryError, match=f"cannot connect to 127.0.0.1:{port}") as caught:
             await mailer.verify_login()
-    assert caught.value.exit_code == 75
+    assert exit_code_of(caught.value) == 75
 
 
 async def test_send_timeout_bounds_the_whole_send(

@@ -15,10 +15,10 @@ from email.message import EmailMessage
 
 import pytest
 
+from smtp_oauth.cli.exit_codes import ExitCode, exit_code_of
 from smtp_oauth.errors import (
     AuthenticationError,
     DeliveryError,
-    ExitCode,
     MessageError,
     PermanentDeliveryError,
     SmtpOAuthError,
@@ -94,7 +94,7 @@ async def failure_of(
     with pytest.raises(DeliveryError) as caught:
         await client(settings, tokens, note(), sender)
     error = caught.value
-    return Outcome(type(error), int(error.exit_code), error.explain())
+    return Outcome(type(error), exit_code_of(error), error.explain())
 
 
 Scenario = Callable[[FakeExchange, Settings, int], Settings]

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
-from smtp_oauth.errors import ExitCode, SmtpOAuthError
+from smtp_oauth.errors import FailureKind, SmtpOAuthError
 
 __all__ = [
     "STATES",
@@ -64,7 +64,7 @@ class SpoolError(SmtpOAuthError):
     def __init__(self, message: str, *, temporary: bool = True) -> None:
         super().__init__(message)
         self.temporary = temporary
-        self.exit_code = ExitCode.TEMPFAIL if temporary else ExitCode.SOFTWARE
+        self.kind = FailureKind.TEMPORARY if temporary else FailureKind.SOFTWARE
 
 
 class MessageGone(SpoolError):  # the name says what happened, like FileNotFoundError
