@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from smtp_oauth.cli.common import report_error
 from smtp_oauth.cli.exit_codes import ExitCode, exit_code_of
 from smtp_oauth.cli.send_mail_args import SendMailArgs, UsageError, parse_args
-from smtp_oauth.errors import MessageError, SmtpOAuthError
+from smtp_oauth.errors import FailureKind, MessageError, SmtpOAuthError
 
 if TYPE_CHECKING:
     from email.headerregistry import Address
@@ -53,7 +53,7 @@ INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 class InputFileError(SmtpOAuthError):
     """A file named on the command line cannot be read (exit 66, EX_NOINPUT)."""
 
-    exit_code = ExitCode.NOINPUT
+    kind = FailureKind.INPUT
 
 
 class Outgoing(NamedTuple):

@@ -18,7 +18,7 @@ from smtp_oauth.errors import (
 )
 from smtp_oauth.relay.spool.base import SpoolError
 
-# The exit codes of interface.md ("send-mail exit codes"), one per kind of library error.
+# The exit codes the commands promise (the README's send-mail exit codes), one per kind of library error.
 PINNED: dict[str, tuple[SmtpOAuthError, int]] = {
     "config": (ConfigurationError("bad key", key="smtp.port"), 78),
     "disk-full": (StorageFullError("no room"), 75),

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from smtp_oauth.cli.exit_codes import ExitCode
 from tests.cli.send_mail_harness import SEND_MAIL, mailbox_of, run_send_mail
 
 if TYPE_CHECKING:
-    from smtp_oauth.cli.exit_codes import ExitCode
-from smtp_oauth.sandbox import Sandbox
+    from smtp_oauth.sandbox import Sandbox
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
