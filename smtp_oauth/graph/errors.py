@@ -183,7 +183,7 @@ class GraphReply:
         return " ".join(parts)
 
 
-# --- the fixes, filled in with the user's ids (errors._fill placeholders) -------------------------
+# --- the fixes, filled in with the user's ids (errors.fill_hint placeholders) -------------------------
 
 _PERMISSION_MODELS = (
     "Grant it one way, not both: (a) the Graph permission for every mailbox of the tenant: Entra admin "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from smtp_oauth.errors import (
     AuthenticationError,
@@ -29,9 +28,6 @@ from smtp_oauth.errors import (
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "Stage",
@@ -95,7 +91,16 @@ def from_reply(
         # A reply outside 4xx/5xx where a success was due: the server is confused; later may work.
         message = f"{server} gave an unexpected reply at {stage.value}: {code} {text}"
     error_class = reply_error_class(code, auth=stage is Stage.AUTH, text=text)
-    return error_class(message, code=code, text=text, recipients=recipients, context=context)
+    return _with_hint(error_class(message, code=code, text=text, recipients=recipients, context=context))
+
+
+def _with_hint(error: DeliveryError) -> DeliveryError:
+    """``error`` with the cause and fix Exchange's reply is known to mean (smtp/hints.py), if any."""
+    # On a refusal only: a message that goes through never loads the table (send-mail's start-up).
+    from smtp_oauth.smtp.hints import reply_hint
+
+    error.hint = reply_hint(error.code, error.enhanced_status, error.text)
+    return error
 
 
 # Exchange Online answers quota conditions with 5xx codes although they clear by themselves: the
@@ -137,7 +142,7 @@ def all_refused(
     if all(code in _SYNTAX_CODES for code in codes):
         error_class = MessageError
     message = f"{server} refused all recipients: {listing}"
-    return error_class(message, code=code, text=text, recipients=dict(refused), context=context)
+    return _with_hint(error_class(message, code=code, text=text, recipients=dict(refused), context=context))
 
 
 _TLS_HINT = (

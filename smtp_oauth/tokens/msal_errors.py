@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import msal
 import requests
 
-from smtp_oauth.errors import ConfigurationError, SmtpOAuthError, TokenError, aadsts_code_of
+from smtp_oauth.errors import ConfigurationError, SmtpOAuthError, TokenError, fill_hint
+from smtp_oauth.tokens.hints import aadsts_code_of, aadsts_hint
 from smtp_oauth.tokens.http import IdpHttpClient
 
 __all__ = ["ErrorMapper", "RecordingHttpClient", "first_line"]
@@ -134,6 +135,7 @@ class ErrorMapper:
             message,
             error=error,
             aadsts_code=aadsts,
+            hint=aadsts_hint(aadsts),
             description=description or None,
             correlation_id=str(correlation_id) if correlation_id else None,
             temporary=temporary,
@@ -190,7 +192,8 @@ class ErrorMapper:
         if refused.get("error_description"):
             # Tenant discovery was refused (e.g. AADSTS90002 unknown tenant): Entra's words say more.
             description = str(refused["error_description"])
-            known = TokenError("", aadsts_code=aadsts_code_of(description), context=self._context).explain()
+            template = aadsts_hint(aadsts_code_of(description))
+            known = fill_hint(template, self._context) if template else None
             return ConfigurationError(
                 f"the identity provider refused authority {self._authority}: {first_line(description)}",
                 key="identity.tenant_id",

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from smtp_oauth.errors import ConfigurationError, TokenError
+from smtp_oauth.tokens.hints import aadsts_hint
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
@@ -105,6 +106,7 @@ class OnBehalfOf:
                 f"the user's access token expired at {when}; it cannot be exchanged on their behalf",
                 error="invalid_grant",
                 aadsts_code=500133,
+                hint=aadsts_hint(500133),
                 context=self._settings.hint_context(),
             )
         key = _digest(assertion)

@@ -18,7 +18,6 @@ from typing import BinaryIO, Self
 import pytest
 
 from smtp_oauth.errors import (
-    AuthenticationError,
     PermanentDeliveryError,
     SmtpOAuthError,
     TemporaryDeliveryError,
@@ -26,6 +25,7 @@ from smtp_oauth.errors import (
 from smtp_oauth.relay.delivery.manager import DeliveryConfig, DeliveryManager
 from smtp_oauth.relay.spool.base import Message, QueueState, SpooledMessage, SpoolError
 from smtp_oauth.relay.spool.sqlite import SqliteSpool
+from smtp_oauth.smtp.replies import Stage, from_reply
 from smtp_oauth.transport import MessageSource, SendResult, TransportFactory
 from tests.relay.spool_helpers import body_of
 
@@ -307,7 +307,10 @@ async def test_authentication_failure_is_deferred_loudly(
     spool: SqliteSpool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A 535 after the fresh-token retry defers (not dead); the suspension is an ERROR with the hint."""
-    failure = AuthenticationError("refused", code=535, text="5.7.139 Authentication unsuccessful")
+    # Made as every SMTP transport makes it (smtp/replies.py), which attaches the reply's hint.
+    failure = from_reply(
+        535, "5.7.139 Authentication unsuccessful", server="upstream", stage=Stage.AUTH, context={}
+    )
     upstream = FakeUpstream(failures=[failure])
     queue_id = await spool.enqueue(incoming(1))
     with caplog.at_level(logging.WARNING, logger="smtp_oauth.relay"):
