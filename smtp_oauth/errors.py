@@ -13,9 +13,16 @@ into these at one boundary each (``settings/``, ``tokens/msal_errors.py``, ``smt
           |                           (.code, .enhanced_status, .text: SMTP replies only;
           |                           .retry_after: seconds the service asked to wait)
           +-- TemporaryDeliveryError  4xx, network, timeouts: retry later          temporary
+          |    +-- DeliveryConnectionError  cannot connect, or the connection dropped;
+          |    |                            also a ConnectionError (an OSError)
+          |    +-- DeliveryTimeoutError     the service did not answer in time; also a TimeoutError
           +-- PermanentDeliveryError  5xx: retrying the same message won't help    permanent
           |    +-- MessageError       the message itself is unusable               message
           +-- AuthenticationError     535 / 530 on AUTH: the token was refused     denied
+
+As aiosmtplib's errors do, the connection and timeout failures are also the builtin
+exceptions they are, so ``except TimeoutError`` around a send sees a timeout of ours too: code that
+catches ``OSError`` near a send catches ``SmtpOAuthError`` first.
 
 ``kind`` says what sort of failure it is; what a command does with it (its exit status) is the
 command's business: ``smtp_oauth/cli/exit_codes.py`` maps each kind to a sysexits code.
@@ -37,7 +44,9 @@ from collections.abc import Mapping
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
+    "DeliveryConnectionError",
     "DeliveryError",
+    "DeliveryTimeoutError",
     "FailureKind",
     "MessageError",
     "PermanentDeliveryError",
@@ -240,6 +249,14 @@ class TemporaryDeliveryError(DeliveryError):
         if hint is None and self.code is None:
             return "The SMTP server could not be reached; check the host, port, firewall and proxy."
         return hint
+
+
+class DeliveryConnectionError(TemporaryDeliveryError, ConnectionError):
+    """The mail service could not be connected to, or dropped the connection: try again later."""
+
+
+class DeliveryTimeoutError(TemporaryDeliveryError, TimeoutError):
+    """The mail service did not answer in time: try again later."""
 
 
 class PermanentDeliveryError(DeliveryError):

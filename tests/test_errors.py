@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
+
+import pytest
 
 from smtp_oauth.errors import (
     AuthenticationError,
     ConfigurationError,
+    DeliveryConnectionError,
     DeliveryError,
+    DeliveryTimeoutError,
+    FailureKind,
     PermanentDeliveryError,
     TemporaryDeliveryError,
     TokenError,
     fill_hint,
 )
 from smtp_oauth.smtp.hints import reply_hint
-from smtp_oauth.smtp.replies import Stage, all_refused, from_reply
+from smtp_oauth.smtp.replies import Stage, all_refused, connection_failure, from_reply
 from smtp_oauth.tokens.hints import aadsts_code_of, aadsts_hint
 
 AUTH_DISABLED = "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."
@@ -101,3 +107,43 @@ def test_configuration_hints_are_shown_as_written() -> None:
     """A ConfigurationError's hint is text, not a template (TOML examples keep their braces)."""
     hint = 'identity = { tenant_id = "..." } is not valid here'
     assert ConfigurationError("bad", hint=hint).explain() == hint
+
+
+@pytest.mark.parametrize(
+    ("failure", "stage", "ours", "builtin"),
+    [
+        (
+            ConnectionRefusedError(111, "Connection refused"),
+            Stage.CONNECT,
+            DeliveryConnectionError,
+            ConnectionError,
+        ),
+        (
+            ConnectionResetError(104, "Connection reset by peer"),
+            Stage.DATA,
+            DeliveryConnectionError,
+            ConnectionError,
+        ),
+        (TimeoutError(), Stage.AUTH, DeliveryTimeoutError, TimeoutError),
+    ],
+    ids=["refused", "dropped", "timeout"],
+)
+def test_connection_failures_are_also_the_builtin_exceptions_they_are(
+    failure: OSError, stage: Stage, ours: type[DeliveryError], builtin: type[OSError]
+) -> None:
+    """A refused or dropped connection is a ConnectionError, a timeout a TimeoutError; both temporary."""
+    error = connection_failure(failure, server="smtp.example:587", stage=stage, context={})
+    assert type(error) is ours
+    assert isinstance(error, builtin)
+    assert isinstance(error, TemporaryDeliveryError)
+    assert error.kind is FailureKind.TEMPORARY
+
+
+def test_a_connection_error_of_ours_survives_pickling() -> None:
+    """Across a process boundary (the relay's workers) the error keeps its class, text, hint and ids."""
+    error = DeliveryConnectionError(
+        "cannot connect to smtp.example:587", hint="Check {mailbox}.", context=CONTEXT
+    )
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301  # our own bytes, made one line above
+    assert type(copy) is DeliveryConnectionError
+    assert (str(copy), copy.explain()) == (str(error), "Check sender@contoso.example.")

@@ -2,7 +2,8 @@
 
 The one boundary where Graph failures stop (``raise OurError(...) from exc``)::
 
-    429, 503, 504 (Retry-After honoured), other 5xx, network, timeout  -> GraphTemporaryError   75
+    429, 503, 504 (Retry-After honoured), other 5xx, TLS, other failure -> GraphTemporaryError   75
+    cannot connect / no answer in time           -> DeliveryConnectionError / DeliveryTimeoutError 75
     401 after one retry with a fresh token, 403, 404 (the mailbox)      -> GraphAuthorizationError 77
     400 (bad MIME), 413 (too large), Mail.ReadWrite missing for a draft -> GraphMessageError     65
     any other 4xx                                                        -> GraphPermanentError   69
@@ -26,7 +27,9 @@ import httpx
 
 from smtp_oauth.errors import (
     AuthenticationError,
+    DeliveryConnectionError,
     DeliveryError,
+    DeliveryTimeoutError,
     MessageError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
@@ -319,15 +322,18 @@ def from_reply(  # noqa: PLR0911  # one return per kind of answer reads best
 
 def from_exception(exc: httpx.HTTPError, *, server: str, context: Mapping[str, str]) -> DeliveryError:
     """The error for an exception httpx raised talking to ``server``: all of them are temporary."""
+    if isinstance(exc, httpx.TimeoutException):
+        # First: a handshake cut off by the timeout carries an SSLWantReadError, not a TLS failure.
+        return DeliveryTimeoutError(
+            f"{server} did not answer in time ({type(exc).__name__})", context=context
+        )
     tls = ssl_error_in(exc)
     if tls is not None:
         reason = getattr(tls, "verify_message", None) or tls.reason or str(tls)
         hint = HINT_TLS if isinstance(tls, ssl.SSLCertVerificationError) else None
         return GraphTemporaryError(f"TLS with {server} failed: {reason}", hint=hint, context=context)
-    if isinstance(exc, httpx.TimeoutException):
-        return GraphTemporaryError(f"{server} did not answer in time ({type(exc).__name__})", context=context)
     if isinstance(exc, httpx.ConnectError):
-        return GraphTemporaryError(
+        return DeliveryConnectionError(
             f"cannot connect to {server}: {exc}",
             hint="Check the network, firewall and proxy (HTTPS_PROXY) for graph.endpoint.",
             context=context,

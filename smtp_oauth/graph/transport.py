@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import quote
 
-from smtp_oauth.errors import DeliveryError, TemporaryDeliveryError
+from smtp_oauth.errors import DeliveryError, DeliveryTimeoutError, SmtpOAuthError, TemporaryDeliveryError
 from smtp_oauth.graph.client import GraphClient
 from smtp_oauth.graph.errors import GraphMessageError
 from smtp_oauth.graph.large import (
@@ -136,10 +136,12 @@ class GraphTransport:
         try:
             async with asyncio.timeout(timeout):
                 reply = await self._deliver(mime)
+        except SmtpOAuthError:
+            raise  # ours, already saying what failed (a DeliveryTimeoutError is a TimeoutError too)
         except TimeoutError:
             if timeout is None:
                 raise
-            raise TemporaryDeliveryError(
+            raise DeliveryTimeoutError(
                 f"sending through {self.server} took longer than {timeout:g}s", context=self._context
             ) from None
         logger.debug("Graph accepted %s for %d recipient(s): %s", message_id, len(envelope.recipients), reply)

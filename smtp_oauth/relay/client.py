@@ -20,7 +20,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
-from smtp_oauth.errors import FailureKind, PermanentDeliveryError, SmtpOAuthError, TemporaryDeliveryError
+from smtp_oauth.errors import (
+    DeliveryConnectionError,
+    DeliveryTimeoutError,
+    FailureKind,
+    PermanentDeliveryError,
+    SmtpOAuthError,
+    TemporaryDeliveryError,
+)
 from smtp_oauth.smtp.replies import Stage, from_reply
 
 __all__ = [
@@ -166,7 +173,7 @@ class SubmissionClient:
         try:
             self._sock.sendall(data)
         except OSError as exc:
-            raise TemporaryDeliveryError(f"{self.server} closed the connection: {exc}") from exc
+            raise DeliveryConnectionError(f"{self.server} closed the connection: {exc}") from exc
 
     def _line(self) -> bytes:
         assert self._sock is not None  # connected
@@ -176,11 +183,11 @@ class SubmissionClient:
             try:
                 chunk = self._sock.recv(_CHUNK)
             except TimeoutError:
-                raise TemporaryDeliveryError(f"{self.server} did not answer in time") from None
+                raise DeliveryTimeoutError(f"{self.server} did not answer in time") from None
             except OSError as exc:
-                raise TemporaryDeliveryError(f"{self.server} closed the connection: {exc}") from exc
+                raise DeliveryConnectionError(f"{self.server} closed the connection: {exc}") from exc
             if not chunk:
-                raise TemporaryDeliveryError(f"{self.server} closed the connection")
+                raise DeliveryConnectionError(f"{self.server} closed the connection")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line.rstrip(b"\r")

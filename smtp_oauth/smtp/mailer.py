@@ -41,7 +41,9 @@ from typing import TYPE_CHECKING, BinaryIO
 from smtp_oauth.errors import (
     AuthenticationError,
     DeliveryError,
+    DeliveryTimeoutError,
     MessageError,
+    SmtpOAuthError,
     TemporaryDeliveryError,
 )
 from smtp_oauth.mail.envelope import Envelope, build_envelope
@@ -244,11 +246,13 @@ class Mailer:
             try:
                 async with asyncio.timeout(timeout):
                     result = await self._send_locked(envelope, file)
+            except SmtpOAuthError:
+                raise  # ours, already saying what failed (a DeliveryTimeoutError is a TimeoutError too)
             except TimeoutError:
                 self._discard()  # cut off mid-dialogue: the session is out of step
                 if timeout is None:
                     raise
-                raise TemporaryDeliveryError(
+                raise DeliveryTimeoutError(
                     f"sending through {self.server} took longer than {timeout:g}s", context=self._context
                 ) from None
         accepted = [address for address in envelope.recipients if address not in result.refused]

@@ -9,7 +9,9 @@ client map the same reply, or the same failure of the connection, to the same er
     5xx reply                                       -> PermanentDeliveryError
     5xx reply to AUTH                               -> AuthenticationError
     every recipient refused                         -> the class of the least severe refusal
-    TLS failure, timeout, network error, hang-up    -> TemporaryDeliveryError
+    TLS failure                                     -> TemporaryDeliveryError
+    timeout                                         -> DeliveryTimeoutError (also a TimeoutError)
+    refused or unreachable connection, hang-up      -> DeliveryConnectionError (also a ConnectionError)
     no STARTTLS, no XOAUTH2 offered                 -> TemporaryDeliveryError, with a hint
 
 Every message names the server (``smtp.office365.com:587 refused the message: 554 5.2.0 ...``),
@@ -23,7 +25,9 @@ from collections.abc import Mapping
 
 from smtp_oauth.errors import (
     AuthenticationError,
+    DeliveryConnectionError,
     DeliveryError,
+    DeliveryTimeoutError,
     MessageError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
@@ -172,12 +176,12 @@ def connection_failure(
             context=context,
         )
     if isinstance(exc, TimeoutError):
-        return TemporaryDeliveryError(f"{server} did not answer in time ({stage.value})", context=context)
+        return DeliveryTimeoutError(f"{server} did not answer in time ({stage.value})", context=context)
     if stage is Stage.CONNECT and isinstance(exc, OSError):
         detail = str(exc.__cause__ or exc)
-        return TemporaryDeliveryError(f"cannot connect to {server}: {detail}", context=context)
+        return DeliveryConnectionError(f"cannot connect to {server}: {detail}", context=context)
     if isinstance(exc, OSError):
-        return TemporaryDeliveryError(f"{server} closed the connection ({stage.value})", context=context)
+        return DeliveryConnectionError(f"{server} closed the connection ({stage.value})", context=context)
     return None
 
 

@@ -11,7 +11,13 @@ from email.message import EmailMessage
 import pytest
 
 from smtp_oauth.cli.exit_codes import exit_code_of
-from smtp_oauth.errors import AuthenticationError, MessageError, TemporaryDeliveryError
+from smtp_oauth.errors import (
+    AuthenticationError,
+    DeliveryConnectionError,
+    DeliveryTimeoutError,
+    MessageError,
+    TemporaryDeliveryError,
+)
 from smtp_oauth.graph.client import GraphClient
 from smtp_oauth.graph.transport import GraphTransport
 from smtp_oauth.sandbox.runner import Sandbox
@@ -296,6 +302,30 @@ async def test_an_unreachable_endpoint_is_temporary_and_names_it(
             await transport.send(_message(smtp_oauth_sandbox))
     assert f"127.0.0.1:{port}" in str(caught.value)
     assert type(caught.value.__cause__).__module__.startswith("httpx")
+    assert isinstance(caught.value, DeliveryConnectionError)
+    assert isinstance(caught.value, ConnectionError)
+
+
+async def test_an_endpoint_that_never_answers_is_a_timeout_in_its_own_words(
+    smtp_oauth_sandbox: Sandbox, graph_settings: Settings
+) -> None:
+    """graph.timeout running out inside a longer send(timeout=): a TimeoutError naming the endpoint."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    graph = graph_settings.graph.model_copy(update={"endpoint": f"https://127.0.0.1:{port}", "timeout": 0.3})
+    async with server:
+        async with create_transport(graph_settings.model_copy(update={"graph": graph})) as transport:
+            with pytest.raises(DeliveryTimeoutError) as caught:
+                await transport.send(_message(smtp_oauth_sandbox), timeout=30)
+        for writer in held:
+            writer.close()
+    assert isinstance(caught.value, TimeoutError)
+    assert f"127.0.0.1:{port} did not answer in time" in str(caught.value)
 
 
 def test_email_parsing_of_stored_mail_is_the_default_policy() -> None:

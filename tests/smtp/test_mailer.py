@@ -10,6 +10,8 @@ import pytest
 from smtp_oauth.cli.exit_codes import exit_code_of
 from smtp_oauth.errors import (
     AuthenticationError,
+    DeliveryConnectionError,
+    DeliveryTimeoutError,
     MessageError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
@@ -347,7 +349,7 @@ async def test_other_mailbox_sends_as_itself(
 
 
 async def test_unreachable_server_is_temporary(clean_env: None, certs: SandboxCertificates) -> None:
-    """Nothing listening on the port: TemporaryDeliveryError naming host and port."""
+    """Nothing listening on the port: a temporary error, also a ConnectionError, naming host and port."""
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = blocker.sockets[0].getsockname()[1]
     blocker.close()
@@ -356,6 +358,8 @@ async def test_unreachable_server_is_temporary(clean_env: None, certs: SandboxCe
         with pytest.raises(TemporaryDeliveryError, match=f"cannot connect to 127.0.0.1:{port}") as caught:
             await mailer.verify_login()
     assert exit_code_of(caught.value) == 75
+    assert isinstance(caught.value, DeliveryConnectionError)
+    assert isinstance(caught.value, ConnectionError)
 
 
 async def test_send_timeout_bounds_the_whole_send(
@@ -365,9 +369,21 @@ async def test_send_timeout_bounds_the_whole_send(
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with Mailer(make_settings(silent_port, certs.ca_file), token_provider=tokens) as mailer:
-        with pytest.raises(TemporaryDeliveryError, match=r"longer than 0\.3s"):
+        with pytest.raises(DeliveryTimeoutError, match=r"longer than 0\.3s") as caught:
             await mailer.send(message(), timeout=0.3)
     assert loop.time() - started < 3
+    assert isinstance(caught.value, TimeoutError)
+
+
+async def test_a_server_timeout_inside_a_longer_send_timeout_keeps_its_own_words(
+    clean_env: None, certs: SandboxCertificates, silent_port: int, tokens: SigningTokenProvider
+) -> None:
+    """smtp.timeout running out first says which step went unanswered, not that send(timeout=) did."""
+    settings = make_settings(silent_port, certs.ca_file, timeout=0.3)
+    async with Mailer(settings, token_provider=tokens) as mailer:
+        with pytest.raises(DeliveryTimeoutError) as caught:
+            await mailer.send(message(), timeout=30)
+    assert str(caught.value) == f"127.0.0.1:{silent_port} did not answer in time (connect)"
 
 
 async def test_verify_login_returns_the_auth_reply(

@@ -18,7 +18,9 @@ import pytest
 from smtp_oauth.cli.exit_codes import ExitCode, exit_code_of
 from smtp_oauth.errors import (
     AuthenticationError,
+    DeliveryConnectionError,
     DeliveryError,
+    DeliveryTimeoutError,
     MessageError,
     PermanentDeliveryError,
     SmtpOAuthError,
@@ -139,8 +141,8 @@ SCENARIOS: dict[str, tuple[Scenario, str, type[SmtpOAuthError], ExitCode]] = {
     "432-4.3.2": (refuse_thread_limit, MAILBOX, TemporaryDeliveryError, ExitCode.TEMPFAIL),
     "550-5.7.60": (lambda e, s, p: s, "stranger@sandbox.test", PermanentDeliveryError, ExitCode.UNAVAILABLE),
     "tls-untrusted": (trust_nothing_private, MAILBOX, TemporaryDeliveryError, ExitCode.TEMPFAIL),
-    "connection-refused": (connect_nowhere, MAILBOX, TemporaryDeliveryError, ExitCode.TEMPFAIL),
-    "timeout": (wait_forever, MAILBOX, TemporaryDeliveryError, ExitCode.TEMPFAIL),
+    "connection-refused": (connect_nowhere, MAILBOX, DeliveryConnectionError, ExitCode.TEMPFAIL),
+    "timeout": (wait_forever, MAILBOX, DeliveryTimeoutError, ExitCode.TEMPFAIL),
 }
 
 
