@@ -12,14 +12,16 @@ needs, instead of parsing the whole bundle (about 20 ms, more than the rest of t
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import ssl
 import sys
+import threading
 
 from smtp_oauth.errors import ConfigurationError
 
-__all__ = ["add_ca_file", "ca_directory_context", "ssl_error_in"]
+__all__ = ["PreloadedTrust", "add_ca_file", "ca_directory_context", "ssl_error_in"]
 
 # c_rehash / update-ca-certificates names each certificate in the directory <subject hash>.<n>.
 _HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
@@ -37,6 +39,38 @@ def add_ca_file(context: ssl.SSLContext, ca_file: str | None, *, key: str) -> ss
                 hint=f"Point {key} at a readable PEM file of CA certificates.",
             ) from exc
     return context
+
+
+class PreloadedTrust:
+    """The system's trusted CAs, loaded on a thread from the moment this is made; taken once.
+
+    For a program that sends one message and exits (``send-mail``'s full path):
+    ``ssl.create_default_context`` parses the whole CA bundle, tens of milliseconds, and OpenSSL
+    releases the GIL meanwhile, so started before the program's remaining imports it is ready by the
+    time the connection needs it. Whoever makes one hands it to the Mailer that is to use it
+    (``create_transport(trust=...)``); nothing is kept at module level.
+    """
+
+    def __init__(self) -> None:
+        self._future: concurrent.futures.Future[ssl.SSLContext] = concurrent.futures.Future()
+        self._lock = threading.Lock()
+        self._taken = False
+        threading.Thread(target=self._load, name="smtp-oauth-tls-preload", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            self._future.set_result(ssl.create_default_context())
+        except BaseException as exc:  # raised in the thread that takes it
+            self._future.set_exception(exc)
+
+    def take(self) -> ssl.SSLContext | None:
+        """The loaded context (waiting for it) the first time; None after, so that no two clients
+        share one context (each adds its own ``ca_file`` to it)."""
+        with self._lock:
+            if self._taken:
+                return None
+            self._taken = True
+        return self._future.result()
 
 
 def ca_directory_context() -> ssl.SSLContext | None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, Self
 if TYPE_CHECKING:
     from smtp_oauth.graph.client import GraphClient
     from smtp_oauth.settings.models import Settings
+    from smtp_oauth.tls import PreloadedTrust
     from smtp_oauth.tokens.types import TokenProvider
 
 __all__ = [
@@ -111,6 +112,7 @@ def create_transport(
     graph_client: GraphClient | None = None,
     transcript: Transcript | None = None,
     profile: str | None = None,
+    trust: PreloadedTrust | None = None,
 ) -> Transport:
     """The transport ``settings`` ask for, sending as ``mailbox`` (default: the configured one).
 
@@ -123,7 +125,8 @@ def create_transport(
     refresh) between several transports, as the relay's per-mailbox workers do; ``graph_client``
     likewise shares Graph's connections, its 4-requests-per-app limit and its Retry-After wait
     (``smtp_oauth.graph.GraphClient``). By default each transport makes its own on first use.
-    ``transcript`` receives the SMTP dialogue (``send-mail -v``).
+    ``transcript`` receives the SMTP dialogue (``send-mail -v``); ``trust`` hands SMTP the system's
+    CAs loaded ahead of time (``smtp_oauth.tls.PreloadedTrust``).
     """
     if profile is not None:
         from smtp_oauth.settings.loading import settings_for_profile
@@ -135,7 +138,9 @@ def create_transport(
         return GraphTransport(settings, mailbox=mailbox, token_provider=token_provider, client=graph_client)
     from smtp_oauth.smtp.mailer import Mailer
 
-    mailer = Mailer(settings, token_provider=token_provider, mailbox=mailbox, transcript=transcript)
+    mailer = Mailer(
+        settings, token_provider=token_provider, mailbox=mailbox, transcript=transcript, trust=trust
+    )
     if settings.fallback_transport != "graph":
         return mailer
     from smtp_oauth.graph.client import GraphClient

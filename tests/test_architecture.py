@@ -57,3 +57,28 @@ def test_every_contract_has_an_id() -> None:
     config = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
     contracts = config["tool"]["importlinter"]["contracts"]
     assert len(CONTRACTS) == len(contracts) >= 7
+
+
+_IMPORT_EVERYTHING = """
+import importlib, pkgutil, warnings
+# requests and urllib3 add filters of their own at import: load the dependencies first.
+for dependency in ("requests", "msal", "httpx", "aiosmtplib", "aiosmtpd", "pydantic_settings", "psycopg"):
+    try:
+        importlib.import_module(dependency)
+    except ImportError:
+        pass
+before = list(warnings.filters)
+import smtp_oauth
+for module in pkgutil.walk_packages(smtp_oauth.__path__, "smtp_oauth."):
+    if module.name not in {"smtp_oauth.__main__", "smtp_oauth.testing"}:  # a program, a pytest plugin
+        importlib.import_module(module.name)
+print([f for f in warnings.filters if f not in before] or "unchanged")
+"""
+
+
+def test_importing_every_module_leaves_the_warning_filters_alone() -> None:
+    """No module of smtp_oauth changes the host program's warnings.filters when imported."""
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EVERYTHING], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "unchanged"

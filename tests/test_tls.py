@@ -11,7 +11,7 @@ import pytest
 
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.sandbox.certs import SandboxCertificates, make_certificates
-from smtp_oauth.tls import add_ca_file, ca_directory_context
+from smtp_oauth.tls import PreloadedTrust, add_ca_file, ca_directory_context
 
 
 def test_unreadable_ca_file_is_a_configuration_error_naming_the_key(tmp_path: Path) -> None:
@@ -109,3 +109,12 @@ def test_a_directory_without_hashed_entries_is_not_used(
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
     assert ca_directory_context() is None
+
+
+def test_preloaded_trust_is_taken_once() -> None:
+    """The CAs loaded ahead go to one client only (each adds its own ca_file); later takers get None."""
+    trust = PreloadedTrust()
+    context = trust.take()
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert trust.take() is None

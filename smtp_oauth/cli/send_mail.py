@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from smtp_oauth.settings.models import Settings
     from smtp_oauth.settings.snapshot import DirectView, SendMailView, SettingsProbe
+    from smtp_oauth.tls import PreloadedTrust
     from smtp_oauth.tokens.types import TokenProvider
 
 __all__ = ["console_main", "main"]
@@ -262,13 +263,20 @@ def _print_refused(refused: dict[str, tuple[int, str]], prog: str) -> None:
 
 
 async def _deliver(
-    settings: Settings, outgoing: Outgoing, provider: CacheFirstTokenProvider, *, verbose: bool
+    settings: Settings,
+    outgoing: Outgoing,
+    provider: CacheFirstTokenProvider,
+    *,
+    trust: PreloadedTrust | None,
+    verbose: bool,
 ) -> tuple[str, dict[str, tuple[int, str]]]:
     """Send through the configured transport (SMTP, or Graph); the service's reply and the refused."""
     from smtp_oauth.transport import create_transport
 
     transcript = _print_transcript if verbose else None
-    async with create_transport(settings, token_provider=provider, transcript=transcript) as transport:
+    async with create_transport(
+        settings, token_provider=provider, transcript=transcript, trust=trust
+    ) as transport:
         result = await transport.send(
             outgoing.message, sender=outgoing.sender, recipients=outgoing.recipients
         )
@@ -402,11 +410,12 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> _Outcome:
     view, settings = (None, None) if args.dry_run and explicit_sender else _settings_view(args)
     via_relay = view is not None and view.via == "relay"
     fast = _fast_path(view, args) if view is not None and not via_relay and not args.dry_run else None
+    trust = None
     if not args.dry_run and not via_relay and fast is None:
-        from smtp_oauth.smtp.mailer import preload_tls_context
+        from smtp_oauth.tls import PreloadedTrust
 
         # The CA bundle loads on another core while pydantic is imported and the message built.
-        preload_tls_context()
+        trust = PreloadedTrust()
     envelope, header_from = _sender_addresses(args, view.sender if view is not None else None)
     build = _sendmail if sendmail_mode else _compose
     outgoing = build(args, envelope, header_from)
@@ -414,7 +423,7 @@ def _run(args: SendMailArgs, *, as_sendmail: bool, prog: str) -> _Outcome:
         _print_dry_run(outgoing, prog)
         return _Outcome(int(ExitCode.OK))
     assert view is not None  # read whenever not a dry run
-    return _hand_on(args, view, settings, outgoing, fast, prog=prog)
+    return _hand_on(args, view, settings, outgoing, fast, trust=trust, prog=prog)
 
 
 def _hand_on(
@@ -424,6 +433,7 @@ def _hand_on(
     outgoing: Outgoing,
     fast: DirectView | None,
     *,
+    trust: PreloadedTrust | None,
     prog: str,
 ) -> _Outcome:
     """To the relay's socket, or by the stdlib path, else the full way. The first two report their
@@ -456,7 +466,7 @@ def _hand_on(
     except SmtpOAuthError as error:  # the error the full path would report for the same failure
         report_error(error, prog=prog)
         return _Outcome(exit_code_of(error), exit_now=_nothing_heavy_loaded())
-    return _Outcome(_send_full(args, settings, outgoing, prog=prog))
+    return _Outcome(_send_full(args, settings, outgoing, trust=trust, prog=prog))
 
 
 def _nothing_heavy_loaded() -> bool:
@@ -466,7 +476,14 @@ def _nothing_heavy_loaded() -> bool:
     return "msal" not in sys.modules and "asyncio" not in sys.modules
 
 
-def _send_full(args: SendMailArgs, settings: Settings | None, outgoing: Outgoing, *, prog: str) -> int:
+def _send_full(
+    args: SendMailArgs,
+    settings: Settings | None,
+    outgoing: Outgoing,
+    *,
+    trust: PreloadedTrust | None,
+    prog: str,
+) -> int:
     """The full path: validated settings, the token cache or MSAL, the configured transport."""
     if settings is None:  # the snapshot served: direct delivery needs the validated settings
         settings = _load_settings(args)
@@ -481,7 +498,9 @@ def _send_full(args: SendMailArgs, settings: Settings | None, outgoing: Outgoing
         settings, scopes=settings.token_scopes(), min_validity=settings.refresh_margin
     )
     provider = CacheFirstTokenProvider(settings, cached, settings.token_scopes())
-    reply, refused = asyncio.run(_deliver(settings, outgoing, provider, verbose=bool(args.verbose)))
+    reply, refused = asyncio.run(
+        _deliver(settings, outgoing, provider, trust=trust, verbose=bool(args.verbose))
+    )
     _print_refused(refused, prog)
     if args.verbose:
         print(f"{prog}: sent: {reply}", file=sys.stderr)

@@ -28,11 +28,9 @@ Every failure is one of smtp_oauth.errors (TokenError from the token provider pa
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import logging
 import ssl
-import threading
 from collections.abc import Sequence
 from email.message import EmailMessage
 from types import TracebackType
@@ -52,57 +50,31 @@ from smtp_oauth.smtp.stream import MessageFile, open_message_file, read_header_b
 
 # send_message lives with the seam (it sends through whatever transport settings pick); re-exported here
 # for code that imported it from the Mailer's module.
-from smtp_oauth.tls import add_ca_file
+from smtp_oauth.tls import PreloadedTrust, add_ca_file
 from smtp_oauth.transport import SendResult, send_message
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
     from smtp_oauth.tokens.types import TokenProvider
 
-__all__ = ["Mailer", "SendResult", "Transcript", "preload_tls_context", "send_message"]
+__all__ = ["Mailer", "SendResult", "Transcript", "send_message"]
 
 logger = logging.getLogger("smtp_oauth.smtp.mailer")
 
 
-# At most one context whose CAs are being loaded ahead of time (preload_tls_context); taken once.
-_preloaded: list[concurrent.futures.Future[ssl.SSLContext]] = []
-
-
-def preload_tls_context() -> None:
-    """Start loading the system's trusted CAs on a thread; the next Mailer to connect takes them.
-
-    For a program that sends one message and exits (``send-mail``): ``ssl.create_default_context``
-    parses the whole CA bundle, tens of milliseconds, and OpenSSL releases the GIL meanwhile, so
-    started before the program's remaining imports it is ready by the time the connection needs it.
-    """
-    if _preloaded:
-        return
-    future: concurrent.futures.Future[ssl.SSLContext] = concurrent.futures.Future()
-
-    def load() -> None:
-        try:
-            future.set_result(ssl.create_default_context())
-        except BaseException as exc:  # handed to the Mailer that takes it, raised there
-            future.set_exception(exc)
-
-    threading.Thread(target=load, name="smtp-oauth-tls-preload", daemon=True).start()
-    _preloaded.append(future)
-
-
-def _tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """The system's trusted CAs, plus ``smtp.ca_file`` for private servers (and the sandbox)."""
-    try:
-        context = _preloaded.pop().result()  # list.pop is atomic: two Mailers never share it
-    except IndexError:
-        context = ssl.create_default_context()
-    return add_ca_file(context, ca_file, key="smtp.ca_file")
+def _tls_context(ca_file: str | None, trust: PreloadedTrust | None) -> ssl.SSLContext:
+    """The system's trusted CAs (loaded ahead by ``trust``, if given), plus ``smtp.ca_file`` for
+    private servers (and the sandbox)."""
+    context = trust.take() if trust is not None else None
+    return add_ca_file(context or ssl.create_default_context(), ca_file, key="smtp.ca_file")
 
 
 class Mailer:
     """Sends messages over one authenticated SMTP session, reopened when the server drops it.
 
     Sends are sequential (one SMTP session carries one transaction at a time); for parallel sending
-    use several Mailers (Exchange Online allows 3 concurrent sessions per mailbox).
+    use several Mailers (Exchange Online allows 3 concurrent sessions per mailbox). ``trust``: the
+    system's CAs already loading on a thread (``send-mail``), else loaded on the first connection.
     """
 
     def __init__(
@@ -112,8 +84,10 @@ class Mailer:
         token_provider: TokenProvider | None = None,
         mailbox: str | None = None,
         transcript: Transcript | None = None,
+        trust: PreloadedTrust | None = None,
     ) -> None:
         self._settings = settings
+        self._trust = trust  # the system's CAs, loading since before this Mailer was made
         self._provider = token_provider
         self._mailbox = mailbox or settings.smtp.username
         self._transcript = transcript
@@ -155,7 +129,7 @@ class Mailer:
     async def _new_session(self) -> SmtpSession:
         if self._tls is None:
             ca_file = self._settings.smtp.ca_file
-            self._tls = await asyncio.to_thread(_tls_context, str(ca_file) if ca_file else None)
+            self._tls = await asyncio.to_thread(_tls_context, str(ca_file) if ca_file else None, self._trust)
         smtp = self._settings.smtp
         return SmtpSession(
             host=self._settings.smtp_host,

@@ -46,10 +46,8 @@ __all__ = ["MsalSession", "certificate_credential"]
 
 log = logging.getLogger(__name__)
 
-# We log our own warning (MFA and Conditional Access block ROPC); MSAL's adds nothing for our users.
-warnings.filterwarnings(
-    "ignore", message="This API has been deprecated for public client flows", category=DeprecationWarning
-)
+# MSAL warns (DeprecationWarning) on every username/password grant; we log our own warning once.
+_ROPC_DEPRECATION = "This API has been deprecated for public client flows"
 
 _PEM_KEY = re.compile(
     r"-----BEGIN (?:ENCRYPTED |RSA |EC )?PRIVATE KEY-----.+?-----END [A-Z ]*PRIVATE KEY-----", re.S
@@ -298,9 +296,12 @@ class MsalSession:
                 "Access policies block it; prefer client_credentials or `smtp-oauth login` (device code)"
             )
             self._ropc_warned = True
-        result: dict[str, Any] = self._app.acquire_token_by_username_password(
-            identity.username, identity.password.get_secret_value(), scopes
-        )
+        # Silenced around this call only: a library must leave its host's warning filters alone.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_ROPC_DEPRECATION, category=DeprecationWarning)
+            result: dict[str, Any] = self._app.acquire_token_by_username_password(
+                identity.username, identity.password.get_secret_value(), scopes
+            )
         return result
 
     # -- on-behalf-of (a middle tier sending as the user whose token it received) ---------------

@@ -16,7 +16,8 @@ import pytest
 
 import smtp_oauth
 from smtp_oauth.sandbox import Sandbox
-from smtp_oauth.smtp.mailer import Mailer, preload_tls_context
+from smtp_oauth.smtp.mailer import Mailer
+from smtp_oauth.tls import PreloadedTrust
 
 
 def _modules_after(statement: str) -> set[str]:
@@ -66,8 +67,7 @@ def _note() -> EmailMessage:
 
 async def test_preloaded_context_still_trusts_smtp_ca_file(smtp_oauth_sandbox: Sandbox) -> None:
     """A Mailer that takes the preloaded CAs adds smtp.ca_file to them: the sandbox's certificate verifies."""
-    preload_tls_context()
-    async with Mailer(smtp_oauth_sandbox.settings()) as mailer:
+    async with Mailer(smtp_oauth_sandbox.settings(), trust=PreloadedTrust()) as mailer:
         result = await mailer.send(_note())
     assert result.accepted == ["alice@example.test"]
     assert len(smtp_oauth_sandbox.delivered()) == 1

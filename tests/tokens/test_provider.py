@@ -11,6 +11,7 @@ import ssl
 import threading
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,19 @@ async def test_username_password(smtp_oauth_sandbox: Sandbox, caplog: pytest.Log
     warnings = [r for r in caplog.records if "multi-factor" in r.getMessage()]
     assert len(warnings) == 1
     assert smtp_oauth_sandbox.idp.token_requests["password"] == 1  # then the refresh token
+
+
+async def test_username_password_silences_msals_deprecation_only_inside_the_call(
+    smtp_oauth_sandbox: Sandbox,
+) -> None:
+    """MSAL's ROPC DeprecationWarning is not shown (we log our own), and the host's filters stay as set."""
+    provider = create_token_provider(settings_for(smtp_oauth_sandbox, "username_password"))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        await provider.access_token()
+        assert warnings.filters == filters
+    assert [str(w.message) for w in seen if "public client flows" in str(w.message)] == []
 
 
 async def test_username_password_wrong_password(smtp_oauth_sandbox: Sandbox) -> None:
