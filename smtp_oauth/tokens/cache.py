@@ -32,10 +32,8 @@ this module (``fastpath.read_token``, stdlib only); the rules there are the same
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
-import json
 import logging
 import os
 import re
@@ -44,17 +42,22 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from smtp_oauth.errors import ConfigurationError, TokenError
 
 if TYPE_CHECKING:
+    import portalocker
+
     from smtp_oauth.settings.models import Settings
 
 __all__ = [
     "CACHE_DIR_MODE",
     "CACHE_FILE_MODE",
     "AtomicFilePersistence",
+    "CrossProcessLock",
+    "Persistence",
+    "TokenCache",
     "cache_file_path",
     "check_private",
     "open_token_cache",
@@ -160,7 +163,9 @@ class AtomicFilePersistence:
         return self._location.stat().st_mtime
 
 
-class _Persistence(Protocol):
+class Persistence(Protocol):
+    """Where the cache's bytes live: ``AtomicFilePersistence``, or msal-extensions' encrypted ones."""
+
     is_encrypted: bool
 
     def get_location(self) -> str: ...
@@ -169,7 +174,8 @@ class _Persistence(Protocol):
     def time_last_modified(self) -> float: ...
 
 
-def _stamp(persistence: _Persistence) -> object:
+def stamp_of(persistence: Persistence) -> object:
+    """What changes whenever the stored cache is replaced (None: nothing stored)."""
     if isinstance(persistence, AtomicFilePersistence):
         return persistence.stamp()
     try:  # keyring persistences touch a signal file at the location on every save
@@ -178,7 +184,43 @@ def _stamp(persistence: _Persistence) -> object:
         return None
 
 
-class _CrossProcessLock:
+class TokenCache(Protocol):
+    """The persistent MSAL cache as smtp-oauth uses it (``msal_cache.PersistentTokenCache``).
+
+    MSAL itself calls more of it (``add``, ``modify``, ...) on the applications it is given to.
+    """
+
+    is_encrypted: bool
+
+    @property
+    def location(self) -> Path:
+        """The cache file."""
+        ...
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the cross-process lock (re-entrant): for read-redeem-write of a refresh token."""
+        ...
+
+    def reload_if_changed(self) -> None:
+        """Read the file again if another process (or thread) replaced it since."""
+        ...
+
+    def count_entries(self) -> int:
+        """How many credentials (tokens, accounts) the cache holds."""
+        ...
+
+    def search(
+        self, credential_type: str, *, target: list[str] | None = None, query: dict[str, object] | None = None
+    ) -> Iterator[dict[str, object]]:
+        """MSAL's entries of ``credential_type`` (``msal.TokenCache.CredentialType``) that match."""
+        ...
+
+    def remove_at(self, entry: dict[str, object]) -> None:
+        """Forget one entry ``search`` found (MSAL's name)."""
+        ...
+
+
+class CrossProcessLock:
     """Re-entrant within a thread, exclusive across threads and processes (flock on a kept file)."""
 
     def __init__(self, path: Path, *, timeout: float) -> None:
@@ -186,7 +228,7 @@ class _CrossProcessLock:
         self._timeout = timeout
         self._thread_lock = threading.RLock()
         self._depth = 0
-        self._file_lock: Any = None
+        self._file_lock: portalocker.Lock | None = None
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
@@ -217,99 +259,12 @@ class _CrossProcessLock:
                 yield
             finally:
                 self._depth -= 1
-                if self._depth == 0:
+                if self._depth == 0 and self._file_lock is not None:
                     self._file_lock.release()
                     self._file_lock = None
 
 
-@functools.cache
-def _token_cache_class() -> type[Any]:
-    """The cache class, defined on first use so that importing this module does not import msal."""
-    import msal
-
-    class PersistentTokenCache(msal.SerializableTokenCache):  # type: ignore[misc]  # msal is untyped
-        """An MSAL cache that reloads when the file changed and writes every change under a lock."""
-
-        def __init__(self, persistence: _Persistence, lock: _CrossProcessLock) -> None:
-            super().__init__()
-            self._persistence = persistence
-            self._file_lock = lock
-            self._loaded_stamp: object = None
-            self._batching = False
-            self.is_encrypted = persistence.is_encrypted
-
-        @property
-        def location(self) -> Path:
-            return Path(self._persistence.get_location())
-
-        def locked(self) -> contextlib.AbstractContextManager[None]:
-            """Hold the cross-process lock (re-entrant): for read-redeem-write of a refresh token."""
-            return self._file_lock.hold()
-
-        def reload_if_changed(self) -> None:
-            stamp = _stamp(self._persistence)
-            if stamp is None or stamp == self._loaded_stamp:
-                return
-            try:
-                content = self._persistence.load()
-            except OSError as exc:
-                if exc.errno == errno.ENOENT:  # FileNotFoundError, PersistenceNotFound
-                    return
-                raise ConfigurationError(
-                    f"cannot read token cache {self.location}: {exc.strerror or exc}",
-                    key="identity.token_cache",
-                ) from exc
-            try:
-                self.deserialize(content)
-            except ValueError as exc:
-                raise ConfigurationError(
-                    f"token cache {self.location} is not valid JSON; delete it (tokens will be "
-                    "fetched again, delegated flows need `smtp-oauth login`)",
-                    key="identity.token_cache",
-                ) from exc
-            # The stamp taken *before* the read: a write racing with it is seen next time.
-            self._loaded_stamp = stamp
-
-        def _save(self) -> None:
-            self._persistence.save(self.serialize())
-            self._loaded_stamp = _stamp(self._persistence)
-
-        def add(self, event: Any, **kwargs: Any) -> None:
-            """A token response (access, refresh and id token, account): one write, not five."""
-            with self.locked():
-                self.reload_if_changed()
-                self._batching = True
-                try:
-                    super().add(event, **kwargs)
-                finally:
-                    self._batching = False
-                self._save()
-
-        def modify(self, credential_type: Any, old_entry: Any, new_key_value_pairs: Any = None) -> None:
-            with self.locked():
-                if self._batching:  # inside add(): saved once at its end
-                    super().modify(credential_type, old_entry, new_key_value_pairs=new_key_value_pairs)
-                    return
-                self.reload_if_changed()
-                super().modify(credential_type, old_entry, new_key_value_pairs=new_key_value_pairs)
-                self._save()
-
-        def search(self, credential_type: Any, **kwargs: Any) -> Any:
-            self.reload_if_changed()
-            return super().search(credential_type, **kwargs)
-
-        def count_entries(self) -> int:
-            """How many credentials (tokens, accounts) the cache holds, for logout's report."""
-            self.reload_if_changed()
-            state = json.loads(self.serialize() or "{}")
-            return sum(
-                len(state.get(kind, {})) for kind in ("AccessToken", "RefreshToken", "IdToken", "Account")
-            )
-
-    return PersistentTokenCache
-
-
-def _build_persistence(location: Path) -> _Persistence:
+def _build_persistence(location: Path) -> Persistence:
     """Encrypted where the OS offers it; plaintext 0600 (and one INFO line) otherwise."""
     try:
         if location.exists() and location.stat().st_size > 0:
@@ -322,7 +277,7 @@ def _build_persistence(location: Path) -> _Persistence:
     try:
         from msal_extensions import build_encrypted_persistence
 
-        persistence: _Persistence = build_encrypted_persistence(str(location))
+        persistence: Persistence = build_encrypted_persistence(str(location))
     except (ImportError, ValueError, RuntimeError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log.info(
@@ -334,11 +289,10 @@ def _build_persistence(location: Path) -> _Persistence:
     return persistence
 
 
-def open_token_cache(settings: Settings) -> Any:
+def open_token_cache(settings: Settings) -> TokenCache:
     """The persistent MSAL cache for ``settings``' identity (a ``msal.SerializableTokenCache``).
 
-    It has ``locked()`` (cross-process lock, re-entrant), ``reload_if_changed()``,
-    ``count_entries()`` and ``location``. Raises ConfigurationError for a cache that is not private.
+    Raises ConfigurationError for a cache that is not private.
     """
     location = cache_file_path(settings)
     _prepare_directory(location.parent)
@@ -350,9 +304,11 @@ def open_token_cache(settings: Settings) -> Any:
         ) from exc
     persistence = _build_persistence(location)
     # Wait longer than one token request can take (connect + read timeouts) before giving up.
-    lock = _CrossProcessLock(
+    lock = CrossProcessLock(
         location.with_name(location.name + ".lock"), timeout=max(60.0, 3 * settings.identity.timeout)
     )
-    cache = _token_cache_class()(persistence, lock)
+    from smtp_oauth.tokens.msal_cache import PersistentTokenCache  # msal only when a cache is opened
+
+    cache = PersistentTokenCache(persistence, lock, stamp=functools.partial(stamp_of, persistence))
     cache.reload_if_changed()
     return cache

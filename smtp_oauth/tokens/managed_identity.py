@@ -29,6 +29,7 @@ from smtp_oauth.tokens.types import IssuedToken, request_scopes
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
+    from smtp_oauth.tokens.cache import TokenCache
 
 __all__ = ["ManagedIdentitySession", "managed_identity_endpoint", "scope_resource"]
 
@@ -70,7 +71,7 @@ def scope_resource(scopes: list[str]) -> str:
 class ManagedIdentitySession:
     """The ``MsalSession`` shape (acquire, sign_out, close) for ``flow = "managed_identity"``."""
 
-    def __init__(self, settings: Settings, cache: Any) -> None:
+    def __init__(self, settings: Settings, cache: TokenCache) -> None:
         identity = settings.identity
         self._identity = identity
         self._cache = cache

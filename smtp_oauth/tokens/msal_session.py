@@ -41,6 +41,7 @@ from smtp_oauth.tokens.types import (
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import IdentitySettings, Settings
+    from smtp_oauth.tokens.cache import TokenCache
 
 __all__ = ["MsalSession", "certificate_credential"]
 
@@ -108,7 +109,7 @@ def certificate_credential(identity: IdentitySettings) -> dict[str, str]:
 class MsalSession:
     """One MSAL application over the persistent cache. Not thread-safe: the provider serializes."""
 
-    def __init__(self, settings: Settings, cache: Any) -> None:
+    def __init__(self, settings: Settings, cache: TokenCache) -> None:
         self._settings = settings
         self._identity = settings.identity
         self._cache = cache

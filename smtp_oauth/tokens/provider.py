@@ -42,6 +42,7 @@ from smtp_oauth.tokens.types import (
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
+    from smtp_oauth.tokens.cache import TokenCache
 
 __all__ = [
     "REFRESH_MARGIN",
@@ -129,7 +130,7 @@ class MsalTokenProvider:
             weakref.WeakKeyDictionary()
         )
         self._session: Any = None  # token_flows.MsalSession, built on first use
-        self._cache: Any = None
+        self._cache: TokenCache | None = None
 
     def __repr__(self) -> str:
         identity = self._settings.identity

@@ -267,3 +267,16 @@ def test_importing_tokens_does_not_import_msal() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_opened_cache_is_a_module_level_class(smtp_oauth_sandbox: Sandbox) -> None:
+    """open_token_cache gives msal_cache.PersistentTokenCache, a class defined at module level."""
+    from smtp_oauth.tokens.cache import open_token_cache
+    from smtp_oauth.tokens.msal_cache import PersistentTokenCache
+
+    cache = open_token_cache(smtp_oauth_sandbox.settings())
+    assert type(cache) is PersistentTokenCache
+    assert PersistentTokenCache.__qualname__ == "PersistentTokenCache"
+    assert cache.location == cache_file_path(smtp_oauth_sandbox.settings())
+    with cache.locked():
+        assert cache.count_entries() == 0
