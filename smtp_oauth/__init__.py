@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 from smtp_oauth.errors import (
     AuthenticationError,
     ConfigurationError,
+    DeliveryConnectionError,
     DeliveryError,
+    DeliveryTimeoutError,
     MessageError,
     PermanentDeliveryError,
     SmtpOAuthError,
@@ -40,12 +42,14 @@ if TYPE_CHECKING:
     from smtp_oauth.tokens.types import TokenProvider
     from smtp_oauth.transport import SendResult, send_message
 
-__version__ = "0.1.0"  # the project's version in pyproject.toml (a test keeps them equal)
+from smtp_oauth.version import __version__
 
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
+    "DeliveryConnectionError",
     "DeliveryError",
+    "DeliveryTimeoutError",
     "Mailer",
     "MessageError",
     "OAuthSMTPHandler",

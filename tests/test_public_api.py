@@ -13,7 +13,9 @@ from smtp_oauth import errors
 PUBLIC_NAMES = {
     "AuthenticationError",
     "ConfigurationError",
+    "DeliveryConnectionError",
     "DeliveryError",
+    "DeliveryTimeoutError",
     "Mailer",
     "MessageError",
     "OAuthSMTPHandler",

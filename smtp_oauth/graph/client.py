@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from smtp_oauth import __version__
 from smtp_oauth.graph.errors import (
     TEMPORARY_STATUSES,
     GraphReply,
@@ -37,6 +36,7 @@ from smtp_oauth.graph.errors import (
 )
 from smtp_oauth.tls import add_ca_file
 from smtp_oauth.tokens.claims import decode_claims
+from smtp_oauth.version import __version__
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
