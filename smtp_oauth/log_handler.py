@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import queue
 import sys
@@ -28,6 +27,8 @@ import time
 from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import TYPE_CHECKING
+
+from smtp_oauth.mail.addresses import message_date
 
 if TYPE_CHECKING:
     from smtp_oauth.settings.models import Settings
@@ -193,6 +194,6 @@ class OAuthSMTPHandler(logging.Handler):
         message["From"] = self.sender or self.settings.smtp.sender
         message["To"] = ", ".join(self.to)
         message["Subject"] = subject
-        message["Date"] = email.utils.formatdate(first.created, localtime=True)
+        message["Date"] = message_date(first.created)
         message.set_content(body + "\n")
         return message

@@ -17,7 +17,6 @@ app-only token's ``oid`` claim).
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import socket
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
@@ -40,6 +39,7 @@ from smtp_oauth.diagnostics.graph_check import (
 from smtp_oauth.diagnostics.probe import SmtpProbe
 from smtp_oauth.diagnostics.report import CheckReport, Status, StepResult
 from smtp_oauth.errors import ConfigurationError, SmtpOAuthError
+from smtp_oauth.mail.addresses import make_message_id, message_date
 from smtp_oauth.settings.models import Settings
 
 if TYPE_CHECKING:
@@ -312,8 +312,8 @@ def _test_message(settings: Settings, address: str) -> EmailMessage:
     message["From"] = settings.smtp.sender
     message["To"] = address
     message["Subject"] = "smtp-oauth check: test message"
-    message["Date"] = email.utils.formatdate(localtime=True)
-    message["Message-ID"] = email.utils.make_msgid(domain=settings.smtp.sender.rpartition("@")[2])
+    message["Date"] = message_date()
+    message["Message-ID"] = make_message_id(settings.smtp.sender)
     message.set_content(
         f"This message was sent by `smtp-oauth check --send-test` on {socket.gethostname()}\n"
         f"through {settings.smtp_host}:{settings.smtp.port} as {settings.smtp.username}.\n"

@@ -19,22 +19,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from email import policy as email_policy
 from email.errors import InvalidHeaderDefect, NonASCIILocalPartDefect
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from typing import NamedTuple
 
 from smtp_oauth.errors import MessageError
+from smtp_oauth.mail.addresses import make_message_id, message_date, unique_addresses
 
 __all__ = [
     "Attachment",
     "build_message",
     "dedupe_addresses",
-    "make_message_id",
-    "message_date",
     "needs_smtputf8",
     "parse_address",
     "parse_addresses",
@@ -138,46 +135,14 @@ def parse_address(value: str, *, what: str = "sender") -> Address:
 
 
 def dedupe_addresses(addresses: Iterable[Address | str]) -> list[str]:
-    """The addr-specs in order, each once (domains compare case-insensitively, local parts exactly).
-
-    RFC 5321 section 2.4: the local part may be case-sensitive, the domain is not.
-    """
-    seen: set[str] = set()
-    result: list[str] = []
-    for address in addresses:
-        spec = address.addr_spec if isinstance(address, Address) else address
-        local, _, domain = spec.rpartition("@")
-        key = f"{local}@{domain.lower()}"
-        if key not in seen:
-            seen.add(key)
-            result.append(spec)
-    return result
+    """The addr-specs in order, each once, by the one rule of ``mail/addresses.py`` (RFC 5321
+    section 2.4: the domain compares case-insensitively, the local part exactly)."""
+    return unique_addresses(a.addr_spec if isinstance(a, Address) else a for a in addresses)
 
 
 def needs_smtputf8(addresses: Iterable[Address | str]) -> bool:
     """True when an address is not ASCII, so the message needs SMTPUTF8 (RFC 6531)."""
     return any(not (a.addr_spec if isinstance(a, Address) else a).isascii() for a in addresses)
-
-
-def _domain_of(address: Address | str) -> str:
-    spec = address.addr_spec if isinstance(address, Address) else address
-    domain = spec.rpartition("@")[2].strip("[]") or "localhost"
-    if domain.isascii():
-        return domain
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return "localhost"
-
-
-def make_message_id(sender: Address | str) -> str:
-    """A unique ``<...@sender-domain>`` Message-ID (RFC 5322 section 3.6.4)."""
-    return make_msgid(domain=_domain_of(sender))
-
-
-def message_date(now: datetime | None = None) -> str:
-    """An RFC 5322 date in local time with its UTC offset, as MUAs write it."""
-    return format_datetime((now or datetime.now()).astimezone())
 
 
 def _set_header(message: EmailMessage, name: str, value: str) -> None:
@@ -219,7 +184,7 @@ def build_message(
     if subject is not None:
         _set_header(message, "Subject", " ".join(subject.splitlines()))
     message["Date"] = date or message_date()
-    message["Message-ID"] = message_id or make_message_id(sender)
+    message["Message-ID"] = message_id or make_message_id(sender.addr_spec)
     for name, value in headers:
         _set_header(message, name, value)
 

@@ -19,6 +19,7 @@ from email.message import EmailMessage
 from typing import NamedTuple
 
 from smtp_oauth.errors import MessageError
+from smtp_oauth.mail.addresses import make_message_id, message_date, unique_addresses
 
 __all__ = ["Envelope", "build_envelope"]
 
@@ -48,14 +49,6 @@ def _bare_address(text: str, *, what: str) -> str:
     return address
 
 
-def _unique(addresses: Sequence[str]) -> list[str]:
-    """Addresses once each, in order; the domain is case-insensitive, so is the comparison."""
-    seen: dict[str, str] = {}
-    for address in addresses:
-        seen.setdefault(address.casefold(), address)
-    return list(seen.values())
-
-
 def _header_recipients(message: EmailMessage) -> list[str]:
     found: list[str] = []
     for name in _RECIPIENT_HEADERS:
@@ -74,9 +67,9 @@ def _prepared_message(message: EmailMessage, sender: str) -> EmailMessage:
     if prepared["From"] is None:
         prepared["From"] = sender
     if prepared["Date"] is None:
-        prepared["Date"] = email.utils.formatdate(localtime=True)
+        prepared["Date"] = message_date()
     if prepared["Message-ID"] is None:
-        prepared["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2])
+        prepared["Message-ID"] = make_message_id(sender)
     return prepared
 
 
@@ -110,7 +103,7 @@ def build_envelope(
         message_id = str(body["Message-ID"]).strip()
     else:
         raise TypeError(f"message must be an EmailMessage or bytes, not {type(message).__name__}")
-    addresses = _unique([_bare_address(target, what="recipient") for target in targets])
+    addresses = unique_addresses(_bare_address(target, what="recipient") for target in targets)
     if not addresses:
         raise MessageError("the message has no recipients (give recipients= or To/Cc/Bcc headers)")
     return Envelope(sender=envelope_sender, recipients=addresses, message=body), message_id

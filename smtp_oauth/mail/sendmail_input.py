@@ -30,13 +30,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from typing import NamedTuple
 
-from smtp_oauth.mail.compose import (
-    dedupe_addresses,
-    make_message_id,
-    message_date,
-    needs_smtputf8,
-    parse_addresses,
-)
+from smtp_oauth.mail.addresses import make_message_id, message_date
+from smtp_oauth.mail.compose import dedupe_addresses, needs_smtputf8, parse_addresses
 
 __all__ = [
     "PreparedMessage",
@@ -199,7 +194,7 @@ def prepare_message(
     if "date" not in names:
         missing.append(("Date", message_date()))
     if "message-id" not in names:
-        missing.append(("Message-ID", make_message_id(envelope_sender)))
+        missing.append(("Message-ID", make_message_id(envelope_sender.addr_spec)))
 
     kept = [f for f in fields if _field_name(f) not in _BLIND_FIELDS]
     header_block = b"".join(kept) + (_render_fields(missing) if missing else b"")

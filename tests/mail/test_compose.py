@@ -12,11 +12,11 @@ import pytest
 
 from smtp_oauth.cli.exit_codes import ExitCode, exit_code_of
 from smtp_oauth.errors import MessageError
+from smtp_oauth.mail.addresses import make_message_id
 from smtp_oauth.mail.compose import (
     Attachment,
     build_message,
     dedupe_addresses,
-    make_message_id,
     needs_smtputf8,
     parse_address,
     parse_addresses,
@@ -96,7 +96,7 @@ def test_dedupe_addresses_ignores_domain_case_only() -> None:
 
 def test_message_id_uses_the_sender_domain() -> None:
     """The Message-ID's right-hand side is the sender's domain, IDNA-encoded when needed."""
-    assert make_message_id(SENDER).endswith("@contoso.example>")
+    assert make_message_id(SENDER.addr_spec).endswith("@contoso.example>")
     assert make_message_id("x@bücher.example").endswith("@xn--bcher-kva.example>")
 
 

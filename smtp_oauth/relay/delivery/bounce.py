@@ -14,8 +14,9 @@ import re
 import socket
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import format_datetime, formatdate, make_msgid
+from email.utils import format_datetime
 
+from smtp_oauth.mail.addresses import make_message_id, message_date
 from smtp_oauth.relay.spool.base import SpooledMessage
 
 __all__ = ["BOUNCE_USER", "build_report", "should_bounce"]
@@ -99,8 +100,8 @@ def build_report(
         f"From: Mail Delivery System <{entry.mailbox}>",
         f"To: <{entry.mail_from}>",
         "Subject: Undelivered Mail Returned to Sender",
-        f"Date: {formatdate(localtime=True)}",
-        f"Message-ID: {make_msgid('ndr', domain=domain)}",
+        f"Date: {message_date()}",
+        f"Message-ID: {make_message_id(f'MAILER-DAEMON@{domain}', prefix='ndr')}",  # the relay's domain
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
