@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["SandboxCertificates", "kept_certificates", "make_certificates", "write_private"]
+from smtp_oauth.files import write_private
+
+__all__ = ["SandboxCertificates", "kept_certificates", "make_certificates"]
 
 _VALIDITY = datetime.timedelta(days=30)
 # A kept certificate this close to expiry is replaced at start: a sandbox left running for a day
@@ -53,14 +54,6 @@ def _name(common_name: str) -> x509.Name:
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``, readable by the owner only (a key, a secret)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    path.chmod(0o600)  # O_CREAT's mode does not apply to a file that already existed
 
 
 def make_certificates(directory: Path) -> SandboxCertificates:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smtp_oauth.sandbox.certs import write_private
+from smtp_oauth.files import write_private
 from smtp_oauth.sandbox.keys import SigningKey
 
 __all__ = ["KeptState", "kept_config", "kept_signing_key", "load_state", "save_state"]

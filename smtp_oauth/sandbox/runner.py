@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import shlex
 import socket
 import ssl
@@ -42,6 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from smtp_oauth.files import write_private
 from smtp_oauth.sandbox.certs import SandboxCertificates, kept_certificates, make_certificates
 from smtp_oauth.sandbox.exchange.server import DeliveredMessage, FakeExchange
 from smtp_oauth.sandbox.graph.server import FakeGraph
@@ -374,9 +374,7 @@ class Sandbox:
             self.idp.federation.revoke_issued_before(time.time())
             time.sleep(1.0 - time.time() % 1.0)  # the new token's iat (whole seconds) comes after
         token = self.idp.federated_token(lifetime=self._federated_token_lifetime)
-        temporary = self.federated_token_file.with_name(f".{self.federated_token_file.name}.new")
-        write_private_text(temporary, token)
-        os.replace(temporary, self.federated_token_file)
+        write_private(self.federated_token_file, token)
         return token
 
     # --- configuration ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtp_oauth.sandbox.certs import write_private
+from smtp_oauth.files import write_private
 from smtp_oauth.sandbox.tenant import SandboxTenant
 
 __all__ = ["FLOWS", "SandboxEndpoints", "render_toml", "sandbox_sections", "write_private_text"]

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from smtp_oauth.sandbox.certs import write_private
+from smtp_oauth.files import write_private
 
 __all__ = [
     "FEDERATED_AUDIENCE",

@@ -239,16 +239,11 @@ class SettingsProbe:
         if self.fingerprint is None:
             return
         data = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "view": _as_json(view)})
-        tmp = self.path.with_name(f".{self.path.name}.{os.urandom(4).hex()}")
+        from smtp_oauth.files import write_private  # after the send: tempfile is no start-up cost
+
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    handle.write(data)
-                os.replace(tmp, self.path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_private(self.path, data, durable=False)  # lost in a crash: the next run rebuilds it
 
 
 _OPTIONAL_STR = (str, type(None))

@@ -38,13 +38,13 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from smtp_oauth.errors import ConfigurationError, TokenError
+from smtp_oauth.files import write_private
 
 if TYPE_CHECKING:
     import portalocker
@@ -127,25 +127,7 @@ class AtomicFilePersistence:
         return str(self._location)
 
     def save(self, content: str) -> None:
-        directory = self._location.parent
-        # mkstemp creates the file 0600 whatever the umask.
-        fd, temp_name = tempfile.mkstemp(prefix=f".{self._location.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_name, self._location)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp_name)
-            raise
-        with contextlib.suppress(OSError):  # make the rename itself durable (not possible everywhere)
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        write_private(self._location, content)  # 0600, temp file + fsync + rename
 
     def load(self) -> str:
         """The content; FileNotFoundError when nothing was saved yet."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Self
 
 from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.files import write_private
 from smtp_oauth.relay.spool.base import (
     STATES,
     ClaimBook,
@@ -137,16 +138,6 @@ def _take_over(source: Path, path: Path) -> None:
     _fsync(path.parent)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-    _fsync(path.parent)
-
-
 def _row_values(queue_id: str, message: Message, inline: bytes | None) -> tuple[Any, ...]:
     """The ``_INSERT`` values of a new queued message; ``inline``: its body in the row (None: in
     ``data/<id>.eml``)."""
@@ -228,7 +219,7 @@ class SqliteSpool:
             if isinstance(data, Path):
                 await asyncio.to_thread(_take_over, data, path)
             elif in_file:
-                await asyncio.to_thread(_write_durably, path, data)
+                await asyncio.to_thread(write_private, path, data)
         except OSError as exc:
             await self._unlink_body(queue_id)
             raise spool_error(exc, f"writing the body of a message of {message.local_user!r}") from exc
