@@ -10,8 +10,6 @@ fetched or a connection opened.
 from __future__ import annotations
 
 import copy
-import email.parser
-import email.policy
 import email.utils
 import re
 from collections.abc import Sequence
@@ -20,6 +18,7 @@ from typing import NamedTuple
 
 from smtp_oauth.errors import MessageError
 from smtp_oauth.mail.addresses import make_message_id, message_date, unique_addresses
+from smtp_oauth.mail.headers import read_headers
 
 __all__ = ["Envelope", "build_envelope"]
 
@@ -36,7 +35,6 @@ class Envelope(NamedTuple):
 
 
 _ADDRESS = re.compile(r"^[^\s@<>\"]+@[^\s@<>\"]+$")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
 
 
@@ -74,13 +72,8 @@ def _prepared_message(message: EmailMessage, sender: str) -> EmailMessage:
 
 
 def _raw_message_id(data: bytes) -> str | None:
-    """The Message-ID of a raw message, reading only its header block."""
-    end = _HEADER_END.search(data)
-    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-        data[: end.end()] if end else data
-    )
-    value = headers.get("Message-ID")
-    return str(value).strip() if value else None
+    """The Message-ID of a raw message, read as the relay reads it (``mail/headers.py``)."""
+    return read_headers(data).message_id
 
 
 def build_envelope(

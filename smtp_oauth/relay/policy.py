@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.errors import HeaderParseError
-from email.header import decode_header, make_header
-from email.utils import getaddresses
 
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.relay.passwords import (
@@ -40,20 +36,15 @@ from smtp_oauth.settings.models import RelaySettings, parse_listen
 __all__ = [
     "NULL_SENDER",
     "LocalUser",
-    "MessageHeaders",
     "RelayPolicy",
     "check_not_open_relay",
     "cleartext_auth_allowed",
     "is_loopback_address",
-    "read_headers",
 ]
 
 log = logging.getLogger("smtp_oauth.relay.listener")
 
 NULL_SENDER = "<>"  # the empty reverse-path of bounces (RFC 5321 4.5.5), as written in allowed_senders
-# What ends a line of a message on its way upstream: CRLF, a bare LF or a lone CR (each sent as CRLF).
-LINE_END = re.compile(rb"\r\n|\n|\r")
-MAX_MESSAGE_ID_LENGTH = 998  # RFC 5322 line limit; a longer "Message-ID" is junk, not an id for logs
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -298,87 +289,3 @@ class RelayPolicy:
             if address.version == network.version and address in network:
                 return self.users[name]
         return None
-
-
-@dataclass(frozen=True)
-class MessageHeaders:
-    """What the listener reads from a message's header: the From: addresses and the Message-ID."""
-
-    from_addresses: tuple[str, ...]
-    message_id: str | None
-
-
-def _header_lines(data: bytes) -> list[bytes]:
-    """The header section's lines, up to the first empty one.
-
-    A bare LF and a lone CR end a line here as CRLF does (CRLF-only is the wire rule): delivery
-    sends each of them upstream as CRLF (``smtp_stream.DataEncoder``), so Exchange sees exactly these
-    lines. Not splitting at a lone CR would let ``X: y<CR>From: someone@else`` past the From: check.
-    """
-    lines: list[bytes] = []
-    start = 0
-    for end in LINE_END.finditer(data):
-        line = data[start : end.start()]
-        if not line:
-            return lines
-        lines.append(line)
-        start = end.end()
-    if start < len(data):
-        lines.append(data[start:])
-    return lines
-
-
-def _fields(lines: list[bytes]) -> list[tuple[str, str]]:
-    """(lower-case name, unfolded value) of each header field (RFC 5322 2.2.3 folding)."""
-    fields: list[tuple[str, str]] = []
-    for raw in lines:
-        line = raw.decode("utf-8", errors="replace")
-        if line[:1] in {" ", "\t"} and fields:
-            name, value = fields[-1]
-            fields[-1] = (name, value + line)
-            continue
-        name, colon, value = line.partition(":")
-        if colon:
-            # "From :" is obsolete syntax (RFC 5322 4.5) that some parsers still accept: count it.
-            fields.append((name.strip().lower(), value.strip()))
-    return fields
-
-
-# The fields that name who sent a message (RFC 5322 3.6.2 and 3.6.6): each is checked like From:.
-SENDER_FIELDS = frozenset({"from", "sender", "resent-from", "resent-sender"})
-# What looks like an address inside a display name or comment ("boss@contoso.com" <me@...>).
-_ADDRESS_LIKE = re.compile(r"[^\s<>()\[\]\",;:@]+@[^\s<>()\[\]\",;:@]+\.[^\s<>()\[\]\",;:@]+")
-
-
-def _display_addresses(name: str) -> list[str]:
-    """Addresses a display name shows, also inside RFC 2047 encoded words (=?utf-8?q?boss=40...?=)."""
-    try:
-        decoded = str(make_header(decode_header(name)))
-    except (HeaderParseError, LookupError, UnicodeError, ValueError):
-        decoded = name
-    return _ADDRESS_LIKE.findall(decoded)
-
-
-def read_headers(data: bytes) -> MessageHeaders:
-    """The sender addresses (every From:, Sender:, Resent-From: and Resent-Sender: field, every
-    address in it, and any address shown in a display name or comment) and the Message-ID.
-
-    A reader sees the display name first: ``"boss@contoso.com" <me@contoso.com>`` claims to be
-    from boss, so that address must be allowed too. An unparsable entry is returned as ``""``,
-    which no sender rule but ``<>`` matches; a message without such fields has no header sender
-    to check (MAIL FROM still is).
-    """
-    fields = _fields(_header_lines(data))
-    addresses: list[str] = []
-    for name, value in fields:
-        if name in SENDER_FIELDS:
-            pairs = getaddresses([value])
-            found = [address.strip() for _, address in pairs]
-            # An empty From: still claims a sender; "" makes the check refuse it (unless "<>").
-            addresses.extend(found if any(found) else [""])
-            for display, _ in pairs:
-                addresses.extend(_display_addresses(display))
-    message_id = next((value for name, value in fields if name == "message-id"), None)
-    if message_id is not None:
-        message_id = message_id.strip()[:MAX_MESSAGE_ID_LENGTH] or None
-    return MessageHeaders(from_addresses=tuple(addresses), message_id=message_id)

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtp_oauth.relay.listener.incoming import SPILL_AT, read_file_headers
+from smtp_oauth.mail.headers import read_file_headers, read_headers
+from smtp_oauth.relay.listener.incoming import SPILL_AT
 from smtp_oauth.relay.listener.server import RelayListener
-from smtp_oauth.relay.policy import read_headers
 from smtp_oauth.relay.spool.sqlite import SqliteSpool, incoming_directory
 from smtp_oauth.sandbox import Sandbox
 from tests.relay.relay_harness import (

@@ -9,13 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smtp_oauth.errors import ConfigurationError
+from smtp_oauth.mail.headers import read_headers
 from smtp_oauth.relay.passwords import SCRYPT_FLOOR_VARIABLE, hash_password
 from smtp_oauth.relay.policy import (
     RelayPolicy,
     check_not_open_relay,
     cleartext_auth_allowed,
     is_loopback_address,
-    read_headers,
 )
 from smtp_oauth.settings.models import RelaySettings
 

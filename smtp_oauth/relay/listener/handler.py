@@ -15,8 +15,9 @@ from typing import Any
 
 from aiosmtpd.smtp import TLSSetupException
 
+from smtp_oauth.mail.headers import read_file_headers, read_headers
 from smtp_oauth.relay.listener.accept import QuietLog
-from smtp_oauth.relay.listener.incoming import SPILL_AT, read_file_headers
+from smtp_oauth.relay.listener.incoming import SPILL_AT
 from smtp_oauth.relay.listener.limits import REPLY_INSUFFICIENT_STORAGE, LimitsUnavailable
 from smtp_oauth.relay.listener.logins import (
     REPLY_AUTH_THROTTLED,
@@ -36,7 +37,7 @@ from smtp_oauth.relay.listener.session import (
 )
 from smtp_oauth.relay.listener.verifier import PasswordVerifier
 from smtp_oauth.relay.passwords import parse_hash
-from smtp_oauth.relay.policy import NULL_SENDER, LocalUser, read_headers
+from smtp_oauth.relay.policy import NULL_SENDER, LocalUser
 
 __all__ = ["RelayHandler", "login_limits"]
 

@@ -24,8 +24,7 @@ file there and goes on appending in ``SPILL_AT`` pieces, off the event loop. The
 the file over (``enqueue``: SQLite renames it, PostgreSQL streams it in); whatever is not taken
 is removed.
 
-``read_file_headers`` is ``policy.read_headers`` for a message in a file: it reads the header
-section 64 KiB at a time, one field in memory, so a huge header costs no more than a small one.
+The header of a spilled body is read by ``mail/headers.read_file_headers``, 64 KiB at a time.
 """
 
 from __future__ import annotations
@@ -37,11 +36,9 @@ import errno
 import io
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
-
-from smtp_oauth.relay.policy import LINE_END, MessageHeaders, read_headers
 
 __all__ = [
     "NO_SPACE_ERRNOS",
@@ -49,12 +46,10 @@ __all__ = [
     "BodyWriter",
     "DataState",
     "SpillGuard",
-    "read_file_headers",
     "receive_data",
 ]
 
 SPILL_AT = 256 * 1024  # the spool's inline limit: smaller bodies never touch a file here
-HEADER_CHUNK = 64 * 1024
 PROGRESS_EVERY = 8 * 1024  # DATA octets between two restarts of the idle timer
 _END_OF_DATA = b".\r\n"
 
@@ -307,55 +302,3 @@ async def _flush(body: BodyWriter) -> DataState:
         body.error = exc
         return DataState.NO_SPACE if exc.errno in NO_SPACE_ERRNOS else DataState.WRITE_FAILED
     return DataState.COMPLETE
-
-
-def read_file_headers(path: Path, *, chunk_size: int = HEADER_CHUNK) -> MessageHeaders:
-    """``read_headers`` of the message in ``path``, reading only its header section, in chunks.
-
-    Blocking: call it in a thread. Lines are split and grouped exactly as ``read_headers`` does
-    (split at CRLF, LF or a lone CR, an empty line ends the header, a line starting
-    with white space folds into the last field, a line without a colon is no field), and each field
-    is handed to ``read_headers`` on its own: memory is a chunk plus one field, time linear.
-    """
-    addresses: list[str] = []
-    message_id: str | None = None
-    message_id_seen = False
-    field: list[bytes] = []  # the lines of the field being read, as they are in the file
-
-    def field_done() -> None:
-        nonlocal message_id, message_id_seen
-        if not field:
-            return
-        found = read_headers(b"\n".join(field))
-        addresses.extend(found.from_addresses)
-        if not message_id_seen and field[0].partition(b":")[0].strip().lower() == b"message-id":
-            message_id, message_id_seen = found.message_id, True  # the first one counts, as there
-        field.clear()
-
-    for line in _lines(path, chunk_size):
-        if not line:
-            break
-        if line[:1] in (b" ", b"\t") and field:
-            field.append(line)
-        elif b":" in line:
-            field_done()
-            field.append(line)
-        # else: no field (no colon); it does not end the one being folded either
-    field_done()
-    return MessageHeaders(from_addresses=tuple(addresses), message_id=message_id)
-
-
-def _lines(path: Path, chunk_size: int) -> Iterator[bytes]:
-    """The lines of the file split at CRLF, LF or a lone CR (``policy.LINE_END``, dropped), read
-    ``chunk_size`` bytes at a time. A CR that ends a chunk waits for the next: it may start a CRLF.
-    """
-    with path.open("rb") as file:
-        partial = b""
-        while chunk := file.read(chunk_size):
-            text = partial + chunk
-            held = b"\r" if text.endswith(b"\r") else b""
-            lines = LINE_END.split(text[: len(text) - len(held)])
-            partial = lines.pop() + held
-            yield from lines
-        if partial:
-            yield from LINE_END.split(partial)
