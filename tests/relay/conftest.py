@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +19,22 @@ from tests.relay.relay_harness import relay_section
 SPOOL_BACKENDS = ["sqlite", "postgresql"]
 FAST_LEASES = PostgresTuning(lease_ttl=1.0, lease_renew=0.2, handover_delay=0.1)
 
+SqliteKind = TypeVar("SqliteKind", bound=SqliteSpool)
+PostgresKind = TypeVar("PostgresKind", bound=PostgresSpool)
+
+
+async def open_backend(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    sqlite: type[SqliteKind],
+    postgres: type[PostgresKind],
+) -> SqliteKind | PostgresKind:
+    """A fresh, empty spool of the backend ``request.param`` names, opened as a relay opens it."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        return await postgres.open(url, staging_dir=tmp_path / "incoming", deliver=True, tuning=FAST_LEASES)
+    return await sqlite.open(tmp_path / "spool", exclusive=True)
+
 
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
@@ -30,14 +47,7 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
 @pytest.fixture(params=SPOOL_BACKENDS)
 async def any_spool(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Spool]:
     """A fresh, empty spool of each backend, opened as a relay opens it."""
-    opened: Spool
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        opened = await PostgresSpool.open(
-            url, staging_dir=tmp_path / "incoming", deliver=True, tuning=FAST_LEASES
-        )
-    else:
-        opened = await SqliteSpool.open(tmp_path / "spool", exclusive=True)
+    opened: Spool = await open_backend(request, tmp_path, SqliteSpool, PostgresSpool)
     yield opened
     await opened.close()
 

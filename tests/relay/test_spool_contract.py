@@ -16,7 +16,7 @@ from smtp_oauth.relay.delivery.bounce import BOUNCE_USER
 from smtp_oauth.relay.spool.base import Message, MessageGone, Spool, SpoolError
 from smtp_oauth.relay.spool.postgres import PostgresSpool, Row
 from smtp_oauth.relay.spool.sqlite import SqliteSpool
-from tests.relay.conftest import FAST_LEASES, SPOOL_BACKENDS
+from tests.relay.conftest import FAST_LEASES, SPOOL_BACKENDS, open_backend
 from tests.relay.spool_helpers import BODY, MAILBOX, body_of, message
 
 LOST = "the relay's queue database failed while claiming messages: server closed the connection unexpectedly"
@@ -86,14 +86,7 @@ async def crashing_spool(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[SqliteCrashingBeforeReports | PostgresCrashingBeforeReports]:
     """A spool of each backend that can crash between recording a failure and its report."""
-    opened: SqliteCrashingBeforeReports | PostgresCrashingBeforeReports
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        opened = await PostgresCrashingBeforeReports.open(
-            url, staging_dir=tmp_path / "incoming", deliver=True, tuning=FAST_LEASES
-        )
-    else:
-        opened = await SqliteCrashingBeforeReports.open(tmp_path / "spool", exclusive=True)
+    opened = await open_backend(request, tmp_path, SqliteCrashingBeforeReports, PostgresCrashingBeforeReports)
     yield opened
     await opened.close()
 
@@ -103,14 +96,7 @@ async def losing_spool(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[SqliteLosingClaimReplies | PostgresLosingClaimReplies]:
     """A spool of each backend whose claims' replies can be lost (``lose``)."""
-    opened: SqliteLosingClaimReplies | PostgresLosingClaimReplies
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        opened = await PostgresLosingClaimReplies.open(
-            url, staging_dir=tmp_path / "incoming", deliver=True, tuning=FAST_LEASES
-        )
-    else:
-        opened = await SqliteLosingClaimReplies.open(tmp_path / "spool", exclusive=True)
+    opened = await open_backend(request, tmp_path, SqliteLosingClaimReplies, PostgresLosingClaimReplies)
     opened.lost = []  # ids whose claim committed unheard
     yield opened
     await opened.close()
