@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import smtplib
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -117,7 +119,7 @@ class RelayProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.port = 0
 
-    async def start(self) -> int:
+    async def start(self, *, within: float = 20) -> int:
         """Start it and return the port it listens on (read from its log)."""
         import re
         import sys
@@ -138,7 +140,7 @@ class RelayProcess:
                 raise AssertionError(f"the relay exited:\n{self.log.read_text()}")
             return bool(match)
 
-        await wait_until(listening, within=20, what="the relay to listen")
+        await wait_until(listening, within=within, what="the relay to listen")
         return self.port
 
     def kill(self, sig: int) -> None:
@@ -148,3 +150,36 @@ class RelayProcess:
     async def wait(self, within: float = 20) -> int:
         assert self.process is not None
         return await asyncio.wait_for(self.process.wait(), within)
+
+
+def rest(sock: socket.socket) -> bytes:
+    """What the server still sends before the connection ends (a reset counts as the end)."""
+    sock.settimeout(10)
+    try:
+        return sock.recv(1024)
+    except ConnectionResetError:
+        return b""
+
+
+def begin_data(sock: socket.socket, sender: str) -> None:
+    """Log in, start a transaction and send half a message, without its end."""
+    file = sock.makefile("rb")
+
+    def reply() -> bytes:
+        line = file.readline()
+        while line[3:4] == b"-":
+            line = file.readline()
+        return line
+
+    reply()  # greeting
+    token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+    for command, code in (
+        ("EHLO client", b"250"),
+        (f"AUTH PLAIN {token}", b"235"),
+        (f"MAIL FROM:<{sender}>", b"250"),
+        ("RCPT TO:<someone@example.net>", b"250"),
+        ("DATA", b"354"),
+    ):
+        sock.sendall(command.encode() + b"\r\n")
+        assert reply().startswith(code), command
+    sock.sendall(f"From: {sender}\r\nSubject: cut\r\n\r\nhalf a mess".encode())

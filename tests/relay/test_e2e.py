@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import smtplib
+import socket
 import sys
 import time
 from collections import Counter
@@ -21,8 +22,10 @@ from tests.relay.relay_harness import (
     PASSWORD_HASH,
     USER,
     RelayProcess,
+    begin_data,
     make_message,
     relay_section,
+    rest,
     send_legacy,
     wait_until,
 )
@@ -93,6 +96,40 @@ async def test_kill_9_during_delivery_delivers_everything_at_least_once(
     duplicates = sum(n - 1 for n in delivered_ids(sandbox).values())
     print(f"kill -9 during delivery: 80 accepted, {duplicates} duplicates")
     assert duplicates <= 3  # at most the sends in flight on the 3 sessions
+    relay.kill(signal.SIGTERM)
+    assert await relay.wait() == 0
+
+
+async def test_a_worker_whose_main_process_died_still_acknowledges_what_it_stored(
+    sandbox: Sandbox, relay: RelayProcess
+) -> None:
+    """relay.workers = 2, the main process SIGKILLed while a client is inside DATA: the worker stores
+    the message and answers 250 (it is in the spool; a 4xx would make the client send it again,
+    and both copies would be delivered), and a restarted relay delivers it once."""
+    sandbox.write_config(relay=relay_section(workers=2))
+    port = await relay.start(within=60)  # two accept processes import the relay first
+    sender = sandbox.tenant.mailbox
+    # Idle connections beside it, so that the worker's stop hangs some up and writes to its closed
+    # control channel first (what makes uvloop refuse every later write on it); the kernel spreads
+    # connections over both workers, and eight leave the busy one without an idle one 1 time in 256.
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        await asyncio.to_thread(begin_data, client, sender)
+        for connection in idle:
+            await asyncio.to_thread(connection.recv, 1024)  # the greeting: a session of its worker
+        relay.kill(signal.SIGKILL)
+        await relay.wait()
+        for connection in idle:
+            await asyncio.to_thread(rest, connection)  # hung up by the stopping worker
+            connection.close()
+        client.sendall(b"age\r\n.\r\n")
+        assert (await asyncio.to_thread(rest, client)).startswith(b"250 "), relay.log.read_text()
+
+    await relay.start(within=60)
+    await wait_until(lambda: len(sandbox.delivered()) == 1, within=30, what="delivery after the restart")
+    assert sandbox.delivered()[0].message["Subject"] == "cut"
+    await asyncio.sleep(1)
+    assert len(sandbox.delivered()) == 1
     relay.kill(signal.SIGTERM)
     assert await relay.wait() == 0
 

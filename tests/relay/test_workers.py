@@ -138,10 +138,10 @@ async def test_workers_killed_mid_data_lose_nothing_acknowledged(
     await asyncio.to_thread(harness.send_legacy, port, [harness.make_message(sender, n) for n in range(3)])
     cut = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
-        await asyncio.to_thread(_begin_data, cut, sender)
+        await asyncio.to_thread(harness.begin_data, cut, sender)
         for pid in service.workers.pids:
             os.kill(pid, signal.SIGKILL)
-        assert await asyncio.to_thread(_rest, cut) == b""  # cut off, never a 250
+        assert await asyncio.to_thread(harness.rest, cut) == b""  # cut off, never a 250
     finally:
         cut.close()
     await harness.wait_until(lambda: len(sandbox.delivered()) == 3, what="the acknowledged messages")
@@ -153,41 +153,6 @@ async def test_workers_killed_mid_data_lose_nothing_acknowledged(
     await asyncio.sleep(0.5)
     assert len(sandbox.delivered()) == 3
     assert sum((await harness.states(service)).values()) == 3
-
-
-def _rest(sock: socket.socket) -> bytes:
-    """What the server still sends before the connection ends (a reset counts as the end)."""
-    sock.settimeout(10)
-    try:
-        return sock.recv(1024)
-    except ConnectionResetError:
-        return b""
-
-
-def _begin_data(sock: socket.socket, sender: str) -> None:
-    """Log in, start a transaction and send half a message, without its end."""
-    import base64
-
-    file = sock.makefile("rb")
-
-    def reply() -> bytes:
-        line = file.readline()
-        while line[3:4] == b"-":
-            line = file.readline()
-        return line
-
-    reply()  # greeting
-    token = base64.b64encode(f"\0{harness.USER}\0{harness.PASSWORD}".encode()).decode()
-    for command, code in (
-        ("EHLO client", b"250"),
-        (f"AUTH PLAIN {token}", b"235"),
-        (f"MAIL FROM:<{sender}>", b"250"),
-        ("RCPT TO:<someone@example.net>", b"250"),
-        ("DATA", b"354"),
-    ):
-        sock.sendall(command.encode() + b"\r\n")
-        assert reply().startswith(code), command
-    sock.sendall(f"From: {sender}\r\nSubject: cut\r\n\r\nhalf a mess".encode())
 
 
 async def test_local_submissions_still_go_to_the_main_process(

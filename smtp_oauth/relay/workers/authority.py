@@ -24,7 +24,7 @@ from smtp_oauth.relay.workers.frames import (
     LoginSucceeded,
     LoginTurn,
     Release,
-    write_frame,
+    tell,
 )
 
 __all__ = ["LimitsAuthority"]
@@ -48,7 +48,7 @@ class LimitsAuthority:
             refusal = self._connections.take(frame.peer)
             if refusal is None:
                 self._held.setdefault(channel, Counter())[frame.peer] += 1
-            _send(channel, Admission(ticket=frame.ticket, refusal=refusal))
+            tell(channel, Admission(ticket=frame.ticket, refusal=refusal))
         elif isinstance(frame, Release):
             held = self._held.get(channel)
             if held is not None and held[frame.peer] > 0:
@@ -76,13 +76,13 @@ class LimitsAuthority:
         """One attempt: hold the address's turn until the worker says how it went (or is gone)."""
         try:
             async with self._guard.attempt(begin.login, begin.address) as attempt:
-                _send(channel, LoginTurn(ticket=begin.ticket, refused=attempt.refused))
+                tell(channel, LoginTurn(ticket=begin.ticket, refused=attempt.refused))
                 step = await steps.get()
                 if isinstance(step, LoginSucceeded):
                     await attempt.succeeded(step.user)
                 elif isinstance(step, LoginFailed):
                     failures, delay = await attempt.failed()
-                    _send(channel, LoginDelay(ticket=begin.ticket, failures=failures, delay=delay))
+                    tell(channel, LoginDelay(ticket=begin.ticket, failures=failures, delay=delay))
                     await asyncio.sleep(delay)  # the turn is held through the delay, as in one process
         finally:
             self._logins.pop((channel, begin.ticket), None)
@@ -99,8 +99,3 @@ class LimitsAuthority:
     async def close(self) -> None:
         """Stop answering (the relay is stopping)."""
         await cancel_and_wait(self._tasks)
-
-
-def _send(channel: asyncio.StreamWriter, frame: object) -> None:
-    if not channel.is_closing():
-        write_frame(channel, frame)

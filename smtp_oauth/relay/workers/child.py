@@ -24,7 +24,16 @@ import sys
 from smtp_oauth.relay import eventloop
 from smtp_oauth.relay.listener.server import LISTEN_BACKLOG, Message, RelayListener, log_queued
 from smtp_oauth.relay.spool import open_spool
-from smtp_oauth.relay.workers.frames import Connections, Queued, Ready, Reload, Setup, read_frame, write_frame
+from smtp_oauth.relay.workers.frames import (
+    Connections,
+    Queued,
+    Ready,
+    Reload,
+    Setup,
+    read_frame,
+    tell,
+    write_frame,
+)
 from smtp_oauth.relay.workers.remote import RemoteLimits
 from smtp_oauth.relay.workers.sockets import worker_sockets
 
@@ -47,8 +56,14 @@ async def serve(control_fd: int, listen_fds: list[int]) -> int:
     async def store(message: Message) -> str:
         queue_id = await spool.enqueue(message)
         log_queued(queue_id, message)
-        write_frame(writer, Queued(queue_id=queue_id, mailbox=message.mailbox))
+        # Committed: the 250 is owed even when the main process has just gone (its end closed).
+        # The message waits in the spool for whichever relay delivers next; answering 4xx here
+        # made the client send it again, and both copies were delivered.
+        tell(writer, Queued(queue_id=queue_id, mailbox=message.mailbox))
         return queue_id
+
+    def sessions_changed(count: int) -> None:
+        tell(writer, Connections(open=count))
 
     limits = RemoteLimits(writer)
     listener = RelayListener(
@@ -58,7 +73,7 @@ async def serve(control_fd: int, listen_fds: list[int]) -> int:
         store=store,
         tuning=setup.tuning,
         incoming_dir=setup.incoming_dir,
-        sessions_changed=lambda count: write_frame(writer, Connections(open=count)),
+        sessions_changed=sessions_changed,
         connections=limits,
         logins=limits,
     )

@@ -45,6 +45,7 @@ __all__ = [
     "Reload",
     "Setup",
     "read_frame",
+    "tell",
     "write_frame",
 ]
 
@@ -155,6 +156,18 @@ class LoginEnd:
 def write_frame(writer: asyncio.StreamWriter, frame: object) -> None:
     data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
     writer.write(_LENGTH.pack(len(data)) + data)
+
+
+def tell(writer: asyncio.StreamWriter, frame: object) -> bool:
+    """Write ``frame`` unless the channel has closed (the other process has gone); whether it was.
+
+    A closed channel is not an error of the sender's: uvloop raises on a write to a closed
+    transport, and a worker that has just committed a message must still answer 250 for it.
+    """
+    if writer.is_closing():
+        return False
+    write_frame(writer, frame)
+    return True
 
 
 async def read_frame(reader: asyncio.StreamReader) -> object | None:

@@ -29,7 +29,16 @@ from dataclasses import dataclass, field
 from smtp_oauth.errors import ConfigurationError
 from smtp_oauth.relay.eventloop import cancel_and_wait
 from smtp_oauth.relay.workers.authority import LimitsAuthority
-from smtp_oauth.relay.workers.frames import Connections, Queued, Ready, Reload, Setup, read_frame, write_frame
+from smtp_oauth.relay.workers.frames import (
+    Connections,
+    Queued,
+    Ready,
+    Reload,
+    Setup,
+    read_frame,
+    tell,
+    write_frame,
+)
 from smtp_oauth.settings.models import RelaySettings
 
 __all__ = ["WorkerPool"]
@@ -190,7 +199,7 @@ class WorkerPool:
         """Hand a reloaded configuration to every running worker (``setup`` gives it to new ones)."""
         for worker in self._workers:
             if worker.writer is not None:
-                write_frame(worker.writer, Reload(relay=relay))
+                tell(worker.writer, Reload(relay=relay))
 
     async def stop(self, *, grace: float) -> None:
         """SIGTERM every worker; those still running after ``grace`` (+ 2 s) are killed."""

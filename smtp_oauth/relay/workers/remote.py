@@ -30,7 +30,7 @@ from smtp_oauth.relay.workers.frames import (
     LoginSucceeded,
     LoginTurn,
     Release,
-    write_frame,
+    tell,
 )
 
 __all__ = ["ADMIT_TIMEOUT", "RemoteLimits"]
@@ -79,10 +79,7 @@ class RemoteLimits:
                 future.set_exception(LimitsUnavailable("the relay's main process has gone"))
 
     def _send(self, frame: object) -> bool:
-        if self._closed or self._writer.is_closing():
-            return False
-        write_frame(self._writer, frame)
-        return True
+        return not self._closed and tell(self._writer, frame)
 
     def _ask(self, make: Callable[[int], object]) -> tuple[int, asyncio.Future[object]]:
         """Send ``make(ticket)``; the ticket and the future its answer will complete."""
