@@ -198,7 +198,9 @@ class RelayService:
             sockets=sockets,
             queued=self._worker_queued,
             # The limits of all workers are counted here, in this process's listener (reloads included).
-            authority=LimitsAuthority(self.listener.connection_limits, self.listener.login_guard),
+            authority=LimitsAuthority(
+                self.listener.connection_limits, self.listener.login_guard, self.listener.client_bytes
+            ),
         )
         await self.workers.start()
         log.info(

@@ -17,8 +17,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
+from smtp_oauth.relay.listener.incoming import SPILL_AT
 from smtp_oauth.relay.listener.server import ListenerTuning, RelayListener
 from smtp_oauth.relay.service import RelayService
 from smtp_oauth.relay.workers.remote import RemoteLimits
@@ -252,3 +254,33 @@ async def test_a_silent_main_process_gets_connections_refused() -> None:
         sock, reply = await asyncio.to_thread(greeting, address)
         sock.close()
     assert reply.startswith(b"421 4.7.0 ")
+
+
+def stall_in_data(sock: socket.socket, sender: str, size: int) -> None:
+    """Log in on a greeted connection, start DATA and send ``size`` bytes of body, never its end."""
+    for command in (b"EHLO x\r\n", f"AUTH PLAIN {RIGHT}\r\n".encode()):
+        sock.sendall(command)
+        read_reply(sock)
+    sock.sendall(f"MAIL FROM:<{sender}>\r\nRCPT TO:<a@example.test>\r\nDATA\r\n".encode())
+    while b"354" not in read_reply(sock):
+        pass
+    line = b"y" * 76 + b"\r\n"
+    sock.sendall(f"From: {sender}\r\n\r\n".encode() + line * (size // len(line)))
+
+
+async def test_one_client_pins_no_more_disk_than_its_share_across_the_workers(sandbox: Sandbox) -> None:
+    """Stalled DATA transfers of one address on both workers hold at most one allowance on disk, not two."""
+    share = 3 * SPILL_AT
+    tuning = replace(FAST_FAILURES, unfinished_bytes_per_client=share)
+    async with relay_with_workers(sandbox, tuning=tuning) as (service, address):
+        held = await hold_across_workers(service, address, ["127.0.0.1"] * 6)
+        sender = sandbox.settings().smtp.username
+        for sock in held:
+            await asyncio.to_thread(stall_in_data, sock, sender, 2 * SPILL_AT)  # two spills each
+        incoming = service.listener.incoming_dir
+        assert incoming is not None
+        await asyncio.sleep(1.0)
+        on_disk = sum(path.stat().st_size for path in incoming.iterdir())
+        for sock in held:
+            sock.close()
+    assert SPILL_AT <= on_disk <= share

@@ -76,8 +76,8 @@ NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 class SpillGuard(Protocol):
     """Who may write how much of a body to disk (``limits.ClientBytes`` and ``limits.FreeSpace``)."""
 
-    def take(self, size: int) -> None:
-        """Charge ``size`` bytes about to be written; OSError (ENOSPC, EDQUOT) to refuse them."""
+    async def take(self, size: int) -> None:
+        """Charge ``size`` bytes about to be written; OSError (ENOSPC, EDQUOT, ...) to refuse them."""
         ...
 
     def give_back(self, size: int) -> None:
@@ -122,7 +122,7 @@ class BodyWriter:
             self.path = self._directory / f"{secrets.token_hex(8)}.tmp"
         data = self._buffer.getvalue()  # the BytesIO's own bytes: no copy
         if self._guard is not None:
-            self._guard.take(len(data))
+            await self._guard.take(len(data))
             self._charged += len(data)
         self._buffer = io.BytesIO()
         await asyncio.to_thread(self._write, self.path, data)

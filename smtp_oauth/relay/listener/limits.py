@@ -14,7 +14,9 @@ that cannot be checked is never waived.
 Bodies being received count against their client's address while they are unfinished
 (``ClientBytes``): 12 DATA transfers that never end cannot fill the spool's disk. Only the part
 written to the spool's ``incoming/`` counts; what is still in memory is bounded by
-``incoming.SPILL_AT`` per connection and by the connection limits.
+``incoming.SPILL_AT`` per connection and by the connection limits. As with connections, who counts
+is a ``ByteCounter``: in an accept worker the main process, so the allowance is one per client
+address for the whole relay, not one per worker.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "REPLY_LIMITS_UNAVAILABLE",
     "REPLY_TOO_MANY_CONNECTIONS",
     "REPLY_TOO_MANY_FROM_CLIENT",
+    "ByteCounter",
     "ClientBytes",
     "ConnectionCounter",
     "ConnectionLimits",
@@ -99,6 +102,22 @@ class ConnectionLimits:
         return self._open[peer]
 
 
+class ByteCounter(Protocol):
+    """Who charges a client address for the unfinished DATA transfers it has on disk."""
+
+    async def reserve(self, peer: str, size: int) -> None:
+        """Charge ``size`` more bytes to ``peer``; OSError to refuse them.
+
+        EDQUOT when that would pass the client's allowance; another errno when the charge cannot
+        be counted (an accept worker without its main process): then the write fails with a 451.
+        """
+        ...
+
+    def give_back(self, peer: str, size: int) -> None:
+        """A transfer ended (stored or dropped): its bytes no longer count."""
+        ...
+
+
 class ClientBytes:
     """Bytes of unfinished DATA transfers on disk, per client address, up to ``per_client``."""
 
@@ -114,6 +133,9 @@ class ClientBytes:
                 f"unfinished transfers from {peer} would hold more than {self.per_client} bytes",
             )
         self._held[peer] += size
+
+    async def reserve(self, peer: str, size: int) -> None:
+        self.take(peer, size)
 
     def give_back(self, peer: str, size: int) -> None:
         """A transfer ended (stored or dropped): its bytes no longer count."""

@@ -45,6 +45,7 @@ from smtp_oauth.relay.listener.handler import RelayHandler, login_limits
 from smtp_oauth.relay.listener.incoming import SpillGuard
 from smtp_oauth.relay.listener.limits import (
     REPLY_LIMITS_UNAVAILABLE,
+    ByteCounter,
     ClientBytes,
     ConnectionCounter,
     ConnectionLimits,
@@ -128,6 +129,7 @@ class RelayListener:
         sessions_changed: Callable[[int], None] | None = None,
         connections: ConnectionCounter | None = None,
         logins: LoginCounter | None = None,
+        unfinished: ByteCounter | None = None,
     ) -> None:
         self._sessions_changed = sessions_changed  # the open sessions' number (an accept worker's)
         self._default_mailbox = default_mailbox
@@ -144,9 +146,10 @@ class RelayListener:
             total=relay.max_connections, per_client=relay.max_connections_per_client
         )
         self._connections: ConnectionCounter = connections or self.connection_limits
-        self._client_bytes = ClientBytes(
+        self.client_bytes = ClientBytes(
             per_client=self._tuning.unfinished_bytes_per_client or 2 * relay.max_message_size
         )
+        self._unfinished: ByteCounter = unfinished or self.client_bytes
         self.free_space = (
             FreeSpace(incoming_dir, minimum=int(relay.min_free_space)) if incoming_dir is not None else None
         )
@@ -264,7 +267,7 @@ class RelayListener:
         """The disk a body from ``peer`` may use: its share of unfinished bytes, and free space."""
         if self.incoming_dir is None:
             return None
-        return _PeerSpillGuard(self._client_bytes, peer, self.free_space)
+        return _PeerSpillGuard(self._unfinished, peer, self.free_space)
 
     async def storage_low(self) -> bool:
         """True while the spool's file system has less than relay.min_free_space free."""
@@ -375,12 +378,12 @@ def _unavailable(peer: str, reason: LimitsUnavailable) -> str:
 class _PeerSpillGuard:
     """``incoming.SpillGuard`` for one client address."""
 
-    held: ClientBytes
+    held: ByteCounter
     peer: str
     free_space: FreeSpace | None
 
-    def take(self, size: int) -> None:
-        self.held.take(self.peer, size)
+    async def take(self, size: int) -> None:
+        await self.held.reserve(self.peer, size)
 
     def give_back(self, size: int) -> None:
         self.held.give_back(self.peer, size)

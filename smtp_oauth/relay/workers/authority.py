@@ -1,9 +1,10 @@
-"""The main process's side of the workers' limits: one count of connections and logins for all of them.
+"""The main process's side of the workers' limits: one count of connections, logins and disk for all.
 
-The records are the main process's own listener's (``RelayListener.connection_limits`` and
-``login_guard``): a reload's new limits apply here at once. Each worker's channel is accounted for
-separately, so when a worker dies its connections are given back and its logins' turns end
-(a failure's delay is still served: dying does not shorten it).
+The records are the main process's own listener's (``RelayListener.connection_limits``,
+``login_guard`` and ``client_bytes``): a reload's new limits apply here at once. Each worker's
+channel is accounted for separately, so when a worker dies its connections and the disk its
+unfinished transfers held are given back and its logins' turns end (a failure's delay is still
+served: dying does not shorten it).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import asyncio
 from collections import Counter
 
 from smtp_oauth.relay.eventloop import cancel_and_wait
-from smtp_oauth.relay.listener.limits import ConnectionLimits
+from smtp_oauth.relay.listener.limits import ClientBytes, ConnectionLimits
 from smtp_oauth.relay.listener.logins import LoginGuard
 from smtp_oauth.relay.workers.frames import (
     Admission,
     Admit,
+    GiveBack,
     LoginBegin,
     LoginDelay,
     LoginEnd,
@@ -24,6 +26,8 @@ from smtp_oauth.relay.workers.frames import (
     LoginSucceeded,
     LoginTurn,
     Release,
+    Reserve,
+    Reserved,
     tell,
 )
 
@@ -33,29 +37,23 @@ _LoginStep = LoginSucceeded | LoginFailed | LoginEnd
 
 
 class LimitsAuthority:
-    """Answers ``remote.RemoteLimits`` for every worker channel, from ``connections`` and ``logins``."""
+    """Answers ``remote.RemoteLimits`` for every worker channel from ``connections``, ``logins``, ``disk``."""
 
-    def __init__(self, connections: ConnectionLimits, logins: LoginGuard) -> None:
+    def __init__(self, connections: ConnectionLimits, logins: LoginGuard, disk: ClientBytes) -> None:
         self._connections = connections
         self._guard = logins
+        self._disk = disk
         self._held: dict[asyncio.StreamWriter, Counter[str]] = {}
+        self._bytes: dict[asyncio.StreamWriter, Counter[str]] = {}
         self._logins: dict[tuple[asyncio.StreamWriter, int], asyncio.Queue[_LoginStep]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, channel: asyncio.StreamWriter, frame: object) -> bool:
         """Answer ``frame`` from the worker on ``channel``; False if it is not about the limits."""
-        if isinstance(frame, Admit):
-            refusal = self._connections.take(frame.peer)
-            if refusal is None:
-                self._held.setdefault(channel, Counter())[frame.peer] += 1
-            tell(channel, Admission(ticket=frame.ticket, refusal=refusal))
-        elif isinstance(frame, Release):
-            held = self._held.get(channel)
-            if held is not None and held[frame.peer] > 0:
-                held[frame.peer] -= 1
-                if not held[frame.peer]:
-                    del held[frame.peer]
-                self._connections.release(frame.peer)
+        if isinstance(frame, Admit | Release):
+            self._connection(channel, frame)
+        elif isinstance(frame, Reserve | GiveBack):
+            self._transfer(channel, frame)
         elif isinstance(frame, LoginBegin):
             steps: asyncio.Queue[_LoginStep] = asyncio.Queue()
             self._logins[(channel, frame.ticket)] = steps
@@ -69,6 +67,37 @@ class LimitsAuthority:
         else:
             return False
         return True
+
+    def _connection(self, channel: asyncio.StreamWriter, frame: Admit | Release) -> None:
+        if isinstance(frame, Admit):
+            refusal = self._connections.take(frame.peer)
+            if refusal is None:
+                self._held.setdefault(channel, Counter())[frame.peer] += 1
+            tell(channel, Admission(ticket=frame.ticket, refusal=refusal))
+            return
+        held = self._held.get(channel)
+        if held is not None and held[frame.peer] > 0:
+            held[frame.peer] -= 1
+            if not held[frame.peer]:
+                del held[frame.peer]
+            self._connections.release(frame.peer)
+
+    def _transfer(self, channel: asyncio.StreamWriter, frame: Reserve | GiveBack) -> None:
+        charged = self._bytes.setdefault(channel, Counter())
+        if isinstance(frame, Reserve):
+            try:
+                self._disk.take(frame.peer, frame.size)
+            except OSError as refused:
+                tell(channel, Reserved(ticket=frame.ticket, refusal=str(refused.strerror)))
+                return
+            charged[frame.peer] += frame.size
+            tell(channel, Reserved(ticket=frame.ticket, refusal=None))
+            return
+        size = min(frame.size, charged[frame.peer])  # never more than this channel was charged
+        charged[frame.peer] -= size
+        if charged[frame.peer] <= 0:
+            del charged[frame.peer]
+        self._disk.give_back(frame.peer, size)
 
     async def _login(
         self, channel: asyncio.StreamWriter, begin: LoginBegin, steps: asyncio.Queue[_LoginStep]
@@ -88,10 +117,12 @@ class LimitsAuthority:
             self._logins.pop((channel, begin.ticket), None)
 
     def forget(self, channel: asyncio.StreamWriter) -> None:
-        """The worker on ``channel`` has gone: its connections are closed, its attempts over."""
+        """The worker on ``channel`` has gone: its connections are closed, its transfers and attempts over."""
         for peer, count in self._held.pop(channel, Counter()).items():
             for _ in range(count):
                 self._connections.release(peer)
+        for peer, size in self._bytes.pop(channel, Counter()).items():
+            self._disk.give_back(peer, size)
         for (owner, ticket), steps in list(self._logins.items()):
             if owner is channel:
                 steps.put_nowait(LoginEnd(ticket=ticket))

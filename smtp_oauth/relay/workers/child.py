@@ -4,8 +4,8 @@ Started by ``pool.WorkerPool`` with the relay's sockets and its end of a socketp
 SO_REUSEPORT it listens on sockets of its own beside them (``sockets.py``).
 It reads its ``Setup`` from the socketpair, opens the spool as a second writer (the main process
 holds the spool's lock and delivers), accepts on the inherited sockets with the same listener as a
-single-process relay, and after each commit tells the main process (``Queued``). Its connection and
-login limits are the main process's, asked over the same socketpair (``remote.py``). SIGTERM stops it
+single-process relay, and after each commit tells the main process (``Queued``). Its connection,
+login and disk limits are the main process's, asked over the same socketpair (``remote.py``). SIGTERM stops it
 gracefully (sessions finish, every started commit completes); SIGINT and SIGHUP are the main
 process's to handle (a terminal's ^C reaches the whole process group). If the main process goes
 away (the socketpair closes), the worker stops too: nobody would deliver what it accepts.
@@ -76,6 +76,7 @@ async def serve(control_fd: int, listen_fds: list[int]) -> int:
         sessions_changed=sessions_changed,
         connections=limits,
         logins=limits,
+        unfinished=limits,
     )
     inherited = [socket.socket(fileno=fd) for fd in listen_fds]
     for sock in inherited:

@@ -11,8 +11,9 @@ accepts, ``Queued`` after each message it committed (delivery is woken, ``/metri
 The limits (``remote.py`` asks, ``authority.py`` answers in the main process): ``Admit`` ->
 ``Admission`` for each new connection and ``Release`` when it closes; ``LoginBegin`` -> ``LoginTurn``
 once the address's turn is the attempt's, then ``LoginSucceeded``, or ``LoginFailed`` ->
-``LoginDelay``, and ``LoginEnd`` (the turn is given back). A ``ticket`` pairs a question with its
-answer; it is unique within one worker's channel.
+``LoginDelay``, and ``LoginEnd`` (the turn is given back); ``Reserve`` -> ``Reserved`` before a
+body's next part goes to disk, and ``GiveBack`` when the transfer ends. A ``ticket`` pairs a
+question with its answer; it is unique within one worker's channel.
 A worker stops on SIGTERM; the main process stops on the worker's end closing (it died).
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "Admission",
     "Admit",
     "Connections",
+    "GiveBack",
     "LoginBegin",
     "LoginDelay",
     "LoginEnd",
@@ -43,6 +45,8 @@ __all__ = [
     "Ready",
     "Release",
     "Reload",
+    "Reserve",
+    "Reserved",
     "Setup",
     "read_frame",
     "tell",
@@ -151,6 +155,29 @@ class LoginDelay:
 @dataclass(frozen=True)
 class LoginEnd:
     ticket: int
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """May ``size`` more bytes of an unfinished transfer from ``peer`` go to disk?"""
+
+    ticket: int
+    peer: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Reserved:
+    ticket: int
+    refusal: str | None  # why not (the allowance is used up), or None: charged
+
+
+@dataclass(frozen=True)
+class GiveBack:
+    """A transfer from ``peer`` has ended: the ``size`` bytes it was charged no longer count."""
+
+    peer: str
+    size: int
 
 
 def write_frame(writer: asyncio.StreamWriter, frame: object) -> None:
