@@ -159,13 +159,15 @@ async def test_closing_gives_back_what_is_still_sending(postgres_url: str, tmp_p
 
 async def test_a_graceful_stop_hands_the_lease_over_promptly(postgres_url: str, tmp_path: Path) -> None:
     """A relay closing its spool gives its leases up; the other relay takes them at once."""
+    # The leaving relay takes the lease before the other one starts: two live relays race for
+    # a new mailbox's lease (the NOTIFY of the enqueue wakes both), which this test is not about.
+    leaving = await PostgresSpool.open(
+        postgres_url, staging_dir=tmp_path, deliver=True, tuning=replace(FAST_LEASES, relay_id="leaving")
+    )
+    await leaving.enqueue(message())
+    await leaving.claim_due(MAILBOX)  # takes the lease
+    assert MAILBOX in leaving.owned
     async with relay_spool(postgres_url, tmp_path, "stays") as stays:
-        leaving = await PostgresSpool.open(
-            postgres_url, staging_dir=tmp_path, deliver=True, tuning=replace(FAST_LEASES, relay_id="leaving")
-        )
-        await leaving.enqueue(message())
-        await leaving.claim_due(MAILBOX)  # takes the lease
-        assert MAILBOX in leaving.owned
         [entry] = await leaving.list()
         await leaving.release(entry.id)
         await leaving.close()
