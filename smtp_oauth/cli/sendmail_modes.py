@@ -78,23 +78,26 @@ def _arrival(epoch: float) -> str:
 
 
 _MARKS = {"sending": "*", "dead": "!"}  # as mailq marks active and held messages
+_ID_WIDTH = 25  # a 24-digit queue id and its mark; Postfix's long ids widen its column the same way
+_INDENT = " " * (_ID_WIDTH + 31)  # recipients and replies line up under -Sender/Recipient-
 
 
 def format_queue(entries: list[dict[str, Any]]) -> str:
     """mailq's layout (Postfix): id, size, arrival, sender; recipients below; the last reply in ()."""
     if not entries:
         return "Mail queue is empty\n"
-    lines = ["-Queue ID-        --Size-- ----Arrival Time---- -Sender/Recipient-------"]
+    lines = [f"{'-Queue ID-':<{_ID_WIDTH}} --Size-- ----Arrival Time---- -Sender/Recipient-------"]
     total = 0
     for entry in entries:
         total += int(entry["size"])
         mark = _MARKS.get(str(entry["state"]), "")
         queue_id = f"{entry['id']}{mark}"
         sender = entry["mail_from"] or "MAILER-DAEMON"
-        lines.append(f"{queue_id:<17} {entry['size']:>8} {_arrival(float(entry['created_at']))}  {sender}")
+        arrival = _arrival(float(entry["created_at"]))
+        lines.append(f"{queue_id:<{_ID_WIDTH}} {entry['size']:>8} {arrival:<20} {sender}")
         if entry["last_reply"]:
-            lines.append(f"{'':<49}({entry['last_reply']})")
-        lines.extend(f"{'':<49}{recipient}" for recipient in entry["rcpt_tos"])
+            lines.append(f"{_INDENT}({entry['last_reply']})")
+        lines.extend(f"{_INDENT}{recipient}" for recipient in entry["rcpt_tos"])
         lines.append("")
     count = len(entries)
     lines.append(f"-- {max(1, (total + 1023) // 1024)} Kbytes in {count} Request{'s' if count != 1 else ''}.")

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from smtp_oauth.cli.sendmail_modes import format_queue
 from smtp_oauth.relay.service import RelayService
+from smtp_oauth.relay.spool.base import new_queue_id
 from smtp_oauth.sandbox import Sandbox
 from tests.cli.admin_cli import clean_env, run_program
 from tests.cli.send_mail_harness import SEND_MAIL
@@ -101,6 +103,24 @@ async def test_mailq_lists_a_deferred_message_and_q_sends_it_now(
     code, _, stderr = await run_as("sendmail", configured, env, "-q")
     assert (code, stderr) == (0, "")
     await wait_until(lambda: len(configured.delivered()) == 1, within=10, what="the retried delivery")
+
+
+def test_mailq_lines_recipients_up_under_the_sender_of_a_full_length_id() -> None:
+    """A 24-digit queue id with its mark keeps the columns: recipients and the reply start where
+    the sender does, as in Postfix's mailq."""
+    entry = {
+        "id": new_queue_id(),
+        "state": "sending",
+        "size": 1234,
+        "created_at": 1_796_000_000.0,
+        "mail_from": "app@example.test",
+        "last_reply": "451 4.3.0 Try again later",
+        "rcpt_tos": ["bob@example.test"],
+    }
+    header, line, reply, recipient, *_ = format_queue([entry]).splitlines()
+    column = header.index("-Sender/Recipient-")
+    assert line.startswith(f"{entry['id']}* ")
+    assert [line.index("app@"), reply.index("("), recipient.index("bob@")] == [column] * 3
 
 
 async def test_mailq_says_when_the_queue_is_empty(

@@ -124,7 +124,7 @@ async def lease_owners(url: str) -> dict[str, str]:
 async def cut_off_messages(url: str, log: Path) -> set[str]:
     """The Message-IDs of the sends a relay cut off at its stop (its "send_cut_off" log lines)."""
     text = await asyncio.to_thread(log.read_text, errors="replace")
-    queue_ids = sorted(set(re.findall(r"send_cut_off ([0-9a-f]{16})", text)))
+    queue_ids = sorted(set(re.findall(r"send_cut_off ([0-9a-f]{24})", text)))
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         cursor = await conn.execute(
             "SELECT message_id FROM smtp_oauth_messages WHERE id = ANY(%s)", (queue_ids,)
