@@ -79,6 +79,38 @@ async def test_a_user_under_attack_from_many_addresses_is_slowed_but_its_owner_g
     assert new_code == 454  # a new address while the user is under attack: try again later
 
 
+def refused_logins(address: tuple[str, int], *, source: str) -> list[int]:
+    """AUTH PLAIN guesses on one connection until the relay closes it: the reply codes."""
+    codes: list[int] = []
+    with smtplib.SMTP(*address, timeout=30, source_address=(source, 0)) as client:
+        client.ehlo("attacker")
+        try:
+            while len(codes) < 10:
+                codes.append(client.docmd("AUTH", f"PLAIN {WRONG}")[0])
+        except smtplib.SMTPServerDisconnected:
+            pass
+    return codes
+
+
+async def test_refusals_under_attack_count_toward_the_sessions_limit() -> None:
+    """A 454 checks no password but is not free: the session is closed after its limit of tries."""
+    tuning = ListenerTuning(
+        auth_failure_delay=0.01,
+        auth_failure_delay_max=0.01,
+        auth_user_failure_limit=1,
+        auth_user_attempt_interval=60.0,
+        auth_failures_per_session=3,
+        greet_pause=0.0,
+        shutdown_grace=1.0,
+    )
+    async with running_listener(tuning=tuning) as (listener, _):
+        address = listener.addresses[0]
+        await in_thread(lambda: guess_for(address, 0.05, source="127.0.1.1"))  # the user is under attack
+        await in_thread(lambda: guess_for(address, 0.05, source="127.0.1.2"))  # and its slot is taken
+        codes = await in_thread(lambda: refused_logins(address, source="127.0.1.3"))
+    assert codes == [454, 454, 454, 421]  # the third try's 454 comes with the 421 and the close
+
+
 def test_a_new_address_gets_its_turn_after_the_interval() -> None:
     """Under attack, a new address is refused (454) only until the user's next attempt slot."""
     now = [0.0]

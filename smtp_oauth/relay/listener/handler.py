@@ -135,7 +135,10 @@ class RelayHandler:
                 credentials.login,
                 peer,
             )
-            return REPLY_AUTH_THROTTLED
+            # A refusal checks no password but still counts toward the session's limit: otherwise
+            # one connection could loop on AUTH for free, taking each new-address slot the moment
+            # it opens and keeping it from the user's real new address.
+            return self._count_session_failure(server, REPLY_AUTH_THROTTLED)
         user = self._listener.policy.user(credentials.login)
         # Verify against a dummy hash for unknown names, so timing does not reveal which users exist.
         hashed = user.password if user is not None else _DUMMY_HASH
@@ -162,11 +165,15 @@ class RelayHandler:
             extra={"event": "auth_failed", "peer": server.peer_host, "user": credentials.login},
         )
         await asyncio.sleep(delay)
+        return self._count_session_failure(server, REPLY_AUTH_FAILED)
+
+    def _count_session_failure(self, server: RelaySession, reply: str) -> str | None:
+        """``reply``, or ``reply`` then 421 and a close once the session has used up its tries."""
         server.auth_failures += 1
         if server.auth_failures >= self._tuning.auth_failures_per_session:
-            server.hang_up(REPLY_AUTH_FAILED, REPLY_TOO_MANY_AUTH_FAILURES)
+            server.hang_up(reply, REPLY_TOO_MANY_AUTH_FAILURES)
             return None
-        return REPLY_AUTH_FAILED
+        return reply
 
     def _sender_user(self, server: RelaySession, session: Any) -> LocalUser | None:
         """Who this session sends as: its AUTH user (if still configured) or its network's user."""

@@ -8,7 +8,8 @@
 - Per user: once a user has ``user_failure_limit`` failures in the window (from any addresses),
   the user is under attack: an attempt from an address that has not logged in as that user before
   is allowed only once per ``user_attempt_interval``; the others get ``454 4.7.0`` at once,
-  without their password being checked. Addresses the user logged in from keep logging in as
+  without their password being checked, and count toward the session's failure limit (so one
+  connection cannot poll for the next slot for free). Addresses the user logged in from keep logging in as
   usual, so the legitimate user is not locked out; a new address is slowed, not refused for good.
 
 Memory is bounded: records older than the window are dropped when the tables grow.
