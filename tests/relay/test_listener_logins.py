@@ -3,41 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import smtplib
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from smtp_oauth.relay.listener.logins import LoginGuard, LoginLimits
 from smtp_oauth.relay.listener.server import ListenerTuning
+from tests.relay import login_clients
+from tests.relay.login_clients import plain, user_under_attack_tuning
 from tests.relay.test_listener import FERN_PASSWORD, in_thread, relay_settings, running_listener
 
-WRONG = base64.b64encode(b"\0fern\0wrong-guess").decode()
-RIGHT = base64.b64encode(f"\0fern\0{FERN_PASSWORD}".encode()).decode()
-
-
-def guess_for(address: tuple[str, int], seconds: float, *, source: str = "127.0.0.1") -> int:
-    """Wrong AUTH PLAIN guesses until ``seconds`` are over; how many were checked (535, not 454)."""
-    answered = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with smtplib.SMTP(*address, timeout=30, source_address=(source, 0)) as client:
-            client.ehlo("attacker")
-            for _ in range(2):  # the session's failure limit hangs up after the third
-                if time.monotonic() >= deadline:
-                    break
-                code, _ = client.docmd("AUTH", f"PLAIN {WRONG}")
-                answered += code == 535
-    return answered
-
-
-def login(address: tuple[str, int], *, source: str) -> tuple[int, float]:
-    started = time.monotonic()
-    with smtplib.SMTP(*address, timeout=30, source_address=(source, 0)) as client:
-        client.ehlo("printer")
-        code, _ = client.docmd("AUTH", f"PLAIN {RIGHT}")
-    return code, time.monotonic() - started
+WRONG = plain("fern", "wrong-guess")
+RIGHT = plain("fern", FERN_PASSWORD)
+guess_for = functools.partial(login_clients.guess_for, wrong=WRONG)
+login = functools.partial(login_clients.login, right=RIGHT)
 
 
 async def test_parallel_connections_from_one_address_do_not_multiply_guesses() -> None:
@@ -58,15 +37,7 @@ async def test_parallel_connections_from_one_address_do_not_multiply_guesses() -
 
 async def test_a_user_under_attack_from_many_addresses_is_slowed_but_its_owner_gets_in() -> None:
     """Many addresses guessing one user get 454 beyond its pace; the user's own address logs in at once."""
-    tuning = ListenerTuning(
-        auth_failure_delay=0.01,
-        auth_failure_delay_max=0.01,
-        auth_user_failure_limit=3,
-        auth_user_attempt_interval=60.0,
-        greet_pause=0.0,
-        shutdown_grace=1.0,
-    )
-    async with running_listener(tuning=tuning) as (listener, _):
+    async with running_listener(tuning=user_under_attack_tuning()) as (listener, _):
         address = listener.addresses[0]
         code, _ = await in_thread(lambda: login(address, source="127.0.0.2"))  # the printer's usual address
         assert code == 235
@@ -79,7 +50,7 @@ async def test_a_user_under_attack_from_many_addresses_is_slowed_but_its_owner_g
     assert new_code == 454  # a new address while the user is under attack: try again later
 
 
-def refused_logins(address: tuple[str, int], *, source: str) -> list[int]:
+def guesses_until_closed(address: tuple[str, int], *, source: str) -> list[int]:
     """AUTH PLAIN guesses on one connection until the relay closes it: the reply codes."""
     codes: list[int] = []
     with smtplib.SMTP(*address, timeout=30, source_address=(source, 0)) as client:
@@ -94,20 +65,13 @@ def refused_logins(address: tuple[str, int], *, source: str) -> list[int]:
 
 async def test_refusals_under_attack_count_toward_the_sessions_limit() -> None:
     """A 454 checks no password but is not free: the session is closed after its limit of tries."""
-    tuning = ListenerTuning(
-        auth_failure_delay=0.01,
-        auth_failure_delay_max=0.01,
-        auth_user_failure_limit=1,
-        auth_user_attempt_interval=60.0,
-        auth_failures_per_session=3,
-        greet_pause=0.0,
-        shutdown_grace=1.0,
-    )
+    tuning = user_under_attack_tuning(auth_user_failure_limit=1, auth_failures_per_session=3)
     async with running_listener(tuning=tuning) as (listener, _):
         address = listener.addresses[0]
-        await in_thread(lambda: guess_for(address, 0.05, source="127.0.1.1"))  # the user is under attack
-        await in_thread(lambda: guess_for(address, 0.05, source="127.0.1.2"))  # and its slot is taken
-        codes = await in_thread(lambda: refused_logins(address, source="127.0.1.3"))
+        # The user is under attack after the first failure; the second takes the one new-address slot.
+        first = await in_thread(lambda: guesses_until_closed(address, source="127.0.1.1"))
+        codes = await in_thread(lambda: guesses_until_closed(address, source="127.0.1.2"))
+    assert first == [535, 535, 454, 421]
     assert codes == [454, 454, 454, 421]  # the third try's 454 comes with the 421 and the close
 
 

@@ -13,7 +13,6 @@ import os
 import signal
 import smtplib
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -25,13 +24,17 @@ from smtp_oauth.relay.listener.server import ListenerTuning, RelayListener
 from smtp_oauth.relay.service import RelayService
 from smtp_oauth.relay.workers.remote import RemoteLimits
 from smtp_oauth.sandbox import Sandbox
+from tests.relay import login_clients
+from tests.relay.login_clients import plain, user_under_attack_tuning
 from tests.relay.relay_harness import FAST_DELIVERY, PASSWORD, USER, relay_section, wait_until
 from tests.relay.test_listener import read_reply, relay_settings
 
 WORKERS = 2
 READY_WITHIN = 60.0
-WRONG = base64.b64encode(f"\0{USER}\0wrong-guess".encode()).decode()
-RIGHT = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+WRONG = plain(USER, "wrong-guess")
+RIGHT = plain(USER, PASSWORD)
+guess_for = functools.partial(login_clients.guess_for, wrong=WRONG)
+login = functools.partial(login_clients.login, right=RIGHT)
 FAST_FAILURES = ListenerTuning(
     auth_failure_delay=0.2, auth_failure_delay_max=0.2, greet_pause=0.0, shutdown_grace=2.0
 )
@@ -126,21 +129,6 @@ async def test_connections_of_a_killed_worker_are_given_back(sandbox: Sandbox) -
     assert [reply[:4] for _, reply in again] == [b"220 "] * 2
 
 
-def guess_for(address: tuple[str, int], seconds: float, *, source: str = "127.0.0.1") -> int:
-    """Wrong AUTH PLAIN guesses until ``seconds`` are over; how many were checked (535, not 454) in time."""
-    answered = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with smtplib.SMTP(*address, timeout=30, source_address=(source, 0)) as client:
-            client.ehlo("attacker")
-            for _ in range(2):  # the session's failure limit hangs up after the third
-                if time.monotonic() >= deadline:
-                    break
-                code, _ = client.docmd("AUTH", f"PLAIN {WRONG}")
-                answered += code == 535 and time.monotonic() < deadline
-    return answered
-
-
 async def test_parallel_guesses_over_both_workers_are_no_faster_than_one(sandbox: Sandbox) -> None:
     """20 connections from one address, over two workers, get one 535 per failure delay, not two."""
     tuning = ListenerTuning(  # only the address's failure delay: the user's limit is out of reach
@@ -159,26 +147,13 @@ async def test_parallel_guesses_over_both_workers_are_no_faster_than_one(sandbox
     assert sum(counts) <= 3.0 / 0.2 + 2
 
 
-def login(address: tuple[str, int], *, source: str) -> tuple[int, float]:
-    started = time.monotonic()
-    with smtplib.SMTP(*address, timeout=30, source_address=(source, 0)) as client:
-        client.ehlo("printer")
-        code, _ = client.docmd("AUTH", f"PLAIN {RIGHT}")
-    return code, time.monotonic() - started
-
-
 async def test_a_user_under_attack_is_limited_over_both_workers(sandbox: Sandbox) -> None:
     """Guesses at one user from 20 addresses over two workers stop at its failure limit; its own
     address still logs in at once and a new one gets 454."""
-    tuning = ListenerTuning(
-        auth_failure_delay=0.01,
-        auth_failure_delay_max=0.01,
-        auth_user_failure_limit=3,
-        auth_user_attempt_interval=60.0,
-        greet_pause=0.0,
-        shutdown_grace=2.0,
-    )
-    async with relay_with_workers(sandbox, tuning=tuning) as (_, address):
+    async with relay_with_workers(sandbox, tuning=user_under_attack_tuning(shutdown_grace=2.0)) as (
+        _,
+        address,
+    ):
         code, _ = await asyncio.to_thread(login, address, source="127.0.0.2")
         assert code == 235
         counts = [
