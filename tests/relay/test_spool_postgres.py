@@ -145,12 +145,13 @@ async def test_a_dead_relays_claims_are_sent_again_by_the_next_owner(
 async def test_closing_gives_back_what_is_still_sending(postgres_url: str, tmp_path: Path) -> None:
     """A relay's close (delivery stopped) queues its unfinished claims for the next owner at once,
     instead of leaving them until its lease expires."""
+    leaving = await PostgresSpool.open(
+        postgres_url, staging_dir=tmp_path, deliver=True, tuning=replace(FAST_LEASES, relay_id="leaving")
+    )
+    queue_id = await leaving.enqueue(message())
+    [claimed] = await leaving.claim_due(MAILBOX)  # alone, so the lease is surely its own
+    assert claimed.id == queue_id
     async with relay_spool(postgres_url, tmp_path, "stays") as stays:
-        leaving = await PostgresSpool.open(
-            postgres_url, staging_dir=tmp_path, deliver=True, tuning=replace(FAST_LEASES, relay_id="leaving")
-        )
-        queue_id = await leaving.enqueue(message())
-        await leaving.claim_due(MAILBOX)
         await leaving.close()
         entry = await stays.get(queue_id)
         assert entry is not None
