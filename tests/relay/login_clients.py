@@ -43,6 +43,19 @@ def guess_for(address: tuple[str, int], seconds: float, *, wrong: str, source: s
     return answered
 
 
+def guesses_until_closed(address: tuple[str, int], *, wrong: str, source: str) -> list[int]:
+    """AUTH PLAIN ``wrong`` on one connection until the relay closes it (10 at most): the codes."""
+    codes: list[int] = []
+    with smtplib.SMTP(*address, timeout=30, source_address=(source, 0)) as client:
+        client.ehlo("attacker")
+        try:
+            while len(codes) < 10:
+                codes.append(client.docmd("AUTH", f"PLAIN {wrong}")[0])
+        except smtplib.SMTPServerDisconnected:
+            pass
+    return codes
+
+
 def login(address: tuple[str, int], *, right: str, source: str) -> tuple[int, float]:
     """One AUTH PLAIN ``right`` from ``source``: its reply code and how long the session took."""
     started = time.monotonic()
