@@ -29,11 +29,11 @@ import os
 import shutil
 import smtplib
 import socket
-import time
 from pathlib import Path
 
 from bench.harness import bench_message
-from smtp_oauth.sandbox import Sandbox
+from bench.sandbox_process import Round, SandboxProcess, time_delivery
+from smtp_oauth.settings.loading import load_settings
 from smtp_oauth.tokens.provider import create_token_provider
 
 CONF = Path("/tmp/smtp-oauth-bench-postfix-delivery")
@@ -44,7 +44,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 async def run(*command: str, check: bool = True) -> str:
-    """Run a Postfix command off the event loop (the fake Exchange shares it); its stdout."""
+    """Run a Postfix command without blocking the bench's event loop; its stdout."""
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -90,7 +90,7 @@ def queued(name: str) -> int:
 class PostfixDelivery:
     """The Postfix instance: ``start``, then rounds of ``deliver``, then ``stop``."""
 
-    def __init__(self, sandbox: Sandbox, *, connections: int) -> None:
+    def __init__(self, sandbox: SandboxProcess, *, connections: int) -> None:
         self.sandbox, self.connections = sandbox, connections
         self.fill_port = free_port()
         self.master = 0
@@ -103,6 +103,7 @@ class PostfixDelivery:
         ):
             raise RuntimeError("needs Debian's postfix and sasl-xoauth2 (bench/build_sasl_xoauth2.sh)")
         await self.stop()
+        LOG.unlink(missing_ok=True)  # sessions() counts this run's only
         for directory in (CONF, QUEUE, DATA):
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True)
@@ -113,7 +114,7 @@ class PostfixDelivery:
         shutil.chown(ca_file, "postfix")
         token_file = DATA / "xoauth2-token.json"
         await self.write_token(token_file)
-        mailbox = self.sandbox.tenant.mailbox
+        mailbox = self.sandbox.mailbox
         # Debian's services, with smtpd on a free port (for filling) instead of port 25.
         services = Path("/etc/postfix/master.cf").read_text().splitlines()
         (CONF / "master.cf").write_text(
@@ -167,9 +168,9 @@ smtp_sasl_tls_security_options =
         self.master = int((QUEUE / "pid" / "master.pid").read_text().split()[0])
 
     async def write_token(self, token_file: Path) -> None:
-        provider = create_token_provider(self.sandbox.settings())
+        provider = create_token_provider(load_settings(self.sandbox.config_path))
         token = await provider.access_token()
-        tenant = self.sandbox.tenant
+        info = self.sandbox.info
         token_file.write_text(
             json.dumps(
                 {
@@ -178,9 +179,9 @@ smtp_sasl_tls_security_options =
                     # Required by the plug-in; an app's client-credentials token has no refresh
                     # token, and the access token outlives the run.
                     "refresh_token": "",
-                    "client_id": tenant.app.client_id,
-                    "client_secret": tenant.app.client_secret or "",
-                    "token_endpoint": self.sandbox.idp.token_endpoint,
+                    "client_id": info["client_id"],
+                    "client_secret": info["client_secret"],
+                    "token_endpoint": info["token_endpoint"],
                     "ca_bundle_file": str(token_file.parent / "sandbox-ca.pem"),
                 }
             )
@@ -194,8 +195,8 @@ smtp_sasl_tls_security_options =
             while (QUEUE / "pid" / "master.pid").exists() and Path(f"/proc/{self.master}").exists():
                 await asyncio.sleep(0.1)
 
-    async def deliver(self, *, count: int, size: int, reuse: bool) -> tuple[float, float]:
-        """One round: (messages per second, CPU seconds of the instance per message).
+    async def deliver(self, *, count: int, size: int, reuse: bool) -> Round:
+        """One round (the CPU: every process of the instance).
 
         ``reuse``: ``smtp_tls_connection_reuse = yes`` (TLS sessions kept open through tlsproxy,
         Postfix 3.4+); by default Postfix opens a new TLS session, and logs in, for every message.
@@ -205,27 +206,20 @@ smtp_sasl_tls_security_options =
             await run("postconf", "-c", str(CONF), "-e", f"smtp_tls_connection_reuse = {value}")
             await run("postfix", "-c", str(CONF), "reload")
             self.reuse = reuse
-        mailbox = self.sandbox.tenant.mailbox
+        mailbox = self.sandbox.mailbox
         await asyncio.to_thread(self._fill, mailbox, count, size)
         while queued("hold") < count:  # cleanup writes the queue file after smtpd's 250
             await asyncio.sleep(0.05)
-        self.sandbox.exchange.clear()
+        await self.sandbox.clear()
         await run("postsuper", "-c", str(CONF), "-H", "ALL")
         await run("postqueue", "-c", str(CONF), "-f")
-        deadline = time.monotonic() + 600
-        first_cpu = None
-        while (delivered := len(self.sandbox.delivered())) < count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Postfix stalled at {delivered}/{count}; see {LOG}")
-            if first_cpu is None and delivered:
-                first_cpu = tree_cpu_seconds(self.master)
-            await asyncio.sleep(0.02)
-        cpu = tree_cpu_seconds(self.master) - (first_cpu or 0.0)
-        if {m.auth_user for m in self.sandbox.delivered()} != {mailbox}:
-            raise RuntimeError("Postfix delivered without XOAUTH2 as the mailbox")
-        received = [m.received_at for m in self.sandbox.delivered()]
-        elapsed = (max(received) - min(received)).total_seconds()
-        return (count - 1) / elapsed, cpu / (count - 1)
+        return await time_delivery(
+            self.sandbox,
+            count,
+            sender_cpu=lambda: tree_cpu_seconds(self.master),
+            failed=lambda: None if Path(f"/proc/{self.master}").exists() else f"Postfix stopped; see {LOG}",
+            auth_user=mailbox,
+        )
 
     def sessions(self) -> tuple[int, int]:
         """(TLS sessions Postfix logged as Verified, all its TLS sessions) so far."""
