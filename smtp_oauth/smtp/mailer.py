@@ -46,7 +46,7 @@ from smtp_oauth.errors import (
 )
 from smtp_oauth.mail.envelope import Envelope, build_envelope
 from smtp_oauth.smtp.session import SmtpSession, TransactionResult, Transcript
-from smtp_oauth.smtp.stream import MessageFile, open_message_file, read_header_block
+from smtp_oauth.smtp.stream import MessageFile, file_io, open_message_file, read_header_block
 
 # send_message lives with the seam (it sends through whatever transport settings pick); re-exported here
 # for code that imported it from the Mailer's module.
@@ -191,8 +191,7 @@ class Mailer:
         if isinstance(message, EmailMessage | bytes | bytearray):
             return await self._send(message, None, sender, recipients, timeout)
         async with open_message_file(message) as file:
-            start = await asyncio.to_thread(file.tell)
-            head = await asyncio.to_thread(read_header_block, file)
+            start, head = await file_io(file, lambda: (file.tell(), read_header_block(file)))
             return await self._send(head, (file, start), sender, recipients, timeout)
 
     async def _send(
@@ -273,5 +272,6 @@ async def _rewound(file: tuple[BinaryIO, int] | None) -> BinaryIO | None:
     """The file back at the message's start (a resend after a reconnect reads it again)."""
     if file is None:
         return None
-    await asyncio.to_thread(file[0].seek, file[1])
-    return file[0]
+    body, start = file
+    await file_io(body, lambda: body.seek(start))
+    return body

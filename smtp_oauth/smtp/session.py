@@ -12,7 +12,6 @@ The message after DATA is streamed in bounded chunks (``smtp_stream.py``), from 
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import ssl
@@ -27,7 +26,7 @@ from smtp_oauth.logs import redact
 from smtp_oauth.mail.envelope import Envelope
 from smtp_oauth.smtp.errors import Stage, from_exception, one_line
 from smtp_oauth.smtp.replies import all_refused, no_smtputf8, no_starttls, no_xoauth2
-from smtp_oauth.smtp.stream import StreamingProtocol, encoded_chunks, measure
+from smtp_oauth.smtp.stream import StreamingProtocol, encoded_chunks, file_io, measure
 from smtp_oauth.smtp.wire import ehlo_name, flatten, mail_options, needs_smtputf8
 from smtp_oauth.transport import Transcript
 
@@ -195,7 +194,7 @@ class SmtpSession:
 
     async def _mail_options(self, body: BinaryIO, utf8: bool) -> list[str]:
         # RFC 1870: octets as transmitted, CRLF included; counted in one pass, nothing copied.
-        size, is_ascii = await asyncio.to_thread(measure, body)
+        size, is_ascii = await file_io(body, lambda: measure(body))
         return mail_options(size, is_ascii=is_ascii, utf8=utf8, supports=self._smtp.supports_extension)
 
     async def _data(self, body: BinaryIO) -> aiosmtplib.SMTPResponse:

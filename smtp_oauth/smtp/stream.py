@@ -9,17 +9,19 @@ end, RFC 5321 4.5.2 dot-stuffing), written, and drained before the next chunk is
 
 The encoding itself and ``measure`` (RFC 1870's SIZE) are pure and live in ``wire.py``, shared with
 the stdlib client. ``open_message_file`` and ``read_header_block`` are how ``Mailer.send`` takes a
-message given as a path or a file.
+message given as a path or a file. ``file_io`` runs a step on such a file off the event loop,
+unless the file is a small in-memory one (what the relay's spool gives for most messages).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import re
-from collections.abc import AsyncIterator
-from typing import BinaryIO
+from collections.abc import AsyncIterator, Callable
+from typing import BinaryIO, TypeVar
 
 from aiosmtplib import SMTPDataError, SMTPResponse, SMTPServerDisconnected, SMTPStatus, SMTPTimeoutError
 from aiosmtplib.protocol import SMTPProtocol
@@ -32,6 +34,7 @@ __all__ = [
     "MessageFile",
     "StreamingProtocol",
     "encoded_chunks",
+    "file_io",
     "measure",
     "open_message_file",
     "read_header_block",
@@ -42,6 +45,25 @@ MessageFile = BinaryIO | os.PathLike[str]
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _HEADER_READ_LIMIT = 1024 * 1024  # the Message-ID is looked for this far; a header is rarely 1 KiB
+T = TypeVar("T")
+
+
+def _small_in_memory(file: BinaryIO) -> bool:
+    """An ``io.BytesIO`` with at most ``CHUNK_SIZE`` bytes in all: reading or scanning it cannot block."""
+    if not isinstance(file, io.BytesIO):
+        return False
+    with file.getbuffer() as view:
+        return view.nbytes <= CHUNK_SIZE
+
+
+async def file_io(file: BinaryIO, step: Callable[[], T]) -> T:
+    """``step()``, which reads, seeks or scans ``file``: in a thread (a disk may stall it), but at
+    once for a small in-memory file, where it takes microseconds and a thread hop costs more (each
+    hop is two wake-ups of the event loop; a relayed message from the spool took six of them).
+    """
+    if _small_in_memory(file):
+        return step()
+    return await asyncio.to_thread(step)
 
 
 async def encoded_chunks(file: BinaryIO) -> AsyncIterator[bytes]:
@@ -52,7 +74,7 @@ async def encoded_chunks(file: BinaryIO) -> AsyncIterator[bytes]:
         chunk = file.read(CHUNK_SIZE)
         return encoder.encode(chunk) if chunk else None
 
-    while (piece := await asyncio.to_thread(next_piece)) is not None:
+    while (piece := await file_io(file, next_piece)) is not None:
         if piece:
             yield piece
     yield encoder.finish()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from smtp_oauth.sandbox.exchange.server import FakeExchange
 from smtp_oauth.settings.models import Settings
 from smtp_oauth.smtp.mailer import Mailer
-from smtp_oauth.smtp.stream import CHUNK_SIZE, DataEncoder, measure
+from smtp_oauth.smtp.stream import CHUNK_SIZE, DataEncoder, file_io, measure
 from tests.smtp.sender_fakes import MAILBOX, SigningTokenProvider
 
 pytest_plugins = ["tests.smtp.sender_fixtures"]  # fixtures: certs, exchange, settings, tokens, ...
@@ -147,3 +148,23 @@ async def test_an_unseekable_file_is_refused_before_connecting(
         with pytest.raises(TypeError, match="seekable"):
             await mailer.send(Pipe(), recipients=["alice@example.test"])  # type: ignore[arg-type]
     assert exchange.delivered() == []
+
+
+async def test_a_small_in_memory_body_is_read_without_a_thread() -> None:
+    """file_io runs a step on a small BytesIO at once, on the event loop's thread (no thread hop)."""
+    body = io.BytesIO(b"Subject: x\r\n\r\nhello\r\n")
+    assert await file_io(body, threading.get_ident) == threading.get_ident()
+
+
+async def test_a_large_in_memory_body_is_read_in_a_thread() -> None:
+    """file_io keeps a BytesIO over a chunk off the event loop: scanning it would hold up every session."""
+    body = io.BytesIO(b"a" * (CHUNK_SIZE + 1))
+    assert await file_io(body, threading.get_ident) != threading.get_ident()
+
+
+async def test_a_file_on_disk_is_read_in_a_thread(tmp_path: Path) -> None:
+    """file_io reads a real file in a thread, however small: a disk can stall."""
+    path = tmp_path / "m.eml"
+    path.write_bytes(b"Subject: x\r\n\r\nhello\r\n")
+    with path.open("rb") as body:
+        assert await file_io(body, threading.get_ident) != threading.get_ident()
