@@ -147,7 +147,6 @@ async def one_round(
     if kind.startswith("postfix"):
         assert postfix is not None
         return await postfix.deliver(count=args.messages, size=args.size, reuse=kind == "postfix-reuse")
-    directory = directory.with_name(directory.name.replace("/", "_"))
     directory.mkdir()
     return await deliver(
         sandbox,
@@ -186,7 +185,7 @@ async def main(args: argparse.Namespace) -> None:
                 for round_ in range(args.rounds):
                     # Interleaved, and each round starts with the next kind: no kind always goes first.
                     for kind in kinds[round_ % len(kinds) :] + kinds[: round_ % len(kinds)]:
-                        directory = Path(tmp) / f"{kind}-{round_}"
+                        directory = Path(tmp) / f"{kind.replace('/', '_')}-{round_}"
                         outcome = await one_round(args, sandbox, postfix, kind, directory)
                         results[kind].append(outcome)
                         print(f"round {round_ + 1} {kind}: {outcome.rate:.0f} msg/s", flush=True)
