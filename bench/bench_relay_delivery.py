@@ -188,7 +188,11 @@ async def main(args: argparse.Namespace) -> None:
                         directory = Path(tmp) / f"{kind.replace('/', '_')}-{round_}"
                         outcome = await one_round(args, sandbox, postfix, kind, directory)
                         results[kind].append(outcome)
-                        print(f"round {round_ + 1} {kind}: {outcome.rate:.0f} msg/s", flush=True)
+                        print(
+                            f"round {round_ + 1} {kind}: {outcome.rate:.0f} msg/s, CPU per message "
+                            f"{outcome.cpu * 1000:.2f} ms, fake Exchange {outcome.server_cpu * 1000:.2f} ms",
+                            flush=True,
+                        )
                 if postfix is not None:
                     verified, sessions = postfix.sessions()
                     print(f"Postfix: {verified} of its {sessions} TLS sessions to the fake Exchange verified")
