@@ -135,7 +135,9 @@ def serve_relay(directory: Path, workers: int) -> None:
             await listener.start()
         else:  # as RelayService does: the main process binds, the workers accept and commit
             sockets = await listener.bind_sockets(reuse_port=reuse_port)
-            authority = LimitsAuthority(listener.connection_limits, listener.login_guard)
+            authority = LimitsAuthority(
+                listener.connection_limits, listener.login_guard, listener.client_bytes
+            )
             pool = WorkerPool(
                 workers, setup=setup, sockets=sockets, queued=lambda _: None, authority=authority
             )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import functools
 import os
 import statistics
 import subprocess
@@ -235,8 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timed(other, other_env, work)
                 timed(other_relay, other_env, work)
             label = label or "compare"
-            commands[f"{label} (direct)"] = lambda c=other, e=other_env: timed(c, e, work)
-            commands[f"{label} (via relay)"] = lambda c=other_relay, e=other_env: timed(c, e, work)
+            commands[f"{label} (direct)"] = functools.partial(timed, other, other_env, work)
+            commands[f"{label} (via relay)"] = functools.partial(timed, other_relay, other_env, work)
         samples: dict[str, list[Sample]] = {name: [] for name in commands}
         for _ in range(args.runs):  # interleaved, so drift (CPU frequency, caches) hits all alike
             for name, run in commands.items():

@@ -34,7 +34,7 @@ def test_code_is_formatted() -> None:
 
 
 def test_mypy_strict_is_clean(tmp_path: Path) -> None:
-    """The package and its tests type-check under `mypy --strict` (configured in pyproject.toml)."""
+    """The package, its tests and bench/ type-check under `mypy --strict` (pyproject.toml)."""
     result = _run("mypy", "--cache-dir", str(tmp_path / "mypy-cache"))
     assert result.returncode == 0, result.stdout + result.stderr
 
