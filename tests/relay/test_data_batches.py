@@ -7,6 +7,7 @@ a message, the next transaction's commands and its body together.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 
 from smtp_oauth.relay.listener.incoming import BodyWriter, DataState, receive_data
@@ -85,3 +86,42 @@ async def test_a_message_fed_in_one_piece_is_the_same_as_line_by_line() -> None:
     assert whole == one_by_one
     assert whole[0] is DataState.COMPLETE
     assert whole[2] == b"MAIL FROM:<x@y>\r\n"
+
+
+# What a DATA transfer is made of, the pieces that need care included: dot-stuffing, bare CR and
+# LF, "<LF>.<LF>", an end marker that is not one ("<LF>.<CR><LF>"), lines at and over the limit.
+_PIECES = (b"text", b".", b"..", b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b" ", b"x" * 999, b"y" * 1500)
+
+
+def _random_transfer(rng: random.Random) -> bytes:
+    """A DATA transfer: random pieces, then the final dot and a command that must stay a command."""
+    body = b"".join(rng.choice(_PIECES) for _ in range(rng.randrange(0, 40)))
+    return body + b"\r\n.\r\nRSET\r\n"
+
+
+async def _receive(pieces: list[bytes], size_limit: int | None) -> tuple[DataState, bytes, bytes]:
+    """receive_data while ``pieces`` arrive one by one: the state, the body, what is left unread."""
+    reader = asyncio.StreamReader(limit=1001)
+    body = BodyWriter(None)
+    receiving = asyncio.create_task(receive_data(reader, body, size_limit=size_limit, line_length_limit=1001))
+    for piece in pieces:
+        reader.feed_data(piece)
+        await asyncio.sleep(0)  # the loop reads what has arrived before the next piece
+    reader.feed_eof()
+    state = await receiving
+    data = await body.finish()
+    assert isinstance(data, bytes)
+    return state, data, await reader.read()
+
+
+async def test_any_split_of_a_transfer_into_reads_gives_the_same_outcome() -> None:
+    """The whole transfer in one read (lines taken together) and in small random reads (line by
+    line): the same reply, the same body, the same bytes left for the next command."""
+    rng = random.Random(5321)  # noqa: S311  # reproducible cases, not cryptography
+    for _ in range(300):
+        transfer = _random_transfer(rng)
+        size_limit = rng.choice([None, None, 2000])
+        cuts = sorted(rng.sample(range(1, len(transfer)), min(len(transfer) - 1, len(transfer) // 16)))
+        small = [transfer[a:b] for a, b in zip([0, *cuts], [*cuts, len(transfer)], strict=True)]
+        whole = await _receive([transfer], size_limit)
+        assert whole == await _receive(small, size_limit), transfer

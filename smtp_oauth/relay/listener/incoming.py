@@ -282,13 +282,50 @@ class _DataLines:
         limit = getattr(reader, "_limit", None)  # readuntil's: a separator further than this overruns
         if not isinstance(limit, int):
             return 0, None
-        start = 0
+        start, flush = self._take_block(buffer)
+        if flush:
+            return start, _FLUSH
         while (end := buffer.find(b"\n", start)) >= 0 and end - start <= limit:
             outcome = self.step(bytes(buffer[start : end + 1]))
             start = end + 1
             if outcome is not None:
                 return start, outcome
         return start, (None if start == 0 else _NOTHING)
+
+    def _take_block(self, buffer: bytearray) -> tuple[int, bool]:
+        """Take the whole lines at the front of ``buffer`` in one piece, as ``step`` would one by
+        one, when none of them needs a line's care: (octets taken, whether a flush is due).
+
+        Such a block ends with CRLF, holds no bare LF and no line over the limit, and stops before
+        the final dot (CRLF "." CRLF, or "." CRLF at its very start): ``step`` then takes each of
+        its lines whole, and unstuffing a line-leading dot is one ``replace``. Anything else (0, False)
+        is left to ``step``. A 10 KB message is one block instead of ~160 steps.
+        """
+        if self.state is not DataState.COMPLETE or buffer.startswith(_END_OF_DATA):
+            return 0, False
+        end = buffer.find(b"\r\n" + _END_OF_DATA)
+        stop = end + 2 if end >= 0 else buffer.rfind(b"\r\n") + 2
+        if stop < 2:  # no CRLF in the buffer: not one whole line
+            return 0, False
+        block = bytes(buffer[:stop])
+        if block.count(b"\n") != block.count(b"\r\n"):
+            return 0, False  # a bare LF: "<LF>.<LF>" and the fragments are step's to judge
+        if len(block) > self._line_length_limit and (
+            max(map(len, block.split(b"\n"))) >= self._line_length_limit  # the LF makes one more
+        ):
+            return 0, False  # an overlong line: refused with 500 by step
+        self._after_bare_lf = False
+        self._received += stop
+        if self._progress is not None and self._received >= self._progress_at:
+            self._progress()
+            self._progress_at = self._received + PROGRESS_EVERY
+        if self._size_limit and self._received > self._size_limit:
+            self.state = DataState.TOO_MUCH
+            return stop, False
+        # RFC 5321 4.5.2: the client doubled each line-leading dot; every line starts at the
+        # block's start or after a CRLF.
+        data = block[1:] if block[:1] == b"." else block
+        return stop, self.body.add(data.replace(b"\r\n.", b"\r\n"))
 
 
 _NOTHING = object()  # take_buffered took lines and DATA goes on
