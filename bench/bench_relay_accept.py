@@ -7,13 +7,16 @@ server's processes), against a minimal aiosmtpd sink that writes each message to
 fsyncs it before answering 250, and against Postfix (``--postfix-port``, bench_relay_postfix.sh).
 Every server but Postfix is started fresh each round, in processes of its own; the kinds are
 interleaved; the clients are threads of this one (stdlib smtplib, like the legacy senders).
-Delivery does not run: this is what a client waits for.
+Delivery does not run: this is what a client waits for. ``--base DIR`` measures the relay kinds
+again from another source tree (``git archive`` of an older commit): a before/after in one run.
 
+CPU: each server's process tree's user + system time from the start of the messages to the last
+reply, per message (Postfix: its master process and the smtpd, cleanup, ... under it).
 RSS: the relay's processes' VmRSS once listening (idle) and 1 s after the load (10 concurrent
 logins, then the messages): the main process's and the largest worker's (the target is per process).
 
     .venv/bin/python bench/bench_relay_accept.py [--messages 500] [--connections 10] [--rounds 3]
-        [--workers 2] [--postfix-port 2526]
+        [--workers 2] [--postfix-port 2526] [--kinds postfix,w2-uvloop] [--base /tmp/base]
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from pathlib import Path
 
 USER, PASSWORD = "bench", "bench-password-123"
+POSTFIX_MASTER_PID = Path("/var/spool/postfix-bench/pid/master.pid")  # bench_relay_postfix.sh's queue
 HASH_VARIABLE = "BENCH_PASSWORD_HASH"  # PASSWORD's hash, made once by the bench for its relays
 
 
@@ -154,8 +158,27 @@ def serve_relay(directory: Path, workers: int) -> None:
     eventloop.run(main())
 
 
-def run_clients(port: int, messages: int, connections: int, size: int, *, login: bool) -> float:
-    """Messages per second over ``connections`` smtplib clients started together."""
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and all its descendants alive now."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
+    while pending:
+        each = pending.pop()
+        try:
+            # Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+            fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            pending += map(int, Path(f"/proc/{each}/task/{each}/children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it exited meanwhile
+    return total
+
+
+def run_clients(
+    port: int, messages: int, connections: int, size: int, *, login: bool, server: int
+) -> tuple[float, float]:
+    """(messages per second, ``server``'s CPU ms per message) over ``connections`` smtplib clients
+    started together; the server's CPU is its process tree's, from the start to the last reply."""
     per_client = messages // connections
     start = threading.Barrier(connections + 1)
     threads = [
@@ -169,10 +192,11 @@ def run_clients(port: int, messages: int, connections: int, size: int, *, login:
     for thread in threads:
         thread.start()
     start.wait()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), tree_cpu(server)
     for thread in threads:
         thread.join()
-    return per_client * connections / (time.perf_counter() - started)
+    sent = per_client * connections
+    return sent / (time.perf_counter() - started), (tree_cpu(server) - cpu) * 1000 / sent
 
 
 @dataclass(frozen=True)
@@ -180,11 +204,13 @@ class Kind:
     name: str
     workers: int = 0  # 0: not the relay
     uvloop: bool = True
+    source: Path | None = None  # the relay of another source tree (an older build), not ours
 
 
 @dataclass(frozen=True)
 class Sample:
     rate: float  # msg/s
+    cpu: float  # the server's CPU ms per message
     idle: tuple[float, float] = (0.0, 0.0)  # MiB: the main process, the largest accept worker
     after: tuple[float, float] = (0.0, 0.0)
 
@@ -202,13 +228,16 @@ def rss_mib(pid: int) -> tuple[float, float]:
 
 def measure(kind: Kind, messages: int, connections: int, size: int, postfix_port: int) -> Sample:
     """Messages per second accepted by a fresh server of ``kind`` (or the Postfix on ``postfix_port``)."""
-    if kind.name == "postfix":
-        return Sample(run_clients(postfix_port, messages, connections, size, login=False))
+    if kind.name == "postfix":  # its master process: smtpd, cleanup and the rest are its children
+        master = int(POSTFIX_MASTER_PID.read_text())
+        return Sample(*run_clients(postfix_port, messages, connections, size, login=False, server=master))
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:  # same disk as the project, not tmpfs
         env = dict(os.environ)
+        paths = [str(kind.source)] if kind.source else []  # its smtp_oauth before ours
         if not kind.uvloop:  # an importable "uvloop" that fails: relay/eventloop.py falls back
             (Path(tmp) / "uvloop.py").write_text("raise ImportError('hidden by the bench')\n")
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [tmp, env.get("PYTHONPATH")]))
+            paths.insert(0, tmp)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, env.get("PYTHONPATH")]))
         serve = ["--serve", "relay", "--workers", str(kind.workers)] if kind.workers else ["--serve", "sink"]
         server = subprocess.Popen(
             [sys.executable, __file__, *serve, tmp], stdout=subprocess.PIPE, text=True, env=env
@@ -217,9 +246,11 @@ def measure(kind: Kind, messages: int, connections: int, size: int, postfix_port
             assert server.stdout is not None
             port = int(server.stdout.readline())
             idle = rss_mib(server.pid)
-            rate = run_clients(port, messages, connections, size, login=bool(kind.workers))
+            rate, cpu = run_clients(
+                port, messages, connections, size, login=bool(kind.workers), server=server.pid
+            )
             time.sleep(1.0)  # the login pool's malloc_trim after its burst
-            return Sample(rate, idle, rss_mib(server.pid))
+            return Sample(rate, cpu, idle, rss_mib(server.pid))
         finally:
             server.terminate()
             server.wait()
@@ -236,6 +267,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="relay.workers, besides 1")
     parser.add_argument("--postfix-port", type=int, default=0, help="also measure this Postfix smtpd")
     parser.add_argument("--kinds", default="", help="only these, comma-separated (e.g. postfix,w2-uvloop)")
+    parser.add_argument(
+        "--base", type=Path, help="also the relay kinds of this source tree (e.g. `git archive` of a commit)"
+    )
     args = parser.parse_args()
     if args.serve == "sink":
         serve_sink(Path(args.directory))
@@ -258,6 +292,9 @@ def main() -> None:
     if args.kinds:
         wanted = {name.replace("-", " ") for name in args.kinds.split(",")}
         kinds = [kind for kind in kinds if kind.name.removeprefix("relay ") in wanted or kind.name in wanted]
+    if args.base:
+        base = args.base.resolve()
+        kinds += [replace(k, name=f"{k.name} @base", source=base) for k in kinds if k.workers]
     results: dict[str, list[Sample]] = {kind.name: [] for kind in kinds}
     for _ in range(args.rounds):
         for kind in kinds:
@@ -265,11 +302,15 @@ def main() -> None:
                 measure(kind, args.messages, args.connections, args.size, args.postfix_port)
             )
     median = {name: statistics.median(s.rate for s in samples) for name, samples in results.items()}
+    cpu = {name: statistics.median(s.cpu for s in samples) for name, samples in results.items()}
     for name, samples in results.items():
         line = f"{name:18s}: {', '.join(f'{s.rate:6.0f}' for s in samples)} msg/s (median {median[name]:.0f})"
+        line += f", CPU per message {cpu[name]:.2f} ms"
         if name.startswith("relay"):
             line += "".join(
-                f"; {median[name] / median[o]:.2f}x {o}" for o in ("sink", "postfix") if o in median
+                f"; {median[name] / median[o]:.2f}x {o} (CPU {cpu[name] / cpu[o]:.2f}x)"
+                for o in ("sink", "postfix")
+                if o in median
             )
             for where, index in (("main process", 0), ("largest worker", 1)):
                 idle = statistics.median(s.idle[index] for s in samples)
