@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -140,13 +141,28 @@ def test_foreign_or_missing_ca_is_replaced(tmp_path: Path) -> None:
     assert second.config["identity"]["client_secret"] == first.config["identity"]["client_secret"]
 
 
+def _sandbox_with_its_port_taken(tmp_path: Path) -> tuple[Path, int, socket.socket]:
+    """A sandbox's directory, its kept SMTP port, and a socket of ours listening on that port."""
+    for attempt in range(5):
+        directory = tmp_path / f"data{attempt}"
+        port = run_once(directory).config["smtp"]["port"]
+        taken = socket.socket()
+        try:
+            taken.bind(("127.0.0.1", port))
+        except OSError as exc:
+            taken.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue  # a parallel test got the freed ephemeral port first: a fresh sandbox, a new port
+        taken.listen()
+        return directory, port, taken
+    pytest.fail("five sandboxes' ports were all taken by other programs before this test could bind them")
+
+
 def test_kept_port_taken_is_one_line_and_exit_75(tmp_path: Path) -> None:
     """A kept port another program took: one line naming it and the fix, exit 75."""
-    directory = tmp_path / "data"
-    port = run_once(directory).config["smtp"]["port"]
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", port))
-        taken.listen()
+    directory, port, taken = _sandbox_with_its_port_taken(tmp_path)
+    with taken:
         done = subprocess.run(
             _command(directory), capture_output=True, text=True, env=_env(), timeout=60, check=False
         )
