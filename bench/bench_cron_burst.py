@@ -85,7 +85,7 @@ async def run(jobs: int) -> None:
                 relay={
                     "listen": "127.0.0.1:0",
                     "submission_socket": str(work / "submit.sock"),
-                    "users": [{"name": "unused", "password_hash": hash_password("unused-pw", log2_n=4)}],
+                    "users": [{"name": "unused", "password_hash": hash_password("unused-pw")}],
                 },
                 send_mail={"via": "relay"},
             )
