@@ -237,6 +237,15 @@ class _DataLines:
         if self.state is DataState.COMPLETE:
             self.state = DataState.TOO_LONG
 
+    def _count(self, size: int) -> None:
+        """``size`` more octets received: the idle timer restarted each PROGRESS_EVERY, 552 past the limit."""
+        self._received += size
+        if self._progress is not None and self._received >= self._progress_at:
+            self._progress()
+            self._progress_at = self._received + PROGRESS_EVERY
+        if self.state is DataState.COMPLETE and self._size_limit and self._received > self._size_limit:
+            self.state = DataState.TOO_MUCH
+
     def step(self, line: bytes) -> DataState | object | None:
         """Take ``line``: how DATA ended (a DataState), _FLUSH, or None to go on."""
         fragments = self._fragments
@@ -249,12 +258,7 @@ class _DataLines:
             line == b"\n" and bool(fragments) and fragments[-1][-1:] == b"\r"
         )
         self._after_bare_lf = line.endswith(b"\n") and not ends_crlf
-        self._received += len(line)
-        if self._progress is not None and self._received >= self._progress_at:
-            self._progress()
-            self._progress_at = self._received + PROGRESS_EVERY
-        if self.state is DataState.COMPLETE and self._size_limit and self._received > self._size_limit:
-            self.state = DataState.TOO_MUCH
+        self._count(len(line))
         if self.state is DataState.COMPLETE and len(line) > self._line_length_limit:
             self.state = DataState.TOO_LONG  # a bare-LF line counts as a line of its own
         if not ends_crlf:
@@ -315,12 +319,8 @@ class _DataLines:
         ):
             return 0, False  # an overlong line: refused with 500 by step
         self._after_bare_lf = False
-        self._received += stop
-        if self._progress is not None and self._received >= self._progress_at:
-            self._progress()
-            self._progress_at = self._received + PROGRESS_EVERY
-        if self._size_limit and self._received > self._size_limit:
-            self.state = DataState.TOO_MUCH
+        self._count(stop)
+        if self.state is not DataState.COMPLETE:  # over the size limit: drained, not stored
             return stop, False
         # RFC 5321 4.5.2: the client doubled each line-leading dot; every line starts at the
         # block's start or after a CRLF.
